@@ -1,0 +1,36 @@
+"""The one error type of bad input data, with a one-line message that names the file and line."""
+
+from __future__ import annotations
+
+import os
+
+
+class DataError(ValueError):
+    """Bad input data. The message is one line: ``"{path}:{line}: {problem}"`` or ``"{path}: {problem}"``.
+
+    Build it with `DataError.at` (a record on a line) or `DataError.whole` (the whole file); the parts stay
+    available as `path`, `line` and `problem`. The CLI prints ``error: {message}`` and exits with code 2.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 problem: str | None = None):
+        super().__init__(_one_line(message))
+        self.path, self.line, self.problem = path, line, problem
+
+    @classmethod
+    def at(cls, path: str | os.PathLike, line: int, problem: str) -> DataError:
+        """The record on `line` (1-based, blank lines counted) of `path` is bad."""
+        return cls(f"{path}:{line}: {problem}", path=str(path), line=line, problem=problem)
+
+    @classmethod
+    def whole(cls, path: str | os.PathLike, problem: str) -> DataError:
+        """The file as a whole is bad (missing, empty, unreadable)."""
+        return cls(f"{path}: {problem}", path=str(path), problem=problem)
+
+
+class RecordError(ValueError):
+    """A problem with one record, before the reader knows where it came from (it adds path and line)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())

@@ -1,0 +1,153 @@
+"""Bad input: every problem is a one-line DataError naming the file, the line and the problem;
+writers leave nothing half-written."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import pytest
+
+from prefloop.data import (
+    DataError,
+    file_sha256,
+    iter_jsonl,
+    read_comparisons,
+    read_demonstrations,
+    read_prompts,
+    read_rankings,
+    read_ratings,
+    write_jsonl,
+)
+
+GOOD = {"prompt": "User: hi\nAssistant:", "chosen": " hello", "rejected": " go away"}
+
+
+def lines(*rows) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+# (reader, file bytes, line of the error or None for whole-file problems, text the message must contain)
+CASES = {
+    "malformed_json_line3": (read_comparisons, lines(GOOD, GOOD, b'{"prompt": "a", "chosen": '), 3,
+                             "malformed JSON: Expecting value"),
+    "missing_field_line2": (read_comparisons, lines(GOOD, {"prompt": "a", "chosen": " b"}), 2,
+                            "missing field 'rejected'"),
+    "wrong_type": (read_comparisons, lines({**GOOD, "chosen": 5}), 1,
+                   "field 'chosen' must be a string or a list of messages, got int"),
+    "text_prompt_list_response": (read_comparisons, lines({**GOOD, "chosen": [{"role": "assistant",
+                                                                                "content": "x"}]}), 1,
+                                  "field 'chosen' must be a string when 'prompt' is a string, got list"),
+    "empty_text": (read_demonstrations, lines({"prompt": "q", "completion": " x"},
+                                              {"prompt": "q", "completion": ""}), 2,
+                   "field 'completion' is empty"),
+    "empty_file": (read_prompts, b"", None, "empty file (no records)"),
+    "blank_lines_only": (read_prompts, b"\n  \n\n", None, "empty file (no records)"),
+    "invalid_utf8_line2": (read_prompts, lines({"prompt": "a"}, b'{"prompt": "caf\xe9"}'), 2,
+                           "not valid UTF-8"),
+    "bad_role": (read_prompts, lines({"prompt": [{"role": "bot", "content": "hi"}]}), 1,
+                 "field 'prompt[0]': role \"bot\" is not one of system, user, assistant, tool"),
+    "missing_role": (read_prompts, lines({"messages": [*MSG, {"content": "x"}]}), 1,
+                     "field 'messages[1]': message has no 'role'"),
+    "not_an_object": (read_prompts, lines({"prompt": "a"}, [1, 2]), 2, "expected a JSON object, got list"),
+    "ranking_not_permutation": (read_rankings, lines({"prompt": "q", "responses": [" a", " b", " c"],
+                                                      "ranking": [0, 0, 1]}), 1,
+                                "field 'ranking' must be a permutation of 0..2"),
+    "ranking_one_response": (read_rankings, lines({"prompt": "q", "responses": [" a"], "ranking": [0]}), 1,
+                             "field 'responses' must hold at least 2 responses, got 1"),
+    "rating_out_of_scale": (read_ratings, lines({"prompt": "q", "response": " a", "rating": 9,
+                                                 "scale": [1, 7]}), 1,
+                            "field 'rating' 9 is outside the scale [1, 7]"),
+    "margin_not_finite": (read_comparisons, lines(GOOD, b'{"prompt": "q", "chosen": " a", "rejected": " b", '
+                                                       b'"margin": NaN}'), 2,
+                          "field 'margin' must be a finite number, got NaN"),
+    "margin_not_number": (read_comparisons, lines({**GOOD, "margin": "big"}), 1,
+                          "field 'margin' must be a number, got str"),
+    "implicit_messages_differ": (read_comparisons, lines({
+        "chosen": [*MSG, {"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]}), 1,
+        "fields 'chosen' and 'rejected' must share all messages but the last"),
+    "messages_not_ending_with_assistant": (read_demonstrations, lines({"messages": MSG}), 1,
+                                           "field 'messages' must end with an assistant message, got role"),
+    "blank_lines_counted": (read_prompts, lines(b"", {"prompt": "a"}, b"   ", {"prompt": 3}), 4,
+                            "field 'prompt' must be a string or a list of messages, got int"),
+    "stops_at_first_bad_record": (read_prompts, lines({"prompt": "a"}, {"x": 1}, {"y": 2}), 2,
+                                  "missing field 'prompt'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_names_file_line_and_problem(tmp_path, case):
+    reader, data, line, problem = CASES[case]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as info:
+        reader(path)
+    msg = str(info.value)
+    where = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert msg.startswith(where), msg
+    assert problem in msg, msg
+    assert "\n" not in msg
+    assert isinstance(info.value, ValueError)
+    assert info.value.line == line and info.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nothing\.jsonl: file not found$"):
+        read_prompts(tmp_path / "nothing.jsonl")
+
+
+def test_gzip_input_reports_lines(tmp_path):
+    path = tmp_path / "p.jsonl.gz"
+    path.write_bytes(gzip.compress(lines({"prompt": "a"}, b"{oops")))
+    with pytest.raises(DataError, match=r"p\.jsonl\.gz:2: malformed JSON"):
+        read_prompts(path)
+
+
+def test_utf8_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xc3\xa9"}\r\n{"prompt": "b"}\r\n')
+    assert [r.prompt for r in read_prompts(path)] == ["café", "b"]
+    assert [n for n, _ in iter_jsonl(path)] == [1, 2]
+
+
+def _failing(n_good: int):
+    for i in range(n_good):
+        yield {"prompt": f"new {i}"}
+    raise RuntimeError("annotator crashed")
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.jsonl.gz"])
+def test_write_jsonl_is_atomic(tmp_path, name):
+    path = tmp_path / "sub" / name
+    write_jsonl(path, [{"prompt": "old"}])
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="annotator crashed"):
+        write_jsonl(path, _failing(3))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]
+    # a value JSON cannot hold fails the same way
+    with pytest.raises(ValueError):
+        write_jsonl(path, [{"prompt": "x", "meta": {"score": float("nan")}}])
+    assert path.read_bytes() == before
+
+
+def test_write_jsonl_leaves_no_file_when_new(tmp_path):
+    path = tmp_path / "new.jsonl"
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, _failing(2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gzip_output_is_reproducible_and_hash_streams(tmp_path):
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    rows = [{"prompt": f"q{i}", "meta": {"i": i}} for i in range(50)]
+    write_jsonl(a, rows)
+    write_jsonl(b, rows)
+    assert a.read_bytes() == b.read_bytes()
+    assert file_sha256(a, chunk_size=7) == hashlib.sha256(a.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match="file not found"):
+        file_sha256(tmp_path / "none")
