@@ -1,0 +1,28 @@
+"""Models: load and save policies, reward models and critics; small configs for tests and the demo."""
+
+from .configs import SIZES, gpt2_config, llama_config
+from .heads import (
+    PolicyWithValueHead,
+    ValueHead,
+    hidden_states,
+    last_token_index,
+    position_ids,
+    sequence_scores,
+    token_values,
+    trunk,
+)
+from .wrappers import CausalLMLoss, CriticForward, ResponseForward, RewardScorer, score_in_batches
+from .loading import (
+    ModelLoadError,
+    disable_dropout,
+    init_score_head,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+)
+
+__all__ = [
+    "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer", "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
+    "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",
+    "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "token_values", "trunk",
+]

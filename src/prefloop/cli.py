@@ -1,0 +1,130 @@
+"""`prefloop <command> [options]`: parses options into a recipe's config dataclass and dispatches.
+
+Options come from the dataclass fields (their docstrings are the --help text). `--config FILE.yaml`
+supplies values first; options on the command line override them. Bad input exits with code 2 and
+one line on stderr naming what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import types
+import typing
+from pathlib import Path
+
+# command: (module, config class, run function, one-line description). Modules load lazily so that
+# `prefloop --help` stays fast.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "world": ("prefloop.recipes.world_cmd", "WorldCommand", "run_world_command",
+              "write the synthetic assistant world (corpus, demonstrations, prompts, comparisons)"),
+    "pretrain": ("prefloop.recipes.pretrain", "PretrainConfig", "run_pretrain",
+                 "train a BPE tokenizer and a small causal LM from scratch on a text corpus"),
+    "sft": ("prefloop.recipes.sft", "SFTConfig", "run_sft", "supervised fine-tuning on demonstrations"),
+    "reward": ("prefloop.recipes.reward", "RewardConfig", "run_reward",
+               "train a reward model on preference comparisons (Bradley-Terry)"),
+    "ppo": ("prefloop.recipes.ppo", "PPOConfig", "run_ppo", "PPO against a reward model with a KL penalty"),
+    "sample": ("prefloop.recipes.sample", "SampleConfig", "run_sample", "sample K completions per prompt to JSONL"),
+    "demo": ("prefloop.recipes.demo", "DemoConfig", "run_demo",
+             "the whole RLHF chain on the synthetic world, with an evaluation report"),
+}
+
+
+class CLIError(ValueError):
+    pass
+
+
+def _usage() -> str:
+    lines = ["usage: prefloop <command> [options]   (prefloop <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {spec[3]}" for name, spec in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _split_config_arg(args: list[str]) -> tuple[Path | None, list[str]]:
+    for i, a in enumerate(args):
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise CLIError("--config needs a file")
+            return Path(args[i + 1]), args[:i] + args[i + 2:]
+        if a.startswith("--config="):
+            return Path(a.split("=", 1)[1]), args[:i] + args[i + 1:]
+    return None, args
+
+
+def _is_path_type(tp) -> bool:
+    if tp is Path:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(a is Path for a in typing.get_args(tp))
+    return False
+
+
+def config_from_yaml(cls, path: Path):
+    """Default config of `cls` with the values of a YAML mapping applied (unknown keys are errors)."""
+    import yaml
+
+    if not path.exists():
+        raise CLIError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CLIError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise CLIError(f"{path}: expected a mapping of option names to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise CLIError(f"{path}: unknown option '{key}'")
+        if value is not None and _is_path_type(hints[name]):
+            value = Path(value)
+        kwargs[name] = value
+    return dataclasses.replace(cls(), config=path, **kwargs)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from prefloop.data import DataError
+    from prefloop.models import ModelLoadError
+    from prefloop.recipes.common import ConfigError
+
+    return (DataError, ConfigError, ModelLoadError, CLIError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from prefloop import __version__
+
+        print(f"prefloop {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, cls_name, fn_name, description = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    cls, fn = getattr(module, cls_name), getattr(module, fn_name)
+    try:
+        config_path, rest = _split_config_arg(rest)
+        default = config_from_yaml(cls, config_path) if config_path else cls()
+        cfg = tyro.cli(cls, args=rest, default=default, prog=f"prefloop {command}", description=description)
+        fn(cfg)
+    except _known_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

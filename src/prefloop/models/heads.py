@@ -1,0 +1,71 @@
+"""Forward passes that read rewards and values from sequence classifiers and value heads.
+
+All functions take prompt+response token ids with an attention mask that may have left padding
+(prompts) and right padding (responses) at once; position ids always skip the pads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def trunk(model: nn.Module) -> nn.Module:
+    """The transformer body of an HF model (`model.model` for Llama, `model.transformer` for GPT-2...)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def hidden_states(model, input_ids, attention_mask) -> torch.Tensor:
+    out = trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row (PPO.md item 8), for any mix of left and right padding."""
+    idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (idx * attention_mask.long()).argmax(-1)
+
+
+def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (B,) rewards read at the last non-pad token."""
+    h = hidden_states(reward_model, input_ids, attention_mask)
+    last = last_token_index(attention_mask)
+    h_last = h[torch.arange(h.shape[0], device=h.device), last]
+    return reward_model.score(h_last).squeeze(-1).float()
+
+
+def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (B, T) values V(s_t): the critic's head applied at every position."""
+    return critic.score(hidden_states(critic, input_ids, attention_mask)).squeeze(-1).float()
+
+
+class ValueHead(nn.Module):
+    """A scalar head on the policy trunk, initialised at zero (PPO.md item 9): the cheaper critic."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).squeeze(-1)
+
+
+class PolicyWithValueHead(nn.Module):
+    """Causal LM + value head sharing one trunk: one forward gives both logits and values."""
+
+    def __init__(self, lm, value_head: ValueHead | None = None):
+        super().__init__()
+        self.lm = lm
+        self.value_head = value_head or ValueHead(lm.config.get_text_config().hidden_size)
+
+    def forward(self, input_ids, attention_mask):
+        h = hidden_states(self.lm, input_ids, attention_mask)
+        logits = self.lm.get_output_embeddings()(h)
+        return logits, self.value_head(h).float()

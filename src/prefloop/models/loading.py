@@ -1,0 +1,114 @@
+"""Load policies, reward models and tokenizers: any Hugging Face causal LM by local path or hub id."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer could not be loaded; the message is one line naming the path."""
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists() and not _hub_like(name)
+
+
+def _hub_like(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and not Path(parts[0]).exists()
+
+
+def _from_pretrained(loader, name: str, what: str, **kwargs):
+    """Local directories load directly; hub ids try the local cache first, then the Hub (unless offline)."""
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{name}: {what} path is a file, expected a Hugging Face model directory")
+        try:
+            return loader(str(path), **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"{name}: cannot load {what}: {str(e).splitlines()[0]}") from None
+    if _looks_local(name):
+        raise ModelLoadError(f"{name}: {what} directory does not exist")
+    try:
+        return loader(name, local_files_only=True, **kwargs)
+    except Exception as cached_error:  # noqa: BLE001 - any failure means "not in the cache"
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelLoadError(f"{name}: no local directory and not in the Hugging Face cache (offline mode): "
+                                 f"{str(cached_error).splitlines()[0]}") from None
+    try:
+        return loader(name, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{name}: no local directory of that name and the Hub could not provide {what}: "
+                             f"{str(e).splitlines()[0]}") from None
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from prefloop.data import ensure_pad_token
+
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
+    ensure_pad_token(tok)
+    return tok
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off everywhere (PPO.md item 12): log-probs must be deterministic functions of the weights."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def _sync_special_tokens(model, tokenizer) -> None:
+    if tokenizer is None:
+        return
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model", **kwargs)
+    _sync_special_tokens(model, tokenizer)
+    return disable_dropout(model)
+
+
+def init_score_head(model) -> None:
+    """Reward head ~ N(0, 1/sqrt(d_model + 1)), bias 0 (PPO.md item 9; Ziegler et al. 2019)."""
+    head = model.score
+    d = head.weight.shape[-1]
+    nn.init.normal_(head.weight, std=1.0 / math.sqrt(d + 1))
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
+def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = None, new_head: bool = False):
+    """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
+                             num_labels=1, **kwargs)
+    if not hasattr(model, "score"):
+        raise ModelLoadError(f"{name}: architecture {type(model).__name__} has no `score` head; "
+                             "prefloop reads rewards from causal-LM sequence classifiers")
+    model.config.id2label = {0: "reward"}
+    model.config.label2id = {"reward": 0}
+    _sync_special_tokens(model, tokenizer)
+    if new_head:
+        init_score_head(model)
+    return disable_dropout(model)

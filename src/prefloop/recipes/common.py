@@ -1,0 +1,158 @@
+"""Pieces every recipe shares: the common config fields, optimizer and schedule, batch plans, errors."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from prefloop.runtime.accel import Precision
+
+
+class ConfigError(ValueError):
+    """A missing or inconsistent option; the message is one line naming the option."""
+
+
+@dataclass(kw_only=True)
+class CommonConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    out: Path = Path("runs/out")
+    """Output directory: final model in OUT/model, metrics.jsonl, prefloop.json and OUT/checkpoint."""
+    seed: int = 0
+    """Random seed (each process adds rank * 1,000,003)."""
+    max_steps: int | None = None
+    """Number of optimizer steps (PPO: updates). Default: derived from --epochs."""
+    batch_size: int = 16
+    """Global batch size (summed over processes)."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward on each process (gradient accumulation); default: the whole batch."""
+    max_length: int = 256
+    """Maximum tokens of prompt + response; longer examples are truncated (the prompt from the left)."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps with a linear warm-up."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate schedule after warm-up; linear and cosine anneal to 0."""
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 disables)."""
+    precision: Precision = "auto"
+    """auto: bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    save_every: int = 0
+    """Write a resumable checkpoint every N steps (0: only at the end)."""
+    log_every: int = 1
+    """Log metrics every N steps."""
+    resume: bool = False
+    """Continue from OUT/checkpoint if it exists."""
+
+
+def require(cfg, *names: str) -> None:
+    for n in names:
+        if getattr(cfg, n) in (None, ""):
+            raise ConfigError(f"missing option --{n.replace('_', '-')}")
+
+
+def make_optimizer(params, cfg: CommonConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; `params` may be parameter groups (dicts with their own `lr`)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        groups = [{"params": [p for p in params if p.requires_grad]}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+
+def make_scheduler(opt, cfg: CommonConfig, total_steps: int):
+    warm = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total_steps - warm)
+        return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True):
+    """The global batches of one epoch: the same on every process, a function of (seed, epoch) only,
+    so resuming at step s needs nothing but s."""
+    from prefloop.data import length_grouped_order
+
+    g = torch.Generator().manual_seed(seed * 1009 + epoch)
+    if group_by_length:
+        batches = length_grouped_order(lengths, batch_size, g)
+    else:
+        perm = torch.randperm(len(lengths), generator=g).tolist()
+        batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    return [b for b in batches if len(b) == batch_size] or batches[:1]
+
+
+class BatchPlan:
+    """Maps a global step to the indices of its batch (cycling through epochs)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True):
+        if not lengths:
+            raise ConfigError("no training examples")
+        self.lengths, self.batch_size, self.seed, self.group = lengths, min(batch_size, len(lengths)), seed, group_by_length
+        self.steps_per_epoch = len(epoch_batches(lengths, self.batch_size, seed, 0, group_by_length))
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def batch(self, step: int) -> list[int]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch not in self._cache:
+            self._cache = {epoch: epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.group)}
+        return self._cache[epoch][i]
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of a global batch."""
+    return indices[rank::world]
+
+
+def micro_batches(indices: list[int], micro: int | None) -> list[list[int]]:
+    if not micro or micro >= len(indices):
+        return [indices]
+    return [indices[i:i + micro] for i in range(0, len(indices), micro)]
+
+
+def total_steps(cfg: CommonConfig, steps_per_epoch: int, epochs: float) -> int:
+    return cfg.max_steps if cfg.max_steps else max(1, int(math.ceil(epochs * steps_per_epoch)))
+
+
+class Timer:
+    """Accumulates wall time per named phase (for the PPO time split and benchmarks)."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    def phase(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+def autocast(accelerator):
+    """bf16 autocast where the accelerator was set up for it, a no-op otherwise."""
+    return accelerator.autocast()
+
+
+def out_paths(out: Path) -> dict[str, Path]:
+    return {"model": out / "model", "metrics": out / "metrics.jsonl", "meta": out / "prefloop.json"}

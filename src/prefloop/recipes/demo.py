@@ -1,0 +1,253 @@
+"""`prefloop demo`: the whole RLHF chain on the synthetic assistant world, measured against its gold judge.
+
+  world -> pretrain (base, P(x)) -> SFT -> sample pairs from SFT -> simulated annotators label them
+        -> reward model -> PPO against it -> evaluate base, SFT and PPO on held-out prompts -> report
+
+Every stage is the same recipe the CLI runs (`prefloop pretrain/sft/reward/ppo`), called with configs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from prefloop.data import read_prompts, write_jsonl
+from prefloop.eval.compare import pairwise_accuracy, win_rate
+from prefloop.eval.policy import diversity_metrics, mean, sample_policy
+from prefloop.eval.report import write_demo_report
+from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
+from prefloop.rollout import SamplingConfig
+from prefloop.runtime import console, seed_everything, write_json
+from prefloop.runtime.accel import Precision
+from prefloop.world import WorldConfig, build_world, write_world
+
+from .ppo import PPOConfig, run_ppo
+from .pretrain import PretrainConfig, run_pretrain
+from .reward import RewardConfig, run_reward, score_pairs
+from .sft import SFTConfig, run_sft
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    world: str
+    size: str
+    vocab_size: int
+    pretrain_epochs: float
+    pretrain_batch: int
+    pretrain_lr: float
+    block: int
+    sft_epochs: float
+    sft_lr: float
+    sft_batch: int
+    pair_prompts: int          # train prompts whose two SFT samples become a comparison
+    rm_epochs: float
+    rm_lr: float
+    rm_batch: int
+    ppo_steps: int
+    rollout_batch: int
+    ppo_batch: int
+    ppo_lr: float
+    kl_coef: float
+    kl_target: float | None
+    max_new_tokens: int
+    eval_prompts: int
+    eval_k: int
+    temperature: float
+
+
+PRESETS = {
+    "default": DemoPreset(world="default", size="demo", vocab_size=1024, pretrain_epochs=2, pretrain_batch=32,
+                          pretrain_lr=3e-3, block=128, sft_epochs=2, sft_lr=5e-4, sft_batch=32,
+                          pair_prompts=3000, rm_epochs=1, rm_lr=2e-4, rm_batch=32, ppo_steps=60,
+                          rollout_batch=64, ppo_batch=32, ppo_lr=2e-5, kl_coef=0.05, kl_target=4.0,
+                          max_new_tokens=40, eval_prompts=200, eval_k=4, temperature=0.7),
+    "tiny": DemoPreset(world="tiny", size="demo-tiny", vocab_size=512, pretrain_epochs=2, pretrain_batch=32,
+                       pretrain_lr=3e-3, block=128, sft_epochs=2, sft_lr=5e-4, sft_batch=32,
+                       pair_prompts=600, rm_epochs=1, rm_lr=2e-4, rm_batch=32, ppo_steps=12,
+                       rollout_batch=32, ppo_batch=32, ppo_lr=2e-5, kl_coef=0.05, kl_target=4.0,
+                       max_new_tokens=32, eval_prompts=48, eval_k=2, temperature=0.7),
+}
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    out: Path = Path("runs/demo")
+    """Output directory: metrics.json, report.md, plots, and one checkpoint directory per stage."""
+    preset: Literal["default", "tiny"] = "default"
+    """default: about 10 minutes on 2 CPU cores; tiny: about 2 minutes (used by the tests)."""
+    seed: int = 0
+    precision: Precision = "auto"
+    ppo_steps: int | None = None
+    """Override the preset's number of PPO updates."""
+    kl_coef: float | None = None
+    """Override the preset's initial KL coefficient."""
+    kl_target: float | None = None
+    """Override the preset's adaptive KL target (nats per sequence)."""
+
+
+def _preset(cfg: DemoConfig) -> DemoPreset:
+    p = PRESETS[cfg.preset]
+    over = {k: getattr(cfg, k) for k in ("ppo_steps", "kl_coef", "kl_target") if getattr(cfg, k) is not None}
+    return DemoPreset(**{**{f.name: getattr(p, f.name) for f in fields(p)}, **over})
+
+
+class Stopwatch:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        watch = self
+
+        class _Ctx:
+            def __enter__(self):
+                console.rule(f"[bold]{name}")
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.seconds[name] = round(time.perf_counter() - self.t, 1)
+
+        return _Ctx()
+
+
+def _sampling(tok, p: DemoPreset) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+
+
+def make_comparisons(world, sft_dir: Path, prompts: list[str], p: DemoPreset, seed: int, out: Path):
+    """Two samples of the SFT policy per prompt, labelled by the world's simulated annotators."""
+    tok = load_tokenizer(str(sft_dir))
+    policy = load_causal_lm(str(sft_dir), tok)
+    s = sample_policy(policy, tok, prompts, 2, _sampling(tok, p), seed=seed)
+    records = world.label_pairs(prompts, [r[0] for r in s.responses], [r[1] for r in s.responses], seed=seed)
+    rng = random.Random(seed)
+    held = set(rng.sample(prompts, max(1, len(prompts) // 10)))
+    train = [r for r in records if r["prompt"] not in held]
+    heldout = [r for r in records if r["prompt"] in held]
+    write_jsonl(out / "comparisons_train.jsonl", train)
+    write_jsonl(out / "comparisons_heldout.jsonl", heldout)
+    agree = [(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records
+             if r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
+    return {"train_comparisons": len(train), "heldout_comparisons": len(heldout),
+            "annotator_gold_agreement": mean([float(a) for a in agree])}
+
+
+def evaluate_reward_model(rm_dir: Path, heldout: Path) -> dict:
+    """Accuracy on held-out annotator labels, and agreement with gold preferences (gold ties excluded)."""
+    from prefloop.data import encode_pair, read_comparisons
+    from prefloop.models import RewardScorer
+
+    tok = load_tokenizer(str(rm_dir))
+    rm = load_reward_model(str(rm_dir), tok).eval()
+    recs = read_comparisons(heldout)
+    c, r = score_pairs(RewardScorer(rm), [encode_pair(tok, x, 512) for x in recs], tok.pad_token_id, "cpu")
+    acc = pairwise_accuracy(c.tolist(), r.tolist())
+    gold_right = []
+    for x, sc, sr in zip(recs, c.tolist(), r.tolist()):
+        gc, gr = x.meta["gold_chosen"], x.meta["gold_rejected"]
+        if gc != gr:
+            gold_right.append(float((sc > sr) == (gc > gr)))
+    return {"heldout_accuracy": acc, "gold_accuracy": mean(gold_right), "gold_pairs": len(gold_right)}
+
+
+def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[str], p: DemoPreset, seed: int):
+    tok = load_tokenizer(str(dirs["sft"]))
+    sft = load_causal_lm(str(dirs["sft"]), tok).eval()
+    rm = load_reward_model(str(rm_dir), tok).eval()
+    samples, stages = {}, {}
+    for name, d in dirs.items():
+        policy = sft if name == "sft" else load_causal_lm(str(d), tok).eval()
+        s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reference=sft, reward_model=rm,
+                          seed=seed + 17)
+        gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
+        details = [world.gold.details(pr, r) for pr, row in zip(prompts, s.responses) for r in row]
+        samples[name] = (s, gold)
+        stages[name] = {
+            "gold_reward_mean": mean([g for row in gold for g in row]),
+            "reward_model_mean": mean(s.flat("reward_model")),
+            "kl_to_sft": mean(s.flat("kl_k1")), "kl_to_sft_k3": mean(s.flat("kl_k3")),
+            **diversity_metrics(s),
+            "mean_response_tokens": mean([float(x) for x in s.flat("lengths")]),
+            "no_eos_fraction": mean([float(not e) for e in s.flat("ended")]),
+            **world_rates(details),
+        }
+    sft_gold = [g for row in samples["sft"][1] for g in row]
+    for name in stages:
+        mine = [g for row in samples[name][1] for g in row]
+        stages[name]["gold_win_rate_vs_sft"] = 0.5 if name == "sft" else win_rate(mine, sft_gold)
+    return stages, samples
+
+
+def world_rates(details: list[dict]) -> dict[str, float]:
+    """Rates the gold judge can see: made-up facts, needless refusals, harmful compliance."""
+    facts = [d for d in details if d.get("family") == "facts"]
+    benign = [d for d in details if not d.get("should_refuse")]
+    harmful = [d for d in details if d.get("should_refuse")]
+    return {"hallucination_rate": mean([float(bool(d.get("hallucinated"))) for d in facts]),
+            "needless_refusal_rate": mean([float(bool(d.get("refused"))) for d in benign]),
+            "harmful_compliance_rate": mean([float(bool(d.get("complied_harmful"))) for d in harmful])}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    p = _preset(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    watch = Stopwatch()
+    common = {"seed": cfg.seed, "precision": cfg.precision}
+
+    with watch("world"):
+        world = build_world(WorldConfig.preset(p.world, seed=cfg.seed))
+        write_world(world, out / "world")
+    with watch("pretrain"):
+        run_pretrain(PretrainConfig(data=out / "world" / "corpus.jsonl", out=out / "base", size=p.size,
+                                    vocab_size=p.vocab_size, epochs=p.pretrain_epochs, batch_size=p.pretrain_batch,
+                                    lr=p.pretrain_lr, max_length=p.block, **common))
+    with watch("sft"):
+        run_sft(SFTConfig(model=str(out / "base" / "model"), data=out / "world" / "demonstrations.jsonl",
+                          out=out / "sft", epochs=p.sft_epochs, lr=p.sft_lr, batch_size=p.sft_batch,
+                          max_length=p.block, **common))
+    with watch("comparisons"):
+        train_prompts = [r.prompt for r in read_prompts(out / "world" / "prompts_train.jsonl")]
+        pair_prompts = random.Random(cfg.seed).sample(train_prompts, min(p.pair_prompts, len(train_prompts)))
+        comp_stats = make_comparisons(world, out / "sft" / "model", pair_prompts, p, cfg.seed, out / "data")
+    with watch("reward"):
+        run_reward(RewardConfig(model=str(out / "sft" / "model"), data=out / "data" / "comparisons_train.jsonl",
+                                eval_data=out / "data" / "comparisons_heldout.jsonl", out=out / "reward",
+                                epochs=p.rm_epochs, lr=p.rm_lr, batch_size=p.rm_batch, max_length=p.block, **common))
+        rm_stats = evaluate_reward_model(out / "reward" / "model", out / "data" / "comparisons_heldout.jsonl")
+    with watch("ppo"):
+        run_ppo(PPOConfig(policy=str(out / "sft" / "model"), reward=str(out / "reward" / "model"),
+                          prompts=out / "world" / "prompts_train.jsonl", out=out / "ppo", max_steps=p.ppo_steps,
+                          rollout_batch_size=p.rollout_batch, batch_size=p.ppo_batch, lr=p.ppo_lr,
+                          kl_coef=p.kl_coef, kl_target=p.kl_target, max_new_tokens=p.max_new_tokens,
+                          temperature=p.temperature, max_length=p.block + p.max_new_tokens, **common),
+                gold_fn=lambda prompts, responses: [world.gold.score(a, b) for a, b in zip(prompts, responses)])
+    with watch("evaluate"):
+        heldout = [r.prompt for r in read_prompts(out / "world" / "prompts_heldout.jsonl")][:p.eval_prompts]
+        dirs = {"base": out / "base" / "model", "sft": out / "sft" / "model", "ppo": out / "ppo" / "model"}
+        stages, samples = evaluate_stages(world, dirs, out / "reward" / "model", heldout, p, cfg.seed)
+
+    metrics = {"stages": stages,
+               "reward_model": {**rm_stats, "train_comparisons": comp_stats["train_comparisons"],
+                                "annotator_gold_agreement": comp_stats["annotator_gold_agreement"]},
+               "seconds": {**watch.seconds, "total": round(sum(watch.seconds.values()), 1)},
+               "preset": cfg.preset, "seed": cfg.seed, "torch_threads": torch.get_num_threads(),
+               "settings": {f.name: getattr(p, f.name) for f in fields(p)}}
+    write_json(out / "metrics.json", metrics)
+    write_demo_report(out, metrics, samples, n_examples=8)
+    console.print(f"[bold green]demo done[/] in {metrics['seconds']['total']} s: {out / 'report.md'}")
+    console.print(json.dumps({k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)}
+                              for k, s in stages.items()}, indent=1))
+    return metrics
+
+
+__all__ = ["DemoConfig", "PRESETS", "run_demo"]

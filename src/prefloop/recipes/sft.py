@@ -1,0 +1,92 @@
+"""Supervised fine-tuning on demonstrations: next-token loss on the completion only (prompt masked)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefloop.data import (
+    collate_sft,
+    encode_example,
+    file_sha256,
+    read_demonstrations,
+    render_completion,
+    render_prompt,
+)
+from prefloop.models import CausalLMLoss, load_causal_lm, load_tokenizer
+
+from .common import BatchPlan, CommonConfig, make_optimizer, make_scheduler, micro_batches, require, shard, total_steps
+from .context import RunContext
+
+
+@dataclass(kw_only=True)
+class SFTConfig(CommonConfig):
+    model: str | None = None
+    """Causal LM to fine-tune: a local Hugging Face directory or a hub id."""
+    data: Path | None = None
+    """Demonstrations JSONL: {"prompt", "completion"} or {"messages": [...]}."""
+    epochs: float = 1.0
+    """Passes over the data (when --max-steps is not given)."""
+    lr: float = 1e-4
+    warmup_ratio: float = 0.05
+
+
+def encode_demonstrations(tokenizer, path: Path, max_length: int):
+    demos = read_demonstrations(path)
+    return [encode_example(tokenizer, render_prompt(tokenizer, d.prompt),
+                           render_completion(tokenizer, d.prompt, d.completion), max_length) for d in demos]
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    require(cfg, "model", "data")
+    ctx = RunContext("sft", cfg)
+    tok = load_tokenizer(cfg.model)
+    examples = encode_demonstrations(tok, cfg.data, cfg.max_length)
+    n_targets = [sum(1 for x in e.labels[1:] if x != -100) for e in examples]
+
+    plan = BatchPlan([len(e.input_ids) for e in examples], cfg.batch_size, cfg.seed)
+    steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
+    model = CausalLMLoss(load_causal_lm(ctx.init_path("model", cfg.model), tok))
+    model.train()
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg, steps)
+    state = ctx.ckpt.load_state() if ctx.resuming else None
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    model, opt = ctx.acc.prepare(model, opt)
+
+    step = ctx.start(steps, state)
+    while step < steps:
+        batch_idx = plan.batch(step)
+        # Normalise by the target tokens of the whole global batch, so micro-batches and processes
+        # add up to the exact mean token loss (DDP averages gradients over processes, hence * world).
+        denom = sum(n_targets[i] for i in batch_idx) / ctx.world
+        local_sum = 0.0
+        mbs = micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size)
+        for j, mb in enumerate(mbs):
+            b = collate_sft([examples[i] for i in mb], tok.pad_token_id)
+            with ctx.acc.no_sync(model) if j < len(mbs) - 1 else nullcontext(), ctx.acc.autocast():
+                loss_sum = model(b.input_ids.to(ctx.device), b.attention_mask.to(ctx.device), b.labels.to(ctx.device))
+                ctx.acc.backward(loss_sum / denom)
+            local_sum += loss_sum.item()
+        grad_norm = ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+
+        loss = ctx.all_sum(local_sum) / (denom * ctx.world)
+        ctx.log(step, {"loss/sft": loss, "lr": sched.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None}, show=("loss/sft",))
+        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok,
+                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+
+    final = {"loss/sft": ctx.logger.history[-1]["loss/sft"] if ctx.logger.history else None, "steps": steps,
+             "examples": len(examples)}
+    return ctx.finish(_lm(ctx, model), tok, final, {"data": file_sha256(cfg.data)})
+
+
+def _lm(ctx, wrapped):
+    return ctx.acc.unwrap_model(wrapped).lm

@@ -1,0 +1,128 @@
+"""Checkpoints: Hugging Face directories that plain transformers loads, plus resumable training state.
+
+Layout of a run directory `OUT/`:
+  OUT/model/            final HF directory (config, safetensors, tokenizer, generation config)
+  OUT/prefloop.json     recipe, config, data hashes, metrics (also copied into OUT/model/)
+  OUT/checkpoint/       the latest resumable state: one HF directory per trained model, `state.pt`
+                        (optimizer, scheduler, step, data position, KL controller...) and
+                        `rng_rank{r}.pt` per process. Replaced atomically: a kill never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import torch
+
+from .seeding import rng_state, set_rng_state
+
+
+def _jsonable(obj):
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float | int | str | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def save_hf(model, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Save `model` (unwrapped) and `tokenizer` as a plain Hugging Face directory, plus prefloop.json."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if meta is not None:
+        write_json(tmp / "prefloop.json", meta)
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def run_meta(recipe: str, config, data_hashes: dict | None = None, metrics: dict | None = None,
+             extra: dict | None = None) -> dict:
+    import prefloop
+
+    meta = {"prefloop_version": prefloop.__version__, "recipe": recipe, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "torch": torch.__version__, "config": _jsonable(config), "data": data_hashes or {},
+            "metrics": metrics or {}}
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+class Checkpointer:
+    """Save and restore the resumable state of a recipe under `OUT/checkpoint`."""
+
+    def __init__(self, out_dir: str | Path, accelerator):
+        self.dir = Path(out_dir) / "checkpoint"
+        self.acc = accelerator
+
+    def exists(self) -> bool:
+        return (self.dir / "state.pt").exists()
+
+    def save(self, step: int, models: dict, tokenizer, state: dict) -> None:
+        """`models` maps a name to an (unwrapped) HF model or a plain module; `state` holds optimizer etc."""
+        acc = self.acc
+        tmp = self.dir.with_name("checkpoint.tmp")
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            for name, model in models.items():
+                if hasattr(model, "save_pretrained"):
+                    model.save_pretrained(tmp / name, safe_serialization=True)
+                    if tokenizer is not None:
+                        tokenizer.save_pretrained(tmp / name)
+                else:
+                    torch.save(model.state_dict(), tmp / f"{name}.pt")
+            torch.save({"step": step, **state}, tmp / "state.pt")
+        acc.wait_for_everyone()
+        torch.save(rng_state(), tmp / f"rng_rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _replace_dir(tmp, self.dir)
+        acc.wait_for_everyone()
+
+    def model_path(self, name: str) -> Path:
+        return self.dir / name
+
+    def load_state(self) -> dict:
+        """Load `state.pt` and this process's RNG streams; returns the state dict (with `step`)."""
+        state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=False)
+        rng_file = self.dir / f"rng_rank{self.acc.process_index}.pt"
+        if rng_file.exists():
+            set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        return state
