@@ -234,8 +234,9 @@ class PPOTrainer:
         allx = self.ctx.acc.gather(x.to(self.ctx.device).float())
         return float(allx.mean()), float(allx.std().clamp(min=1e-6))
 
-    def calibrate_reward(self) -> None:
-        """PPO.md item 10: rewards of the initial policy's samples get mean 0 and std 1."""
+    def calibrate_reward(self) -> torch.Tensor:
+        """PPO.md item 10: rewards of the initial policy's samples get mean 0 and std 1. Returns the raw
+        scores of this process's calibration samples."""
         out = self._sample(self._prompt_batch(0))
         with torch.no_grad():
             ids = torch.cat([out.query_ids, out.response_ids], 1)
@@ -243,6 +244,7 @@ class PPOTrainer:
             scores = sequence_scores(self.rm, ids, mask)
         mean, std = self._gather_mean_std(scores)
         self.reward_gain, self.reward_bias = 1.0 / std, -mean / std
+        return scores
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> dict:
