@@ -3,6 +3,7 @@ uninterrupted run ends (same weights): optimizer, scheduler, RNG, data position 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def test_sft_resume_after_kill(tmp_path, policy_dir, toy_data):
     resumed = cli(args + ["--out", str(tmp_path / "k"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same(weights(tmp_path / "full" / "model"), weights(tmp_path / "k" / "model"))
-    steps = [int(x.split('"step": ')[1].split(",")[0]) for x in (tmp_path / "k" / "metrics.jsonl").read_text().split("\n") if x]
+    log = (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in log]
     assert steps == list(range(1, 9))
 
 

@@ -114,7 +114,8 @@ def write_demo_report(out: Path, metrics: dict, samples: dict, n_examples: int =
         "- *KL to SFT*: per sequence, estimated on the policy's own samples (k1 = sum of log-ratios; k3 >= 0).",
         "- *self-BLEU* among the samples of one prompt (per-input diversity); *distinct-n* over all samples.",
         "", f"PPO spent {fmt(ppo.get('kl_to_sft'))} nats of KL to SFT "
-        f"(adaptive target {metrics['settings']['kl_target']}).", "",
+        + (f"(adaptive KL target {metrics['settings']['kl_target']})." if metrics["settings"].get("kl_target")
+           else f"(fixed KL coefficient {metrics['settings']['kl_coef']})."), "",
         "## Reward model", "",
         "| held-out accuracy (annotator labels) | agreement with gold | training comparisons | annotators vs gold |",
         "|---|---|---|---|",

@@ -11,7 +11,6 @@ from .heads import (
     token_values,
     trunk,
 )
-from .wrappers import CausalLMLoss, CriticForward, ResponseForward, RewardScorer, score_in_batches
 from .loading import (
     ModelLoadError,
     disable_dropout,
@@ -20,9 +19,17 @@ from .loading import (
     load_reward_model,
     load_tokenizer,
 )
+from .wrappers import (
+    CausalLMLoss,
+    CriticForward,
+    ResponseForward,
+    RewardScorer,
+    score_in_batches,
+)
 
 __all__ = [
-    "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer", "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
+    "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer",
+    "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
     "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",
     "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "token_values", "trunk",
 ]

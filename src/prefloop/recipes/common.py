@@ -104,7 +104,8 @@ class BatchPlan:
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True):
         if not lengths:
             raise ConfigError("no training examples")
-        self.lengths, self.batch_size, self.seed, self.group = lengths, min(batch_size, len(lengths)), seed, group_by_length
+        self.lengths, self.seed, self.group = lengths, seed, group_by_length
+        self.batch_size = min(batch_size, len(lengths))
         self.steps_per_epoch = len(epoch_batches(lengths, self.batch_size, seed, 0, group_by_length))
         self._cache: dict[int, list[list[int]]] = {}
 

@@ -62,15 +62,15 @@ class DemoPreset:
 
 
 PRESETS = {
-    "default": DemoPreset(world="default", size="demo", vocab_size=1024, pretrain_epochs=2, pretrain_batch=32,
-                          pretrain_lr=3e-3, block=128, sft_epochs=2, sft_lr=5e-4, sft_batch=32,
-                          pair_prompts=3000, rm_epochs=1, rm_lr=2e-4, rm_batch=32, ppo_steps=60,
-                          rollout_batch=64, ppo_batch=32, ppo_lr=2e-5, kl_coef=0.05, kl_target=4.0,
+    "default": DemoPreset(world="default", size="demo", vocab_size=1024, pretrain_epochs=8, pretrain_batch=32,
+                          pretrain_lr=3e-3, block=128, sft_epochs=4, sft_lr=5e-4, sft_batch=32,
+                          pair_prompts=3000, rm_epochs=2, rm_lr=2e-4, rm_batch=32, ppo_steps=60,
+                          rollout_batch=64, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=None,
                           max_new_tokens=40, eval_prompts=200, eval_k=4, temperature=0.7),
-    "tiny": DemoPreset(world="tiny", size="demo-tiny", vocab_size=512, pretrain_epochs=2, pretrain_batch=32,
-                       pretrain_lr=3e-3, block=128, sft_epochs=2, sft_lr=5e-4, sft_batch=32,
-                       pair_prompts=600, rm_epochs=1, rm_lr=2e-4, rm_batch=32, ppo_steps=12,
-                       rollout_batch=32, ppo_batch=32, ppo_lr=2e-5, kl_coef=0.05, kl_target=4.0,
+    "tiny": DemoPreset(world="tiny", size="demo-tiny", vocab_size=512, pretrain_epochs=12, pretrain_batch=32,
+                       pretrain_lr=3e-3, block=128, sft_epochs=6, sft_lr=5e-4, sft_batch=32,
+                       pair_prompts=600, rm_epochs=2, rm_lr=3e-4, rm_batch=32, ppo_steps=20,
+                       rollout_batch=32, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=None,
                        max_new_tokens=32, eval_prompts=48, eval_k=2, temperature=0.7),
 }
 
