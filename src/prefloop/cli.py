@@ -28,6 +28,25 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "sample": ("prefloop.recipes.sample", "SampleConfig", "run_sample", "sample K completions per prompt to JSONL"),
     "demo": ("prefloop.recipes.demo", "DemoConfig", "run_demo",
              "the whole RLHF chain on the synthetic world, with an evaluation report"),
+    "dpo": ("prefloop.recipes.dpo", "DPOConfig", "run_dpo",
+            "direct preference optimisation (DPO, IPO, conservative DPO) on comparisons"),
+    "grpo": ("prefloop.recipes.grpo", "GRPOConfig", "run_grpo",
+             "critic-free policy gradient with a group-mean baseline over K samples per prompt"),
+    "rloo": ("prefloop.recipes.grpo", "RLOOConfig", "run_rloo",
+             "critic-free policy gradient with a leave-one-out baseline over K samples per prompt"),
+    "rejection-sampling": ("prefloop.recipes.rejection_sampling", "RejectionSamplingConfig",
+                           "run_rejection_sampling", "rounds of best-of-n sampling under a reward model, then SFT"),
+    "report": ("prefloop.eval.report_cmd", "ReportConfig", "run_report",
+               "HTML + Markdown report of a run directory (demo, loop or eval)"),
+}
+
+# Command groups with subcommands of their own: command -> (module, main function, description). The
+# module's main(argv) -> exit code parses the rest of the command line itself.
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "annotate": ("prefloop.feedback.cli", "main",
+                 "the human feedback web app: serve, import items, export judgments, manage users"),
+    "eval": ("prefloop.eval.cli", "main", "evaluate reward models and policies (accuracy, calibration, KL, "
+             "diversity, best-of-n over-optimisation, red teaming)"),
 }
 
 
@@ -37,7 +56,8 @@ class CLIError(ValueError):
 
 def _usage() -> str:
     lines = ["usage: prefloop <command> [options]   (prefloop <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<10} {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += [f"  {name:<18} {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += [f"  {name:<18} {spec[2]}" for name, spec in GROUPS.items()]
     return "\n".join(lines)
 
 
@@ -106,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefloop {__version__}")
         return 0
     command, rest = args[0], args[1:]
+    if command in GROUPS:
+        module_name, fn_name, _ = GROUPS[command]
+        return int(getattr(importlib.import_module(module_name), fn_name)(rest) or 0)
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
