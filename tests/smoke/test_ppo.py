@@ -52,11 +52,8 @@ def test_reward_normalisation_centres_initial_scores(tmp_path, policy_dir, rewar
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3
     # A fresh batch of the same policy lands near mean 0, std 1 too (sampling noise only).
     out = t._sample(t._prompt_batch(1))
-    from prefloop.models import sequence_scores
-
     with torch.no_grad():
-        s = sequence_scores(t.rm, torch.cat([out.query_ids, out.response_ids], 1),
-                            torch.cat([out.query_mask, out.response_mask], 1))
+        s = t.rm(torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1))
     z = s * t.reward_gain + t.reward_bias
     assert abs(float(z.mean())) < 0.5 and 0.6 < float(z.std()) < 1.5
 

@@ -27,8 +27,8 @@ from prefloop.models import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
-    sequence_scores,
 )
+from prefloop.models.ensemble import EnsembleMode, load_reward_scorer, reward_members
 from prefloop.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -57,7 +57,12 @@ class PPOConfig(CommonConfig):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
-    """Reward model directory (a sequence classifier with one output)."""
+    """Reward model directory (a sequence classifier with one output), an ensemble directory (with
+    ensemble.json, as `prefloop reward --ensemble-size N` writes) or several directories joined by commas."""
+    ensemble_mode: EnsembleMode = "mean"
+    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-mode mean-std."""
     prompts: Path | None = None
     """Prompts JSONL: {"prompt": text or messages}."""
     reference: str | None = None
@@ -139,7 +144,7 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
         logp.append(logprobs_from_logits(logits, r_ids[s], temperature))
         ref_logp.append(logprobs_from_logits(ref_fwd(ids[s], mask[s], R)[0], r_ids[s], temperature))
         values.append(critic_fwd(ids[s], mask[s], R) if critic_fwd is not None else v)
-        scores.append(sequence_scores(rm, ids[s], mask[s]))
+        scores.append(rm(ids[s], mask[s]))
     m = r_mask.float()
     return torch.cat(logp) * m, torch.cat(ref_logp) * m, torch.cat(values) * m, torch.cat(scores)
 
@@ -170,13 +175,15 @@ class PPOTrainer:
         # Models: the policy (trained), the frozen reference and reward model, and the critic.
         policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
         self.ref = load_causal_lm(cfg.reference or cfg.policy, tok).eval().requires_grad_(False)
-        self.rm = load_reward_model(cfg.reward, tok).eval().requires_grad_(False)
+        self.rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
         self.ref.to(ctx.device)
         self.rm.to(ctx.device)
         params = []
         self.critic_fwd = None
         if cfg.critic == "reward":
-            self.critic_fwd = CriticForward(load_reward_model(ctx.init_path("critic", cfg.reward), tok))
+            # An ensemble's first member initialises the critic.
+            critic_init = ctx.init_path("critic", reward_members(cfg.reward)[0])
+            self.critic_fwd = CriticForward(load_reward_model(critic_init, tok))
             self.policy_fwd = ResponseForward(policy)
             params = [{"params": list(self.critic_fwd.parameters()), "lr": cfg.critic_lr or cfg.lr}]
         else:
@@ -241,7 +248,7 @@ class PPOTrainer:
         with torch.no_grad():
             ids = torch.cat([out.query_ids, out.response_ids], 1)
             mask = torch.cat([out.query_mask, out.response_mask], 1)
-            scores = sequence_scores(self.rm, ids, mask)
+            scores = self.rm(ids, mask)
         mean, std = self._gather_mean_std(scores)
         self.reward_gain, self.reward_bias = 1.0 / std, -mean / std
         return scores
