@@ -66,3 +66,47 @@ def per_input_self_bleu(groups: list[list[str]], max_n: int = 4) -> float:
     """Self-BLEU among the K samples of each prompt, averaged over prompts (per-input diversity)."""
     vals = [self_bleu(g, max_n) for g in groups if len(g) >= 2]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def expectation_adjusted_distinct(token_seqs: list[list], n: int, vocab_size: int) -> float:
+    """Expectation-adjusted distinct-n (EAD, Liu et al. 2022, "Rethinking and Refining the Distinct Metric",
+    eq. 4): N_unique / (V (1 - ((V - 1) / V)^C)), with N_unique distinct n-grams, C all n-grams and V the
+    vocabulary size. The denominator is the number of distinct items expected in C uniform draws from V,
+    so unlike distinct-n the score does not fall just because the texts are longer. 0 when there are none."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    grams = [tuple(s[i:i + n]) for s in token_seqs for i in range(len(s) - n + 1)]
+    if not grams:
+        return 0.0
+    V, C = float(vocab_size), len(grams)
+    expected = V * (1.0 - ((V - 1.0) / V) ** C) if vocab_size > 1 else 1.0
+    return len(set(grams)) / expected
+
+
+def ead(texts: list[str], vocab_size: int, max_n: int = 5) -> float:
+    """EAD averaged over n = 1..max_n on whitespace words (EVALUATION.md, "Diversity")."""
+    toks = [words(t) for t in texts]
+    return sum(expectation_adjusted_distinct(toks, n, vocab_size) for n in range(1, max_n + 1)) / max_n
+
+
+def diversity_report(groups: list[list[str]], vocab_size: int | None = None) -> dict[str, float]:
+    """Per-input and across-input diversity of K samples per prompt (Kirk et al. 2023, sec. 4).
+
+    per_input/*: among the K samples of each prompt, averaged over prompts (prompts with K >= 2);
+    across_input/*: over the first sample of every prompt. EAD needs `vocab_size` (the word vocabulary V)."""
+    out: dict[str, float] = {}
+    multi = [g for g in groups if len(g) >= 2]
+    firsts = [g[0] for g in groups if g]
+
+    def avg(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    for n in (1, 2):
+        out[f"per_input/distinct_{n}"] = avg([distinct_n(g, n) for g in multi])
+        out[f"across_input/distinct_{n}"] = distinct_n(firsts, n) if firsts else float("nan")
+    out["per_input/self_bleu"] = per_input_self_bleu(multi)
+    out["across_input/self_bleu"] = self_bleu(firsts)
+    if vocab_size:
+        out["per_input/ead"] = avg([ead(g, vocab_size) for g in multi])
+        out["across_input/ead"] = ead(firsts, vocab_size) if firsts else float("nan")
+    return out

@@ -8,7 +8,7 @@ import torch
 
 from prefloop.data import encode_prompt, left_pad
 from prefloop.models import sequence_scores
-from prefloop.rl import kl_k3
+from prefloop.rl import entropy_from_logits, kl_k3
 from prefloop.rollout import SamplingConfig, response_logprobs, sample
 
 from .diversity import distinct_n, per_input_self_bleu
@@ -25,6 +25,7 @@ class PolicySamples:
     kl_k1: list[list[float]] = field(default_factory=list)
     kl_k3: list[list[float]] = field(default_factory=list)
     reward_model: list[list[float]] = field(default_factory=list)
+    entropy: list[list[float]] = field(default_factory=list)  # mean per-token entropy of the policy (nats)
 
     def flat(self, name: str) -> list:
         return [x for row in getattr(self, name) for x in row]
@@ -33,10 +34,11 @@ class PolicySamples:
 @torch.no_grad()
 def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingConfig, *, reference=None,
                   reward_model=None, batch_size: int = 64, seed: int = 0, max_prompt: int = 192,
-                  device="cpu") -> PolicySamples:
+                  device="cpu", entropy: bool = False) -> PolicySamples:
     """Sample K completions per prompt; with a reference, the per-sequence KL(policy || reference)
     estimated on the samples (k1 = sum of log-ratios, k3 = its non-negative estimator, EVALUATION.md);
-    with a reward model, its score of each sample."""
+    with a reward model, its score of each sample; with `entropy`, the mean entropy of the policy's
+    tempered next-token distribution over each sample's tokens (one more forward pass)."""
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
     rows = [(i, j) for i in range(len(prompt_texts)) for j in range(k)]
@@ -48,6 +50,8 @@ def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingCo
         res.kl_k1, res.kl_k3 = [[0.0] * k for _ in range(N)], [[0.0] * k for _ in range(N)]
     if reward_model is not None:
         res.reward_model = [[0.0] * k for _ in range(N)]
+    if entropy:
+        res.entropy = [[0.0] * k for _ in range(N)]
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         q, qm = left_pad([enc[i] for i, _ in chunk], tok.pad_token_id)
@@ -61,6 +65,8 @@ def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingCo
         if reward_model is not None:
             scores = sequence_scores(reward_model, torch.cat([out.query_ids, out.response_ids], 1),
                                      torch.cat([out.query_mask, out.response_mask], 1)).tolist()
+        if entropy:
+            ent = sequence_entropy(policy, out, scfg.temperature)
         for r, (i, j) in enumerate(chunk):
             toks = out.response_ids[r][out.response_mask[r].bool()].tolist()
             res.responses[i][j] = tok.decode(toks, skip_special_tokens=True)
@@ -70,7 +76,28 @@ def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingCo
                 res.kl_k1[i][j], res.kl_k3[i][j] = k1[r], k3[r]
             if reward_model is not None:
                 res.reward_model[i][j] = scores[r]
+            if entropy:
+                res.entropy[i][j] = ent[r]
     return res
+
+
+def sequence_entropy(policy, out, temperature: float) -> list[float]:
+    """Mean per-token entropy H(pi(. | s_t)) over each sampled response (masked), at the sampling temperature:
+    the policy-entropy measure of diversity (EVALUATION.md; Kirk et al. 2023)."""
+    _, logits = response_logprobs(policy, out.query_ids, out.query_mask, out.response_ids, out.response_mask,
+                                  temperature, return_logits=True)
+    return masked_mean_rows(entropy_from_logits(logits, temperature), out.response_mask)
+
+
+def masked_mean_rows(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """(B, T) values, (B, T) 0/1 mask -> B means over the masked positions (0 for an empty row)."""
+    m = mask.to(values.dtype)
+    return ((values * m).sum(1) / m.sum(1).clamp(min=1)).tolist()
+
+
+def never_end_fraction(ended: list[bool]) -> float:
+    """Fraction of responses that hit the token limit without their end token (EVALUATION.md)."""
+    return sum(not e for e in ended) / len(ended) if ended else float("nan")
 
 
 def diversity_metrics(samples: PolicySamples) -> dict[str, float]:
