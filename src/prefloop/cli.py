@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "critic-free policy gradient with a leave-one-out baseline over K samples per prompt"),
     "rejection-sampling": ("prefloop.recipes.rejection_sampling", "RejectionSamplingConfig",
                            "run_rejection_sampling", "rounds of best-of-n sampling under a reward model, then SFT"),
+    "loop": ("prefloop.recipes.loop", "LoopConfig", "run_loop",
+             "iterated RLHF: rounds of sample -> feedback -> refit reward model -> RL -> evaluate"),
     "report": ("prefloop.eval.report_cmd", "ReportConfig", "run_report",
                "HTML + Markdown report of a run directory (demo, loop or eval)"),
 }

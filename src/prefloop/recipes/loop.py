@@ -1,0 +1,335 @@
+"""`prefloop loop`: iterated RLHF, the loop the RLHF papers run (Stiennon et al. 2020; Bai et al. 2022,
+"iterated online RLHF"): collect feedback on the *current* policy's outputs, refit the reward model on all
+feedback so far, train the policy further, and go round again.
+
+Each round, top to bottom:
+  1. sample     two responses per fresh prompt (prompts no earlier round used) from the current policy
+  2. feedback   the world's simulated annotators compare them directly (`--feedback world`), or people do
+                through the feedback app (`--feedback app`; `--simulate` lets the simulated annotators act as
+                the app's users, through the same API as people)
+  3. reward     a reward model refit on all comparisons so far, starting from --reward-init every round
+  4. rl         the RL method (PPO by default) from the current policy, with the KL penalty measured against
+                the initial policy, so KL adds up over rounds and stays comparable with a single long run
+  5. evaluate   gold reward, reward-model score, gold win rate and KL against the initial policy on held-out
+                prompts of the world
+
+`OUT/loop_state.json` records every finished stage; a stopped loop run again with the same options resumes at
+the round and stage where it stopped (a stage that was interrupted is run again from its start).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from prefloop.data import read_prompts, write_jsonl
+from prefloop.runtime import console, write_json
+from prefloop.runtime.accel import Precision
+
+from .common import ConfigError, require
+
+STAGES = ("sample", "feedback", "reward", "rl", "evaluate")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    out: Path = Path("runs/loop")
+    """Output directory: OUT/round-N/{samples,comparisons,reward,rl,eval}, loop.json, report.md."""
+    world: Path | None = None
+    """World directory (from `prefloop world`, or a demo run's OUT/world): prompts, simulated annotators and
+    the gold judge used for evaluation."""
+    policy: str | None = None
+    """Initial policy (usually the SFT checkpoint); also the reference of the KL penalty."""
+    reward_init: str | None = None
+    """Model every round's reward model is trained from (default: --policy)."""
+    rounds: int = 3
+    """Number of rounds."""
+    comparisons: int = 1800
+    """Comparison prompts over all rounds together; each round samples an equal share of fresh prompts."""
+    heldout_fraction: float = 0.1
+    """Fraction of each round's comparison prompts held out to measure the reward model."""
+    feedback: Literal["world", "app"] = "world"
+    """world: the world's simulated annotators label directly; app: through the feedback web app."""
+    app_url: str | None = None
+    """Feedback app base URL (--feedback app), e.g. http://127.0.0.1:8000."""
+    app_token: str | None = None
+    """Admin API token of the feedback app (--feedback app)."""
+    overlap: int = 1
+    """Annotators per item in the feedback app; comparisons are exported once every item has this many."""
+    simulate: bool = False
+    """--feedback app: the world's simulated annotators annotate through the app's API as its users."""
+    method: Literal["ppo"] = "ppo"
+    """RL method of each round."""
+    rl_steps: int = 20
+    """RL updates per round."""
+    rollout_batch_size: int = 64
+    batch_size: int = 32
+    rl_lr: float = 1e-4
+    kl_coef: float = 0.1
+    """KL coefficient (initial value when --kl-target is given)."""
+    kl_target: float | None = None
+    """Adaptive KL target in nats per sequence against the initial policy (None: fixed coefficient)."""
+    kl_horizon: int = 10000
+    max_new_tokens: int = 40
+    temperature: float = 0.7
+    max_length: int = 168
+    rm_epochs: float = 2.0
+    rm_lr: float = 2e-4
+    rm_batch: int = 32
+    eval_prompts: int = 200
+    """Held-out prompts of the world evaluated after every round."""
+    eval_k: int = 4
+    """Samples per held-out prompt."""
+    seed: int = 0
+    precision: Precision = "auto"
+
+
+@dataclass
+class _EvalSettings:
+    """What `demo.evaluate_stages` reads from a preset."""
+
+    eval_k: int
+    max_new_tokens: int
+    temperature: float
+
+
+class LoopState:
+    """Finished stages and per-round results, written atomically after every stage."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path = path
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("fingerprint") != fingerprint:
+                changed = sorted(k for k in fingerprint if data.get("fingerprint", {}).get(k) != fingerprint[k])
+                raise ConfigError(f"{path}: this loop was started with other options ({', '.join(changed)}); "
+                                  "use another --out or the same options to resume")
+            self.done: list[str] = data["done"]
+            self.results: dict[str, dict] = data["results"]
+        else:
+            self.done, self.results = [], {}
+        self.fingerprint = fingerprint
+
+    def finished(self, rnd: int, stage: str) -> bool:
+        return f"{rnd}/{stage}" in self.done
+
+    def mark(self, rnd: int, stage: str, result: dict | None = None) -> None:
+        self.done.append(f"{rnd}/{stage}")
+        if result is not None:
+            self.results.setdefault(str(rnd), {})[stage] = result
+        write_json(self.path, {"fingerprint": self.fingerprint, "done": self.done, "results": self.results})
+
+
+def _fingerprint(cfg: LoopConfig) -> dict:
+    """Options that change what a round computes; others (e.g. --out) may change between resumes."""
+    d = asdict(cfg)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in ("config", "out", "app_token")}
+
+
+def round_prompts(train_prompts: list[str], cfg: LoopConfig) -> list[list[str]]:
+    """Disjoint, seeded slices of the world's train prompts: round r compares responses to slice r only."""
+    per_round = cfg.comparisons // cfg.rounds
+    if per_round < 2:
+        raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts per round")
+    prompts = list(train_prompts)
+    random.Random(f"loop-{cfg.seed}").shuffle(prompts)
+    if per_round * cfg.rounds > len(prompts):
+        raise ConfigError(f"--comparisons {cfg.comparisons} exceeds the world's {len(prompts)} train prompts")
+    return [prompts[r * per_round:(r + 1) * per_round] for r in range(cfg.rounds)]
+
+
+def _sample_pairs(policy_dir: str, prompts: list[str], cfg: LoopConfig, seed: int) -> list[dict]:
+    from prefloop.eval.policy import sample_policy
+    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.rollout import SamplingConfig
+
+    tok = load_tokenizer(policy_dir)
+    policy = load_causal_lm(policy_dir, tok).eval()
+    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    s = sample_policy(policy, tok, prompts, 2, scfg, seed=seed)
+    return [{"prompt": p, "responses": list(r)} for p, r in zip(prompts, s.responses)]
+
+
+def world_feedback(world, items: list[dict], seed: int) -> list[dict]:
+    """Comparison records from the world's simulated annotators (one annotator per pair)."""
+    return world.label_pairs([it["prompt"] for it in items], [it["responses"][0] for it in items],
+                             [it["responses"][1] for it in items], seed=seed)
+
+
+def _split_heldout(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    prompts = sorted({r["prompt"] for r in records})
+    rng = random.Random(f"heldout-{seed}")
+    held = set(rng.sample(prompts, max(1, int(round(fraction * len(prompts)))))) if fraction > 0 else set()
+    return [r for r in records if r["prompt"] not in held], [r for r in records if r["prompt"] in held]
+
+
+class Loop:
+    """The rounds of `prefloop loop`; `run()` is the explicit loop over rounds and stages."""
+
+    def __init__(self, cfg: LoopConfig, feedback_fn: Callable[[list[dict], int, int], list[dict]] | None = None):
+        require(cfg, "world", "policy")
+        if cfg.rounds < 1:
+            raise ConfigError("--rounds must be at least 1")
+        if cfg.feedback == "app" and feedback_fn is None:
+            require(cfg, "app_url", "app_token")
+        from prefloop.world import load_world
+
+        if not (Path(cfg.world) / "world.json").exists():
+            raise ConfigError(f"--world {cfg.world}: no world.json (write one with `prefloop world --out DIR`)")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.world = load_world(cfg.world)
+        self.train_prompts = [p.prompt for p in read_prompts(Path(cfg.world) / "prompts_train.jsonl")]
+        self.heldout = [p.prompt for p in read_prompts(Path(cfg.world) / "prompts_heldout.jsonl")][:cfg.eval_prompts]
+        self.slices = round_prompts(self.train_prompts, cfg)
+        self.feedback_fn = feedback_fn or self._default_feedback()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = LoopState(self.out / "loop_state.json", _fingerprint(cfg))
+
+    def _default_feedback(self) -> Callable[[list[dict], int, int], list[dict]]:
+        if self.cfg.feedback == "world":
+            return lambda items, rnd, seed: world_feedback(self.world, items, seed)
+        from prefloop.feedback.loop_client import app_feedback
+
+        return lambda items, rnd, seed: app_feedback(self.cfg, self.world, items, rnd, seed)
+
+    def round_dir(self, rnd: int) -> Path:
+        return self.out / f"round-{rnd}"
+
+    def policy_after(self, rnd: int) -> str:
+        """The policy that round `rnd` ends with (round 0: the initial policy)."""
+        return str(self.cfg.policy) if rnd == 0 else str(self.round_dir(rnd) / "rl" / "model")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        stage_fns = {"sample": self.stage_sample, "feedback": self.stage_feedback, "reward": self.stage_reward,
+                     "rl": self.stage_rl, "evaluate": self.stage_evaluate}
+        for rnd in range(1, cfg.rounds + 1):
+            for stage in STAGES:
+                if self.state.finished(rnd, stage):
+                    continue
+                console.rule(f"[bold]round {rnd}/{cfg.rounds}: {stage}")
+                self.state.mark(rnd, stage, stage_fns[stage](rnd))
+        summary = self.summary()
+        write_json(self.out / "loop.json", summary)
+        (self.out / "report.md").write_text(loop_report(summary))
+        console.print(f"[bold green]loop done[/]: {self.out / 'report.md'}")
+        return summary
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def stage_sample(self, rnd: int) -> dict:
+        items = _sample_pairs(self.policy_after(rnd - 1), self.slices[rnd - 1], self.cfg, self.cfg.seed + rnd)
+        write_jsonl(self.round_dir(rnd) / "samples.jsonl", items)
+        return {"items": len(items)}
+
+    def stage_feedback(self, rnd: int) -> dict:
+        from prefloop.data import iter_jsonl
+
+        items = [d for _, d in iter_jsonl(self.round_dir(rnd) / "samples.jsonl")]
+        records = self.feedback_fn(items, rnd, self.cfg.seed + 1000 * rnd)
+        for r in records:
+            r["id"] = f"r{rnd}-{r.get('id', '')}"
+            r.setdefault("meta", {})["round"] = rnd
+        train, held = _split_heldout(records, self.cfg.heldout_fraction, self.cfg.seed + rnd)
+        write_jsonl(self.round_dir(rnd) / "comparisons_train.jsonl", train)
+        write_jsonl(self.round_dir(rnd) / "comparisons_heldout.jsonl", held)
+        gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records
+                if "gold_chosen" in r.get("meta", {}) and r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
+        return {"comparisons": len(records), "annotator_gold_agreement": sum(gold) / len(gold) if gold else None}
+
+    def _all_comparisons(self, rnd: int, kind: str) -> Path:
+        """All rounds' comparisons up to `rnd` in one file (the reward model is refit on everything so far)."""
+        from prefloop.data import iter_jsonl
+
+        rows = [d for r in range(1, rnd + 1) for _, d in iter_jsonl(self.round_dir(r) / f"comparisons_{kind}.jsonl")]
+        path = self.round_dir(rnd) / f"all_comparisons_{kind}.jsonl"
+        write_jsonl(path, rows)
+        return path
+
+    def stage_reward(self, rnd: int) -> dict:
+        from .demo import evaluate_reward_model
+        from .reward import RewardConfig, run_reward
+
+        cfg, d = self.cfg, self.round_dir(rnd)
+        train, held = self._all_comparisons(rnd, "train"), self._all_comparisons(rnd, "heldout")
+        shutil.rmtree(d / "reward", ignore_errors=True)
+        run_reward(RewardConfig(model=cfg.reward_init or cfg.policy, data=train, eval_data=held, out=d / "reward",
+                                epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=cfg.rm_batch,
+                                max_length=cfg.max_length, seed=cfg.seed + rnd, precision=cfg.precision))
+        stats = evaluate_reward_model(d / "reward" / "model", held)
+        return {**stats, "train_comparisons": sum(1 for _ in open(train))}
+
+    def stage_rl(self, rnd: int) -> dict:
+        from .ppo import PPOConfig, run_ppo
+
+        cfg, d = self.cfg, self.round_dir(rnd)
+        shutil.rmtree(d / "rl", ignore_errors=True)
+        gold = self.world.gold
+        meta = run_ppo(PPOConfig(policy=self.policy_after(rnd - 1), reference=str(cfg.policy),
+                                 reward=str(d / "reward" / "model"),
+                                 prompts=Path(cfg.world) / "prompts_train.jsonl", out=d / "rl",
+                                 max_steps=cfg.rl_steps, rollout_batch_size=cfg.rollout_batch_size,
+                                 batch_size=cfg.batch_size, lr=cfg.rl_lr, kl_coef=cfg.kl_coef,
+                                 kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 max_length=cfg.max_length + cfg.max_new_tokens, seed=cfg.seed + rnd,
+                                 precision=cfg.precision),
+                       gold_fn=lambda prompts, responses: [gold.score(a, b) for a, b in zip(prompts, responses)])
+        return {k: v for k, v in meta.get("metrics", {}).items() if k != "time_split"}
+
+    def stage_evaluate(self, rnd: int) -> dict:
+        from .demo import evaluate_stages
+
+        cfg = self.cfg
+        dirs = {"sft": Path(cfg.policy), "policy": Path(self.policy_after(rnd))}
+        settings = _EvalSettings(cfg.eval_k, cfg.max_new_tokens, cfg.temperature)
+        stages, _ = evaluate_stages(self.world, dirs, self.round_dir(rnd) / "reward" / "model", self.heldout,
+                                    settings, cfg.seed)
+        write_json(self.round_dir(rnd) / "eval.json", stages)
+        return {"policy": stages["policy"], "initial": stages["sft"]}
+
+    def summary(self) -> dict:
+        rounds = []
+        for rnd in range(1, self.cfg.rounds + 1):
+            r = self.state.results.get(str(rnd), {})
+            ev = r.get("evaluate", {}).get("policy", {})
+            rounds.append({"round": rnd, "comparisons_so_far": r.get("reward", {}).get("train_comparisons"),
+                           "rm_gold_accuracy": r.get("reward", {}).get("gold_accuracy"),
+                           "rm_heldout_accuracy": r.get("reward", {}).get("heldout_accuracy"),
+                           "annotator_gold_agreement": r.get("feedback", {}).get("annotator_gold_agreement"),
+                           **{k: ev.get(k) for k in ("gold_reward_mean", "gold_win_rate_vs_sft", "kl_to_sft",
+                                                     "kl_to_sft_k3", "reward_model_mean", "distinct_2", "self_bleu")}})
+        initial = self.state.results.get("1", {}).get("evaluate", {}).get("initial", {})
+        return {"config": _fingerprint(self.cfg), "initial": initial, "rounds": rounds}
+
+
+def loop_report(summary: dict) -> str:
+    cols = ["round", "comparisons_so_far", "rm_gold_accuracy", "gold_reward_mean", "gold_win_rate_vs_sft",
+            "kl_to_sft", "reward_model_mean", "distinct_2", "self_bleu"]
+
+    def fmt(v):
+        return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    lines = ["# prefloop loop", "", f"Initial policy: gold reward {fmt(summary['initial'].get('gold_reward_mean'))}, "
+             f"distinct-2 {fmt(summary['initial'].get('distinct_2'))}, self-BLEU "
+             f"{fmt(summary['initial'].get('self_bleu'))} (held-out prompts of the world).", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in summary["rounds"]]
+    lines += ["", "KL and win rate are against the initial policy; gold is the world's hidden judge; the reward "
+              "model's gold accuracy is measured on all held-out comparisons so far."]
+    return "\n".join(lines) + "\n"
+
+
+def run_loop(cfg: LoopConfig) -> dict:
+    return Loop(cfg).run()
+
+
+__all__ = ["LoopConfig", "Loop", "run_loop", "round_prompts", "world_feedback"]

@@ -1,0 +1,102 @@
+"""`prefloop loop` on a tiny world with a micro model: rounds chain, feedback accumulates, a stopped loop
+resumes where it stopped, and bad options are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prefloop.recipes.common import ConfigError
+from prefloop.recipes.loop import Loop, LoopConfig, round_prompts
+
+
+@pytest.fixture(scope="module")
+def world_and_policy(tmp_path_factory):
+    from prefloop.recipes.pretrain import new_model, train_tokenizer
+    from prefloop.world import WorldConfig, build_world, write_world
+
+    d = tmp_path_factory.mktemp("loopworld")
+    world = build_world(WorldConfig.preset("tiny", seed=0))
+    write_world(world, d / "world")
+    tok = train_tokenizer(world.corpus[:400], vocab_size=400)
+    torch.manual_seed(0)
+    model = new_model(tok, "llama", "micro", 128)
+    model.save_pretrained(d / "policy")
+    tok.save_pretrained(d / "policy")
+    return d / "world", d / "policy"
+
+
+def loop_config(tmp_path, world_and_policy, **kw) -> LoopConfig:
+    world, policy = world_and_policy
+    base = dict(world=world, policy=str(policy), out=tmp_path / "loop", rounds=2, comparisons=48, rl_steps=2,
+                rollout_batch_size=8, batch_size=8, max_new_tokens=8, max_length=64, rm_epochs=1, rm_batch=16,
+                eval_prompts=6, eval_k=2, heldout_fraction=0.25)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def test_round_prompts_are_disjoint_and_seeded():
+    cfg = LoopConfig(rounds=3, comparisons=30, seed=1)
+    prompts = [f"p{i}" for i in range(50)]
+    slices = round_prompts(prompts, cfg)
+    assert [len(s) for s in slices] == [10, 10, 10]
+    assert len({p for s in slices for p in s}) == 30
+    assert slices == round_prompts(prompts, cfg)
+    assert slices != round_prompts(prompts, LoopConfig(rounds=3, comparisons=30, seed=2))
+    with pytest.raises(ConfigError, match="exceeds the world's 50 train prompts"):
+        round_prompts(prompts, LoopConfig(rounds=2, comparisons=200))
+
+
+def test_two_rounds_chain_accumulate_and_resume(tmp_path, world_and_policy):
+    cfg = loop_config(tmp_path, world_and_policy)
+    calls = []
+
+    def flaky_feedback(items, rnd, seed):
+        calls.append(rnd)
+        if rnd == 2 and calls.count(2) == 1:
+            raise KeyboardInterrupt  # the loop is stopped in round 2's feedback stage
+        return loop.world.label_pairs([it["prompt"] for it in items], [it["responses"][0] for it in items],
+                                      [it["responses"][1] for it in items], seed=seed)
+
+    loop = Loop(cfg, feedback_fn=flaky_feedback)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    state = json.loads((cfg.out / "loop_state.json").read_text())
+    assert state["done"] == ["1/sample", "1/feedback", "1/reward", "1/rl", "1/evaluate", "2/sample"]
+    rm1 = (cfg.out / "round-1" / "reward" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    loop = Loop(cfg, feedback_fn=flaky_feedback)  # run again: resumes at round 2, feedback
+    summary = loop.run()
+    assert calls == [1, 2, 2]
+    assert (cfg.out / "round-1" / "reward" / "model" / "model.safetensors").stat().st_mtime_ns == rm1
+    r1, r2 = summary["rounds"]
+    # The reward model of round 2 is refit on both rounds' comparisons.
+    assert r2["comparisons_so_far"] > r1["comparisons_so_far"] > 0
+    all2 = (cfg.out / "round-2" / "all_comparisons_train.jsonl").read_text().splitlines()
+    assert {json.loads(x)["meta"]["round"] for x in all2} == {1, 2}
+    # Round 2's RL starts from round 1's policy and keeps the KL reference at the initial policy.
+    ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
+    assert ppo2["policy"] == str(cfg.out / "round-1" / "rl" / "model") and ppo2["reference"] == cfg.policy
+    for r in (r1, r2):
+        assert r["gold_reward_mean"] is not None and r["kl_to_sft_k3"] > 0
+    assert "| round |" in (cfg.out / "report.md").read_text()
+    assert json.loads((cfg.out / "loop.json").read_text())["rounds"][1]["round"] == 2
+
+
+def test_resume_with_other_options_is_refused(tmp_path, world_and_policy):
+    cfg = loop_config(tmp_path, world_and_policy, rounds=1)
+    cfg.out.mkdir(parents=True)
+    (cfg.out / "loop_state.json").write_text(json.dumps({"fingerprint": {"rounds": 5}, "done": [], "results": {}}))
+    with pytest.raises(ConfigError, match="started with other options"):
+        Loop(cfg)
+
+
+def test_cli_bad_inputs(tmp_path, world_and_policy, capsys):
+    from prefloop.cli import main
+
+    assert main(["loop", "--out", str(tmp_path / "x")]) == 2
+    assert "missing option --world" in capsys.readouterr().err
+    assert main(["loop", "--world", str(tmp_path), "--policy", "p", "--out", str(tmp_path / "x")]) == 2
+    assert "no world.json" in capsys.readouterr().err
