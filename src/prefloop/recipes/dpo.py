@@ -1,0 +1,215 @@
+"""Direct preference optimisation: DPO (Rafailov et al. 2023), IPO (Azar et al. 2023) and conservative DPO.
+
+The policy learns from comparisons directly, without a reward model or sampling: the loss raises the
+log-ratio log pi / pi_ref of the chosen response above that of the rejected one. The reference is the
+initial policy unless --reference is given; its log-probs are computed once before training (one pass,
+kept per example) unless --no-precompute-reference asks for them on the fly. Chosen and rejected
+responses go through one forward as a batch of 2B rows. The math lives in `prefloop.rl.preference`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prefloop.data import file_sha256, read_comparisons, right_pad
+from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
+from prefloop.models import hidden_states, load_causal_lm, load_tokenizer
+from prefloop.rl import logprobs_from_logits
+from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
+
+from .common import (
+    BatchPlan,
+    CommonConfig,
+    ConfigError,
+    make_optimizer,
+    make_scheduler,
+    micro_batches,
+    require,
+    shard,
+    total_steps,
+)
+from .context import RunContext
+from .reward import split_by_prompt
+
+
+@dataclass(kw_only=True)
+class DPOConfig(CommonConfig):
+    model: str | None = None
+    """Policy to optimise (usually the SFT checkpoint); also the reference unless --reference is given."""
+    data: Path | None = None
+    """Comparisons JSONL: {"prompt", "chosen", "rejected"} (standard, conversational or implicit prompt)."""
+    eval_data: Path | None = None
+    """Held-out comparisons; default: --eval-fraction of the prompts of --data are held out."""
+    eval_fraction: float = 0.1
+    """Fraction of prompts held out for evaluation when --eval-data is not given (0 disables)."""
+    reference: str | None = None
+    """Reference policy pi_ref (default: the initial policy, --model)."""
+    loss: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    """sigmoid: DPO; ipo: IPO on per-token average log-probs; cdpo: DPO with label smoothing."""
+    beta: float = 0.1
+    """Strength of the implicit KL regularisation (IPO: the target gap is 1 / (2 beta))."""
+    label_smoothing: float = 0.1
+    """cdpo: assumed probability that a preference label is flipped, in [0, 0.5)."""
+    precompute_reference: bool = True
+    """Compute reference log-probs once before training (then free the reference model);
+    --no-precompute-reference computes them in every step instead (less start-up, more compute and memory)."""
+    epochs: float = 1.0
+    lr: float = 1e-6
+    warmup_ratio: float = 0.1
+
+
+LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss, "cdpo": cdpo_loss}
+
+
+def check_config(cfg: DPOConfig) -> None:
+    require(cfg, "model", "data")
+    if not (cfg.beta > 0 and math.isfinite(cfg.beta)):
+        raise ConfigError(f"--beta must be a positive number, got {cfg.beta}")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ConfigError(f"--label-smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+
+
+class SequenceLogprobs(nn.Module):
+    """(2B, T) right-padded prompt+response ids -> (2B,) summed log-probs of the response tokens and (2B,)
+    their counts. `response_mask` (2B, T) is 1 on response tokens; the logits at t - 1 predict token t."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, response_mask):
+        h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
+        logits = self.lm.get_output_embeddings()(h)
+        target_mask = response_mask[:, 1:].to(torch.float32)
+        logp = logprobs_from_logits(logits, input_ids[:, 1:]) * target_mask
+        return logp.sum(-1), target_mask.sum(-1)
+
+
+def collate(pairs: list[PromptedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chosen rows then rejected rows, right padded to one length: ids, attention mask, response mask (2B, T)."""
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    ids, mask = right_pad(rows, pad_id)
+    starts = torch.tensor([p.prompt_len for p in pairs] * 2).unsqueeze(1)
+    response = mask * (torch.arange(ids.shape[1]).unsqueeze(0) >= starts).long()
+    return ids, mask, response
+
+
+@torch.no_grad()
+def pair_logprobs(fwd: nn.Module, pairs: list[PromptedPair], pad_id: int, device,
+                  batch_size: int) -> torch.Tensor:
+    """(N, 4) per pair: summed log-probs of chosen and rejected, then their response token counts."""
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        ids, mask, resp = collate(chunk, pad_id)
+        s, n = fwd(ids.to(device), mask.to(device), resp.to(device))
+        B = len(chunk)
+        out.append(torch.stack([s[:B], s[B:], n[:B], n[B:]], 1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 4)
+
+
+def sequence_logps(sums: torch.Tensor, counts: torch.Tensor, loss: str) -> torch.Tensor:
+    """Sums for DPO and cDPO (as the DPO paper); per-token averages for IPO (see `ipo_loss`)."""
+    return sums / counts.clamp(min=1) if loss == "ipo" else sums
+
+
+def dpo_loss(cfg: DPOConfig, policy: torch.Tensor, ref: torch.Tensor):
+    """The configured loss on (B, 4) policy and reference columns [sum_c, sum_r, n_c, n_r]."""
+    pc, pr = sequence_logps(policy[:, 0], policy[:, 2], cfg.loss), sequence_logps(policy[:, 1], policy[:, 3], cfg.loss)
+    rc, rr = sequence_logps(ref[:, 0], ref[:, 2], cfg.loss), sequence_logps(ref[:, 1], ref[:, 3], cfg.loss)
+    if cfg.loss == "cdpo":
+        return cdpo_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing)
+    return LOSSES[cfg.loss](pc, pr, rc, rr, cfg.beta)
+
+
+def run_dpo(cfg: DPOConfig) -> dict:
+    check_config(cfg)
+    ctx = RunContext("dpo", cfg)
+    tok = load_tokenizer(cfg.model)
+    comparisons = read_comparisons(cfg.data)
+    if cfg.eval_data:
+        train, held = comparisons, read_comparisons(cfg.eval_data)
+    else:
+        train, held = split_by_prompt(comparisons, cfg.eval_fraction, cfg.seed)
+    enc = [encode_pair_with_prompt(tok, c, cfg.max_length) for c in train]
+    enc_held = [encode_pair_with_prompt(tok, c, cfg.max_length) for c in held]
+
+    plan = BatchPlan([max(len(p.chosen), len(p.rejected)) for p in enc], cfg.batch_size, cfg.seed)
+    steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
+    # Reference: frozen; with precomputation one pass over every pair, then the model is freed.
+    ref_fwd = SequenceLogprobs(load_causal_lm(cfg.reference or cfg.model, tok).eval().requires_grad_(False))
+    ref_fwd.to(ctx.device)
+    chunk = cfg.micro_batch_size or cfg.batch_size
+    ref_train = ref_held = None
+    if cfg.precompute_reference:
+        ref_train = pair_logprobs(ref_fwd, enc, tok.pad_token_id, ctx.device, chunk)
+        ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk)
+        ref_fwd = None
+    model = SequenceLogprobs(load_causal_lm(ctx.init_path("model", cfg.model), tok))
+    model.train()
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg, steps)
+    state = ctx.ckpt.load_state() if ctx.resuming else None
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    model, opt = ctx.acc.prepare(model, opt)
+
+    step = ctx.start(steps, state)
+    while step < steps:
+        batch_idx = plan.batch(step)
+        frac = 1.0 / len(batch_idx)
+        stats_sum: dict[str, torch.Tensor] = {}
+        mbs = micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size)
+        for j, mb in enumerate(mbs):
+            ids, mask, resp = (x.to(ctx.device) for x in collate([enc[i] for i in mb], tok.pad_token_id))
+            if ref_train is not None:
+                ref = ref_train[mb].to(ctx.device)
+            else:
+                ref = pair_logprobs(ref_fwd, [enc[i] for i in mb], tok.pad_token_id, ctx.device, len(mb))
+                ref = ref.to(ctx.device)
+            with ctx.acc.no_sync(model) if j < len(mbs) - 1 else nullcontext(), ctx.acc.autocast():
+                s, n = model(ids, mask, resp)
+                B = len(mb)
+                loss, stats = dpo_loss(cfg, torch.stack([s[:B], s[B:], n[:B], n[B:]], 1), ref)
+                # Each micro-batch's mean loss weighted by its share of the global batch (DDP averages ranks).
+                ctx.acc.backward(loss * len(mb) * frac * ctx.world)
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v * len(mb)
+        grad_norm = ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        local = dict(zip(stats_sum, torch.stack(list(stats_sum.values())).tolist()))
+        metrics = {k: ctx.all_sum(v) / len(batch_idx) for k, v in local.items()}
+        metrics.update({"lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None})
+        ctx.log(step, metrics, show=("loss/dpo", "rewards/accuracy"))
+        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok,
+                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+
+    final: dict = {"train_comparisons": len(train), "eval_comparisons": len(held), "steps": steps, "loss": cfg.loss}
+    if enc_held:
+        model.eval()
+        if ref_held is None:
+            ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk)
+        pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk)
+        _, stats = dpo_loss(cfg, pol, ref_held)
+        final.update({f"eval/{k.split('/')[-1]}": float(stats[k]) for k in
+                      ("rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected")})
+        final["eval/loss"] = float(stats["loss/dpo"])
+        ctx.logger.log(step, final)
+    return ctx.finish(_lm(ctx, model), tok, final, {"data": file_sha256(cfg.data)})
+
+
+def _lm(ctx, wrapped):
+    return ctx.acc.unwrap_model(wrapped).lm
