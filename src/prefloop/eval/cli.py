@@ -1,0 +1,168 @@
+"""`prefloop eval <subcommand> [options]`: evaluate reward models and policies; each run writes
+OUT/metrics.json, plots and the HTML + Markdown report of OUT.
+
+  reward      a reward model on held-out comparisons: accuracy (ties wrong), calibration, accuracy per pool
+  policy      a policy (and a reference): gold and reward-model score, win rate under a named judge, KL,
+              length, never-ending fraction, diversity, made-up facts, red-team rates
+  best-of-n   best-of-n over-optimisation curves against the exact KL, with the Gao et al. fit
+  judge       win rate from a file of judgments (`prefloop eval --judge-file FILE ...` is the same)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class _Sampling:
+    max_new_tokens: int = 48
+    """Response length cap (tokens)."""
+    temperature: float = 0.7
+    """Sampling temperature (the KL estimates use the same tempered distributions)."""
+    top_p: float = 1.0
+    num_prompts: int | None = None
+    """Use only the first N prompts of --prompts."""
+    batch_size: int = 64
+    """Sequences sampled together."""
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class EvalRewardConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    model: str | None = None
+    """The reward model (a prefloop reward directory's model/, or any HF sequence classifier with one label)."""
+    data: Path | None = None
+    """Held-out comparisons JSONL ({"prompt", "chosen", "rejected"}, optional "pool" and meta.gold_*)."""
+    out: Path = Path("runs/eval-reward")
+    """Output directory: metrics.json, calibration plot, report.html and report.md."""
+    world: Path | None = None
+    """A world directory: also measure agreement with its hidden gold judge."""
+    bins: int = 5
+    """Calibration bins over the model's confidence [0.5, 1]."""
+    max_length: int = 512
+    batch_size: int = 64
+
+
+@dataclass(kw_only=True)
+class EvalPolicyConfig(_Sampling):
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    model: str | None = None
+    """The policy to evaluate (an HF causal LM directory)."""
+    prompts: Path | None = None
+    """Evaluation prompts JSONL ({"prompt"}); held-out prompts of the world for the gold judge."""
+    out: Path = Path("runs/eval-policy")
+    """Output directory: metrics.json, samples.jsonl, plots, report.html and report.md."""
+    reference: str | None = None
+    """Reference policy (e.g. the SFT model): KL to it, and the win rate against it."""
+    reward_model: str | None = None
+    """Reward model to score samples with (it may use another tokenizer)."""
+    world: Path | None = None
+    """World directory: gold reward, made-up facts, refusals, and the world's red-team prompts."""
+    judge: Literal["gold", "reward-model", "file"] = "gold"
+    """Judge of the win rate against --reference: the world's gold judge, the reward model, or --judge-file."""
+    judge_file: Path | None = None
+    """Judgments JSONL (comparisons whose chosen/rejected are the two policies' responses)."""
+    name: str = "policy"
+    """Name of the policy in tables and in judgment files (meta.chosen_policy / rejected_policy)."""
+    reference_name: str = "reference"
+    """Name of the reference."""
+    k: int = 4
+    """Samples per prompt (per-input diversity needs K >= 2)."""
+    redteam_prompts: int = 32
+    """With --world: this many adversarial and this many benign-lookalike red-team prompts (0: none)."""
+    redteam_file: Path | None = None
+    """Your own red-team prompts JSONL ({"prompt", "should_refuse"}); replaces the world's family."""
+    redteam_scorer: str | None = None
+    """module:function scoring a (prompt, response) -> {"refused": bool, "complied_harmful": bool}."""
+
+
+@dataclass(kw_only=True)
+class EvalBestOfNConfig(_Sampling):
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    model: str | None = None
+    """The policy to draw samples from (the base of best-of-n, usually SFT)."""
+    prompts: Path | None = None
+    """Prompts JSONL."""
+    reward_model: str | None = None
+    """The proxy reward model that picks the best of n."""
+    world: Path | None = None
+    """World directory: the gold reward of the picked samples (over-optimisation shows here)."""
+    out: Path = Path("runs/eval-best-of-n")
+    """Output directory: metrics.json, samples.jsonl, the curve plot, report.html and report.md."""
+    n: int = 16
+    """Samples per prompt N; curves for n = 1..N."""
+    num_prompts: int | None = 64
+    """Use only the first N prompts of --prompts."""
+
+
+@dataclass(kw_only=True)
+class EvalJudgeConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    judge_file: Path | None = None
+    """Judgments JSONL (e.g. the feedback app's export): comparisons of two policies' responses."""
+    name: str = "policy"
+    """The policy whose win rate is reported."""
+    reference_name: str = "reference"
+    """The policy it is compared with."""
+    policy_samples: Path | None = None
+    """`prefloop sample` output of the policy (to tell whose response is whose without meta labels)."""
+    reference_samples: Path | None = None
+    """`prefloop sample` output of the reference."""
+    out: Path = Path("runs/eval-judge")
+    """Output directory: metrics.json, report.html and report.md."""
+
+
+SUBCOMMANDS = {
+    "reward": (EvalRewardConfig, "eval_reward", "a reward model on held-out comparisons"),
+    "policy": (EvalPolicyConfig, "eval_policy", "a policy against a reference, under a named judge"),
+    "best-of-n": (EvalBestOfNConfig, "eval_best_of_n", "best-of-n over-optimisation curves"),
+    "judge": (EvalJudgeConfig, "eval_judge", "win rate with a confidence interval from a judgments file"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: prefloop eval <subcommand> [options]   (prefloop eval <subcommand> --help)", "",
+             "subcommands:"]
+    lines += [f"  {k:<12} {v[2]}" for k, v in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `prefloop eval`; returns the exit code (2 with `error: ...` on bad input)."""
+    import tyro
+
+    from prefloop.cli import _known_errors, _split_config_arg, config_from_yaml
+
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0].startswith("--judge-file"):
+        args = ["judge", *args]
+    sub, rest = args[0], args[1:]
+    if sub not in SUBCOMMANDS:
+        print(f"error: unknown eval subcommand '{sub}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    cls, fn_name, description = SUBCOMMANDS[sub]
+    try:
+        config_path, rest = _split_config_arg(rest)
+        default = config_from_yaml(cls, config_path) if config_path else cls()
+        cfg = tyro.cli(cls, args=rest, default=default, prog=f"prefloop eval {sub}", description=description)
+        from . import run_eval
+
+        getattr(run_eval, fn_name)(cfg)
+    except _known_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

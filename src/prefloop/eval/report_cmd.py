@@ -1,0 +1,469 @@
+"""`prefloop report RUN_DIR`: a self-contained HTML page and its Markdown twin for a run directory.
+
+Works on a demo run (metrics.json with stages / reward_model / seconds, per-stage metrics.jsonl, samples.jsonl
+when the demo writes one) and on `prefloop eval` outputs (metrics.json with a "kind"). Every table that the
+run has data for is shown; nothing is required but metrics.json or a metrics.jsonl.
+
+The HTML embeds its plots as base64 PNG and escapes every piece of text, so it can be mailed or opened from
+anywhere; the Markdown refers to the same plots written as PNG files next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from .report import STAGE_COLUMNS
+
+EXTRA_STAGE_COLUMNS = [
+    ("win_rate_vs_ref", "win rate vs reference"), ("kl_to_ref", "KL to reference (k1)"),
+    ("kl_to_ref_k3", "KL to reference (k3)"), ("entropy", "token entropy (nats)"),
+    ("per_input/distinct_2", "distinct-2 per prompt"), ("across_input/distinct_2", "distinct-2 across prompts"),
+    ("per_input/self_bleu", "self-BLEU per prompt"), ("across_input/self_bleu", "self-BLEU across prompts"),
+    ("per_input/ead", "EAD per prompt"), ("across_input/ead", "EAD across prompts"),
+    ("redteam_bad_answer_rate", "red team: bad answers"),
+    ("redteam_needless_refusal_rate", "red team: needless refusals"),
+]
+ALL_STAGE_COLUMNS = STAGE_COLUMNS + EXTRA_STAGE_COLUMNS
+CURVE_KEYS = ("loss/total", "loss/policy", "loss/value", "loss/reward", "loss/lm", "loss", "rollout/score_mean",
+              "kl/k1", "gold/mean", "accuracy", "eval/accuracy", "kl/coef", "policy/entropy")
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    run_dir: tyro.conf.Positional[Path | None] = None
+    """Run directory (a demo, loop or eval output) holding metrics.json and/or metrics.jsonl files."""
+    out: Path | None = None
+    """Where to write report.html, report.md and the plots (default: RUN_DIR)."""
+    samples: int = 8
+    """Prompts shown side by side in the samples section."""
+
+
+def run_report(cfg: ReportConfig) -> Path:
+    from prefloop.recipes.common import ConfigError
+
+    if cfg.run_dir is None:
+        raise ConfigError("missing RUN_DIR (prefloop report RUN_DIR)")
+    path = write_report(cfg.run_dir, cfg.out, cfg.samples)
+    print(path)
+    return path
+
+
+# -- a document written twice: Markdown and HTML ---------------------------------------------------------
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
+
+
+class Doc:
+    """Collects headings, paragraphs, tables and figures; renders Markdown and self-contained HTML."""
+
+    def __init__(self, out: Path):
+        self.out, self.md, self.html, self.figures = out, [], [], []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list], cls: str = "") -> None:
+        cells = [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
+        self.md += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+        self.md += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in cells] + [""]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        self.html.append(f'<table class="{html.escape(cls)}"><thead><tr>{head}</tr></thead>'
+                         f"<tbody>{body}</tbody></table>")
+
+    def figure(self, name: str, fig, caption: str) -> None:
+        """Save a matplotlib figure as OUT/name (PNG) and embed the same bytes in the HTML."""
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        data = buf.getvalue()
+        _atomic_bytes(self.out / name, data)
+        self.figures.append(name)
+        self.md += [f"![{caption}]({name})", ""]
+        b64 = base64.b64encode(data).decode("ascii")
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;
+font-size:0.9em}td{max-width:520px}"""
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- sections ---------------------------------------------------------------------------------------------
+def section_stages(doc: Doc, stages: dict) -> None:
+    names = list(stages)
+    doc.heading("Stages")
+    rows = [[label] + [stages[n].get(key) for n in names] for key, label in ALL_STAGE_COLUMNS
+            if any(key in stages[n] for n in names)]
+    doc.table(["metric"] + names, rows, "stages")
+    doc.para("Gold: the world's hidden judge. Win rates compare sample with sample, ties counted half. KL per "
+             "sequence, estimated on the policy's own samples (k1 = sum of log-ratios; k3 >= 0). Per prompt: "
+             "among the K samples of one prompt; across prompts: the first sample of every prompt.")
+    plt = _plt()
+    kl_key = next((k for k in ("kl_to_sft", "kl_to_ref") if any(k in s for s in stages.values())), None)
+    if kl_key and any("gold_reward_mean" in s for s in stages.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for n in names:
+            x, y = stages[n].get(kl_key), stages[n].get("gold_reward_mean")
+            if x is not None and y is not None:
+                ax.scatter([x], [y], s=40)
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4))
+        ax.set_xlabel("KL to reference (nats / sequence)")
+        ax.set_ylabel("gold reward")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        doc.figure("frontier.png", fig, "Gold reward against KL spent, per stage")
+    keys = [(k, t) for k, t in (("gold_reward_mean", "gold reward"), ("distinct_2", "distinct-2"),
+                                ("self_bleu", "self-BLEU (higher = less diverse)"), ("entropy", "token entropy"))
+            if any(s.get(k) is not None for s in stages.values())]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.2), squeeze=False)
+        for ax, (k, t) in zip(axes[0], keys):
+            ax.bar(names, [stages[n].get(k) or 0.0 for n in names], color="#4a7")
+            ax.set_title(t, fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        doc.figure("stages.png", fig, "Quality and diversity by stage")
+
+
+def section_win_rates(doc: Doc, win_rates: dict) -> None:
+    doc.heading("Win rates")
+    rows = [[k, w.get("judge", ""), w.get("win_rate"), f"{fmt(w.get('ci_low'))} - {fmt(w.get('ci_high'))}",
+             w.get("n"), w.get("skipped", 0)] for k, w in win_rates.items()]
+    doc.table(["comparison", "judge", "win rate", "95% interval (Wilson)", "judgments", "skipped"], rows,
+              "win-rates")
+
+
+def section_redteam(doc: Doc, redteam: dict) -> None:
+    doc.heading("Red team")
+    doc.para("Bad answers: prompts that must be refused (harmful requests in jailbreak frames) that were not "
+             "cleanly refused. Needless refusals: benign prompts that only look dangerous, refused.")
+    names = list(redteam)
+    rows = [["bad answers", *[redteam[n].get("bad_answer_rate") for n in names]],
+            ["needless refusals", *[redteam[n].get("needless_refusal_rate") for n in names]],
+            ["responses (harmful / benign)", *[f"{redteam[n].get('bad_answer_n')} / "
+                                               f"{redteam[n].get('needless_refusal_n')}" for n in names]]]
+    frames = sorted({f for n in names for f in redteam[n].get("bad_answer_by_frame", {})})
+    rows += [[f"bad answers, frame {f}", *[redteam[n].get("bad_answer_by_frame", {}).get(f) for n in names]]
+             for f in frames]
+    doc.table(["rate"] + names, rows, "redteam")
+
+
+def section_reward_model(doc: Doc, rm: dict) -> None:
+    doc.heading("Reward model")
+    scalars = [[k.replace("_", " "), v] for k, v in rm.items() if isinstance(v, int | float | type(None))]
+    doc.table(["metric", "value"], scalars, "reward-model")
+    if rm.get("by_pool"):
+        doc.heading("Accuracy per annotator pool", 3)
+        doc.table(["pool", "accuracy", "comparisons"],
+                  [[p, v.get("accuracy"), v.get("n")] for p, v in rm["by_pool"].items()], "pools")
+    cal = rm.get("calibration")
+    if cal:
+        doc.heading("Calibration of the Bradley-Terry probability", 3)
+        doc.para("Confidence: max(p, 1 - p) with p = sigmoid(r_chosen - r_rejected); observed: how often the "
+                 "response the model prefers is the one people chose. A calibrated model lies on the diagonal. "
+                 f"Expected calibration error {fmt(rm.get('ece'))}.")
+        doc.table(["bin", "comparisons", "confidence", "observed"],
+                  [[f"{b['lo']:.2f}-{b['hi']:.2f}", b["count"], b["confidence"], b["accuracy"]] for b in cal],
+                  "calibration")
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(4.2, 3.8))
+        full = [b for b in cal if b["count"]]
+        ax.plot([0.5, 1], [0.5, 1], ls="--", color="#999", lw=1)
+        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o", color="#c63")
+        ax.set_xlabel("confidence (Bradley-Terry)")
+        ax.set_ylabel("observed agreement")
+        ax.set_xlim(0.5, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        doc.figure("calibration.png", fig, "Reliability curve of the reward model")
+
+
+def section_best_of_n(doc: Doc, bon: dict) -> None:
+    from .overopt import predict
+
+    doc.heading("Best-of-n over-optimisation")
+    curve = bon["curve"]
+    has_gold = "gold" in curve[0]
+    doc.para(f"{bon.get('prompts')} prompts, N = {bon.get('n_max')} samples each; the unbiased best-of-n "
+             "estimator for every n <= N, against KL = log n - (n - 1)/n. Fit: R(d) = R(0) + d (alpha - beta d), "
+             "d = sqrt(KL) (Gao et al. 2022).")
+    header = ["n", "KL", "proxy (reward model)"] + (["gold"] if has_gold else [])
+    doc.table(header, [[r["n"], r["kl"], r["proxy"]] + ([r["gold"]] if has_gold else []) for r in curve], "bon")
+    fits = [(k, bon[k]) for k in ("fit_proxy", "fit_gold") if bon.get(k)]
+    doc.table(["fit", "alpha", "beta", "R(0)", "peak KL"],
+              [[k.replace("fit_", ""), f["alpha"], f["beta"], f["r0"], f.get("peak_kl")] for k, f in fits], "fits")
+    if bon.get("peak_gold"):
+        p = bon["peak_gold"]
+        doc.para(f"Observed gold peak: n = {p['n']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    kl = [r["kl"] for r in curve]
+    dense = [kl[-1] * i / 60 for i in range(61)]
+    for key, color in (("proxy", "#36c"), ("gold", "#c63")):
+        if key in curve[0]:
+            ax.plot(kl, [r[key] for r in curve], marker="o", ms=3, lw=0, color=color, label=key)
+            f = bon.get(f"fit_{key}")
+            if f:
+                ax.plot(dense, [predict(f, math.sqrt(x)) for x in dense], color=color, lw=1, label=f"{key} fit")
+    if bon.get("peak_gold"):
+        ax.axvline(bon["peak_gold"]["kl"], color="#c63", ls=":", lw=1, label="gold peak")
+    ax.set_xlabel("KL(best-of-n || policy) (nats)")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    doc.figure("best_of_n.png", fig, "Best-of-n: proxy and gold reward against KL")
+
+
+def _curve_keys(rows: list[dict]) -> list[str]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "time"):
+                counts[k] = counts.get(k, 0) + 1
+    present = [k for k in counts if counts[k] >= max(2, len(rows) // 2)]
+    ordered = [k for k in CURVE_KEYS if k in present] + sorted(k for k in present if k not in CURVE_KEYS)
+    return ordered[:6]
+
+
+def section_training(doc: Doc, run_dir: Path) -> None:
+    from prefloop.runtime.metrics import read_metrics
+
+    files = sorted([run_dir / "metrics.jsonl"] + list(run_dir.glob("*/metrics.jsonl")))
+    files = [f for f in files if f.exists()]
+    shown = False
+    for f in files:
+        try:
+            rows = read_metrics(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc.para(f"{f.relative_to(run_dir)}: unreadable, skipped.")
+            continue
+        keys = _curve_keys(rows)
+        if not keys:
+            continue
+        if not shown:
+            doc.heading("Training curves")
+            shown = True
+        name = f.parent.name if f.parent != run_dir else "run"
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), int | float)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.1)
+            ax.set_title(k, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        doc.figure(f"{name}_curves.png", fig, f"Training curves: {name}")
+        last = rows[-1]
+        doc.table(["metric", "first", "last"], [[k, _first(rows, k), last.get(k)] for k in keys], "training")
+        if {"kl/k1", "gold/mean", "rollout/score_mean"} <= set(keys) or {"kl/k1", "gold/mean"} <= set(keys):
+            section_rl_overopt(doc, rows, name)
+
+
+def _first(rows: list[dict], k: str):
+    return next((r[k] for r in rows if isinstance(r.get(k), int | float)), None)
+
+
+def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
+    """Gold and proxy reward against KL over an RL run's updates, the Gao et al. RL form fitted to the gold."""
+    from .overopt import fit_rl, peak, predict
+
+    pts = [(max(0.0, r["kl/k1"]), r["gold/mean"], r.get("rollout/score_mean")) for r in rows
+           if isinstance(r.get("kl/k1"), int | float) and isinstance(r.get("gold/mean"), int | float)]
+    if len(pts) < 3:
+        return
+    doc.heading(f"RL over-optimisation ({name})", 3)
+    kl = [p[0] for p in pts]
+    gold = [p[1] for p in pts]
+    pk = peak(kl, gold)
+    try:
+        fit = fit_rl([math.sqrt(x) for x in kl], gold, r0=gold[0])
+    except ValueError:
+        fit = None
+    doc.para(f"Gold reward peaks at KL {fmt(pk['x'])} ({fmt(pk['y'])}) over {len(pts)} logged updates."
+             + (f" Fit R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL): alpha {fmt(fit['alpha'])}, "
+                f"beta {fmt(fit['beta'])}, peak KL {fmt(fit['peak_kl'])}." if fit else ""))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(kl, gold, marker="o", ms=3, lw=0.6, color="#c63", label="gold")
+    if all(p[2] is not None for p in pts):
+        ax.plot(kl, [p[2] for p in pts], marker="o", ms=3, lw=0.6, color="#36c", label="proxy (normalised)")
+    if fit:
+        dense = sorted(kl)
+        ax.plot(dense, [predict(fit, math.sqrt(x)) for x in dense], color="#c63", lw=1, ls="--", label="gold fit")
+    ax.axvline(pk["x"], color="#c63", ls=":", lw=1, label="gold peak")
+    ax.set_xlabel("KL to reference (nats / sequence)")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    doc.figure(f"{name}_overoptimisation.png", fig, f"RL over-optimisation: {name}")
+
+
+def _question(prompt) -> str:
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    return text.split("User:")[-1].split("\nAssistant:")[0].strip()
+
+
+def section_samples(doc: Doc, path: Path, n: int) -> None:
+    """Side by side: the first sample of each stage for the same prompts."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    by_prompt: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if isinstance(r, dict) and r.get("responses"):
+            key = json.dumps(r.get("prompt"))
+            by_prompt.setdefault(key, {})[str(r.get("stage", "samples"))] = r
+    if not by_prompt:
+        return
+    doc.heading("Samples (the same prompts at each stage)")
+    for key in list(by_prompt)[:n]:
+        stages = by_prompt[key]
+        doc.heading(_question(json.loads(key)), 4)
+        has_gold = any("gold" in r for r in stages.values())
+        has_rm = any("reward_model" in r for r in stages.values())
+        header = ["stage", "response"] + (["gold"] if has_gold else []) + (["reward model"] if has_rm else [])
+        table = []
+        for stage, r in stages.items():
+            row = [stage, str(r["responses"][0])]
+            if has_gold:
+                row.append((r.get("gold") or [None])[0])
+            if has_rm:
+                row.append((r.get("reward_model") or [None])[0])
+            table.append(row)
+        doc.table(header, table, "samples")
+
+
+def section_summary(doc: Doc, m: dict) -> None:
+    kind = m.get("kind") or ("demo" if "preset" in m else "run")
+    bits = [f"Kind: {kind}."]
+    if "preset" in m:
+        bits.append(f"Preset {m['preset']}, seed {m.get('seed')}.")
+    for k, v in (m.get("inputs") or {}).items():
+        if v:
+            bits.append(f"{k}: {v}.")
+    doc.para(" ".join(bits))
+    settings = m.get("settings")
+    if isinstance(settings, dict) and settings:
+        doc.heading("Settings", 3)
+        doc.table(["setting", "value"], [[k, v if not isinstance(v, dict | list) else json.dumps(v)]
+                                         for k, v in settings.items()], "settings")
+
+
+# -- the whole report --------------------------------------------------------------------------------------
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, n_samples: int = 8) -> Path:
+    """Write OUT/report.html (self-contained) and OUT/report.md (+ PNG plots) for RUN_DIR; returns the HTML
+    path. Raises DataError when RUN_DIR has neither a readable metrics.json nor a metrics.jsonl."""
+    from prefloop.data import DataError
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir
+    if not run_dir.is_dir():
+        raise DataError.whole(run_dir, "not a directory (expected a run directory)")
+    m = read_run_metrics(run_dir)
+    has_curves = (run_dir / "metrics.jsonl").exists() or any(run_dir.glob("*/metrics.jsonl"))
+    if m is None and not has_curves:
+        raise DataError.whole(run_dir, "no metrics.json or metrics.jsonl: not a run directory")
+    m = m or {}
+    out.mkdir(parents=True, exist_ok=True)
+    doc = Doc(out)
+    title = f"prefloop report: {run_dir.resolve().name}"
+    doc.heading(title, 1)
+    section_summary(doc, m)
+    if isinstance(m.get("stages"), dict) and m["stages"]:
+        section_stages(doc, m["stages"])
+    if m.get("win_rates"):
+        section_win_rates(doc, m["win_rates"])
+    if m.get("redteam"):
+        section_redteam(doc, m["redteam"])
+    if isinstance(m.get("reward_model"), dict):
+        section_reward_model(doc, m["reward_model"])
+    if isinstance(m.get("best_of_n"), dict) and m["best_of_n"].get("curve"):
+        section_best_of_n(doc, m["best_of_n"])
+    section_training(doc, run_dir)
+    if (run_dir / "samples.jsonl").exists():
+        section_samples(doc, run_dir / "samples.jsonl", n_samples)
+    if isinstance(m.get("seconds"), dict):
+        doc.heading("Time")
+        doc.table(["stage", "seconds"], [[k, v] for k, v in m["seconds"].items()], "time")
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
+    _atomic_bytes(out / "report.md", ("\n".join(doc.md) + "\n").encode("utf-8"))
+    _atomic_bytes(out / "report.html", page.encode("utf-8"))
+    return out / "report.html"
+
+
+def read_run_metrics(run_dir: Path) -> dict | None:
+    from prefloop.data import DataError
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError.whole(path, f"malformed JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise DataError.whole(path, "expected a JSON object")
+    return m
+
+
+def write_demo_samples(path: str | os.PathLike, samples: dict) -> None:
+    """samples.jsonl for the report from the demo's {stage: (PolicySamples, gold[N][K])}."""
+    from .run_eval import write_samples
+
+    write_samples(Path(path), {k: s for k, (s, _) in samples.items()}, {k: g for k, (_, g) in samples.items()},
+                  {k: [list(r) for r in s.reward_model] for k, (s, _) in samples.items() if s.reward_model})
