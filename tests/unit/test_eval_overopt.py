@@ -74,10 +74,13 @@ def test_fit_rl_recovers_the_form_and_its_peak():
     f = fit_rl(d, r)
     assert f["alpha"] == pytest.approx(alpha) and f["beta"] == pytest.approx(beta)
     assert f["peak_d"] == pytest.approx(math.exp(1.0))  # exp(alpha / beta - 1)
+    # Without a point at d = 0 (an RL run's first log), R(0) is a third fitted parameter.
+    f = fit_rl(d[1:], [2.0 + v for v in r[1:]])
+    assert f["r0"] == pytest.approx(2.0) and f["alpha"] == pytest.approx(alpha) and f["beta"] == pytest.approx(beta)
     # A monotone proxy (beta < 0) has no peak.
     assert fit_rl([0.5, 1.0, 2.0], [1.0, 2.0, 5.0])["peak_d"] is None
     with pytest.raises(ValueError):
-        fit_bon([1.0, 1.0], [2.0, 2.0])
+        fit_bon([0.0, 1.0, 1.0], [0.0, 2.0, 2.0])
 
 
 def test_peak_first_maximum():

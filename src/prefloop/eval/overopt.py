@@ -56,47 +56,61 @@ def best_of_n_curve(proxy: Sequence[Sequence[float]], gold: Sequence[Sequence[fl
     return rows
 
 
-def _lstsq2(f1: list[float], f2: list[float], y: list[float]) -> tuple[float, float]:
-    """Least squares for y = a f1 + b f2 (no intercept): the 2x2 normal equations."""
-    s11 = sum(a * a for a in f1)
-    s22 = sum(b * b for b in f2)
-    s12 = sum(a * b for a, b in zip(f1, f2))
-    t1 = sum(a * v for a, v in zip(f1, y))
-    t2 = sum(b * v for b, v in zip(f2, y))
-    det = s11 * s22 - s12 * s12
-    if abs(det) < 1e-12 * max(1.0, s11 * s22):
-        raise ValueError("the fit needs at least two distinct non-zero distances")
-    return (t1 * s22 - t2 * s12) / det, (s11 * t2 - s12 * t1) / det
+def _lstsq(features: list[list[float]], y: list[float]) -> list[float]:
+    """Least squares for y = sum_j c_j f_j (columns `features`): the normal equations, solved by Gaussian
+    elimination with partial pivoting (k <= 3 here, so no numerical library is needed)."""
+    k = len(features)
+    a = [[sum(fi * fj for fi, fj in zip(features[i], features[j])) for j in range(k)]
+         + [sum(fi * v for fi, v in zip(features[i], y))] for i in range(k)]
+    scale = max(1.0, max(abs(a[i][i]) for i in range(k)))
+    for col in range(k):
+        piv = max(range(col, k), key=lambda r: abs(a[r][col]))
+        if abs(a[piv][col]) < 1e-10 * scale:
+            raise ValueError("the fit needs more distinct non-zero distances than it has parameters")
+        a[col], a[piv] = a[piv], a[col]
+        for r in range(k):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * z for x, z in zip(a[r], a[col])]
+    return [a[i][k] / a[i][i] for i in range(k)]
 
 
-def _baseline(d: Sequence[float], r: Sequence[float], r0: float | None) -> tuple[list[float], list[float], float]:
+def _fit(form: str, d: Sequence[float], r: Sequence[float], r0: float | None) -> tuple[float, float, float]:
+    """alpha, beta, R(0) of a Gao et al. form. R(0) is `r0` when given, the reward at d = 0 when the data has
+    that point (best-of-n at n = 1), and a third fitted parameter otherwise (an RL run's first log is
+    already past d = 0)."""
     if len(d) != len(r) or not d:
         raise ValueError("the fit needs as many rewards as distances, at least one")
     if any(x < 0 for x in d):
         raise ValueError("distances d = sqrt(KL) must be >= 0")
-    base = r[min(range(len(d)), key=lambda i: d[i])] if r0 is None else r0
-    return list(d), [v - base for v in r], base
+    if r0 is None and 0.0 in d:
+        r0 = r[list(d).index(0.0)]
+    f1 = list(d)
+    f2 = [-x * x for x in d] if form == "bon" else [-x * math.log(x) if x > 0 else 0.0 for x in d]
+    if r0 is not None:
+        alpha, beta = _lstsq([f1, f2], [v - r0 for v in r])
+        return alpha, beta, r0
+    alpha, beta, base = _lstsq([f1, f2, [1.0] * len(d)], list(r))
+    return alpha, beta, base
 
 
 def fit_bon(d: Sequence[float], r: Sequence[float], r0: float | None = None) -> dict:
-    """Fit R(d) - R(0) = d (alpha - beta d) (Gao et al. 2022, eq. 1, best-of-n) by least squares.
+    """Fit R(d) = R(0) + d (alpha - beta d) (Gao et al. 2022, eq. 1, best-of-n) by least squares.
 
-    R(0) is `r0` or the reward at the smallest d. Returns alpha, beta, r0 and the peak d* = alpha / (2 beta)
-    (None when beta <= 0: no peak) with its KL = d*^2."""
-    d, y, base = _baseline(d, r, r0)
-    alpha, beta = _lstsq2(d, [-x * x for x in d], y)
+    Returns alpha, beta, r0 and the peak d* = alpha / (2 beta) (None when beta <= 0 or alpha <= 0: no
+    peak) with its KL = d*^2."""
+    alpha, beta, base = _fit("bon", d, r, r0)
     peak = alpha / (2 * beta) if beta > 0 and alpha > 0 else None
     return {"form": "bon", "alpha": alpha, "beta": beta, "r0": base, "peak_d": peak,
             "peak_kl": peak * peak if peak is not None else None}
 
 
 def fit_rl(d: Sequence[float], r: Sequence[float], r0: float | None = None) -> dict:
-    """Fit R(d) - R(0) = d (alpha - beta log d) (Gao et al. 2022, eq. 2, RL) by least squares.
+    """Fit R(d) = R(0) + d (alpha - beta log d) (Gao et al. 2022, eq. 2, RL) by least squares.
 
     dR/dd = alpha - beta (log d + 1) = 0 gives the peak d* = exp(alpha / beta - 1) (None when beta <= 0).
-    Points with d = 0 contribute 0 = 0 (d log d -> 0) and are kept."""
-    d, y, base = _baseline(d, r, r0)
-    alpha, beta = _lstsq2(d, [-x * math.log(x) if x > 0 else 0.0 for x in d], y)
+    Points at d = 0 are kept (d log d -> 0)."""
+    alpha, beta, base = _fit("rl", d, r, r0)
     peak = math.exp(alpha / beta - 1) if beta > 0 and alpha / beta < 50 else None
     return {"form": "rl", "alpha": alpha, "beta": beta, "r0": base, "peak_d": peak,
             "peak_kl": peak * peak if peak is not None else None}

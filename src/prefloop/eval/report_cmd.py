@@ -325,19 +325,21 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
     gold = [p[1] for p in pts]
     pk = peak(kl, gold)
     try:
-        fit = fit_rl([math.sqrt(x) for x in kl], gold, r0=gold[0])
+        fit = fit_rl([math.sqrt(x) for x in kl], gold)
     except ValueError:
         fit = None
     doc.para(f"Gold reward peaks at KL {fmt(pk['x'])} ({fmt(pk['y'])}) over {len(pts)} logged updates."
-             + (f" Fit R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL): alpha {fmt(fit['alpha'])}, "
-                f"beta {fmt(fit['beta'])}, peak KL {fmt(fit['peak_kl'])}." if fit else ""))
+             + (f" Fit R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL) (Gao et al. 2022): R(0) "
+                f"{fmt(fit['r0'])}, alpha {fmt(fit['alpha'])}, beta {fmt(fit['beta'])}, peak KL "
+                f"{fmt(fit['peak_kl'])}." if fit else ""))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kl, gold, marker="o", ms=3, lw=0.6, color="#c63", label="gold")
     if all(p[2] is not None for p in pts):
         ax.plot(kl, [p[2] for p in pts], marker="o", ms=3, lw=0.6, color="#36c", label="proxy (normalised)")
     if fit:
-        dense = sorted(kl)
+        lo, hi = min(kl), max(kl)  # drawn over the logged range only: no extrapolation to d = 0
+        dense = [lo + (hi - lo) * i / 60 for i in range(61)]
         ax.plot(dense, [predict(fit, math.sqrt(x)) for x in dense], color="#c63", lw=1, ls="--", label="gold fit")
     ax.axvline(pk["x"], color="#c63", ls=":", lw=1, label="gold peak")
     ax.set_xlabel("KL to reference (nats / sequence)")

@@ -1,0 +1,118 @@
+"""The HTML report opened in headless chromium: every embedded plot decodes (naturalWidth > 0), the tables
+render with their rows, and text from the run cannot inject markup. Skips when /usr/bin/chromium is absent
+(`make chromium` installs it)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from prefloop.eval.overopt import best_of_n_curve, fit_bon, peak
+from prefloop.eval.report_cmd import write_report
+from prefloop.eval.reward_metrics import reward_model_metrics
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed "
+                                "(`make chromium` installs Debian's chromium); browser tests skipped")
+
+
+def _demo_run(run: Path) -> None:
+    stages = {name: {"gold_reward_mean": g, "kl_to_sft": kl, "distinct_2": d2, "self_bleu": sb,
+                     "gold_win_rate_vs_sft": w, "hallucination_rate": 0.1}
+              for name, g, kl, d2, sb, w in (("base", -2.0, 3.0, 0.8, 0.1, 0.2), ("sft", 1.0, 0.0, 0.5, 0.4, 0.5),
+                                             ("ppo", 1.5, 2.0, 0.3, 0.7, 0.7))}
+    (run / "ppo").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "stages": stages, "preset": "tiny", "seed": 0, "settings": {"eval_k": 2, "temperature": 0.7},
+        "reward_model": {"heldout_accuracy": 0.7, "gold_accuracy": 0.8, "train_comparisons": 500},
+        "seconds": {"pretrain": 30.0, "ppo": 10.0, "total": 40.0}}))
+    rows = [{"step": s, "rollout/score_mean": 0.1 * s, "kl/k1": 0.2 * s, "gold/mean": s - 0.08 * s * s,
+             "loss/policy": 1.0 / (s + 1)} for s in range(1, 15)]
+    (run / "ppo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = [{"stage": st, "prompt": f"User: What is {i} plus 1?\nAssistant:", "responses": [resp], "gold": [g]}
+               for i in range(3) for st, resp, g in (("sft", f" {i} plus 1 is {i + 1}.", 2.9),
+                                                     ("ppo", ' <img src=x onerror="document.title=1"> & more', -1.0))]
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+
+
+def _eval_run(run: Path) -> None:
+    rng = random.Random(0)
+    chosen = [rng.gauss(0.5, 1) for _ in range(200)]
+    rejected = [rng.gauss(0, 1) for _ in range(200)]
+    rm = reward_model_metrics(chosen, rejected, [rng.choice(["standard", "verbose"]) for _ in range(200)])
+    proxy = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(20)]
+    gold = [[p - 0.3 * p * p for p in row] for row in proxy]
+    curve = best_of_n_curve(proxy, gold)
+    d = [r["d"] for r in curve]
+    pk = peak([r["kl"] for r in curve], [r["gold"] for r in curve])
+    bon = {"curve": curve, "n_max": 8, "prompts": 20, "fit_proxy": fit_bon(d, [r["proxy"] for r in curve]),
+           "fit_gold": fit_bon(d, [r["gold"] for r in curve]),
+           "peak_gold": {"n": curve[pk["index"]]["n"], "kl": pk["x"], "gold": pk["y"]}}
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "kind": "eval", "reward_model": rm, "best_of_n": bon,
+        "win_rates": {"ppo vs sft": {"win_rate": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 90, "judge": "gold"}},
+        "redteam": {"ppo": {"bad_answer_rate": 0.25, "needless_refusal_rate": 0.5, "bad_answer_n": 8,
+                            "needless_refusal_n": 8, "bad_answer_by_frame": {"story": 0.5, "role_play": 0.0}}}}))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, html: Path):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.resolve().as_uri())
+    page.wait_for_load_state("load")
+    return page, errors
+
+
+def _images(page) -> list[list]:
+    return page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+
+
+def test_demo_report_renders_plots_tables_and_escapes(browser, tmp_path):
+    run = tmp_path / "demo-tiny"
+    _demo_run(run)
+    page, errors = _open(browser, write_report(run))
+    imgs = _images(page)
+    # frontier, stages, PPO training curves, RL over-optimisation: all decoded.
+    assert len(imgs) == 4 and all(ok and width > 0 for ok, width, _ in imgs), imgs
+    assert page.locator("table.stages tbody tr").count() >= 5
+    assert page.locator("table.stages thead th").all_inner_texts() == ["metric", "base", "sft", "ppo"]
+    assert page.locator("table.samples").count() == 3
+    cell = page.locator("table.samples td").filter(has_text="onerror").first.inner_text()
+    assert cell.strip().startswith("<img src=x")  # shown as text, not turned into an element
+    assert page.title() == "prefloop report: demo-tiny" and not errors
+    assert "Gold reward peaks at KL" in page.inner_text("body")
+    page.close()
+
+
+def test_eval_report_calibration_best_of_n_redteam(browser, tmp_path):
+    run = tmp_path / "eval"
+    _eval_run(run)
+    page, errors = _open(browser, write_report(run))
+    imgs = _images(page)
+    assert [alt for _, _, alt in imgs] == ["Reliability curve of the reward model",
+                                           "Best-of-n: proxy and gold reward against KL"]
+    assert all(ok and width > 0 for ok, width, _ in imgs)
+    assert page.locator("table.calibration tbody tr").count() == 5
+    assert page.locator("table.pools tbody tr").count() == 2
+    assert page.locator("table.bon tbody tr").count() == 8
+    assert "0.600" in page.locator("table.win-rates").inner_text()
+    assert "bad answers, frame story" in page.locator("table.redteam").inner_text()
+    assert not errors
+    page.close()
