@@ -1,0 +1,240 @@
+"""The REST API (/api/...): everything the pages do, for scripts and simulated annotators (OpenAPI at /docs).
+
+Every handler authorises against the object it touches: annotators reach only projects they are members of
+and only their own assignments (another user's assignment answers 404, as if it did not exist); users, import,
+export, statistics and the audit log are for admins only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from prefloop.data import DataError
+
+from . import service
+from .app import Principal, require_user
+from .db import AuditEvent, Item, User
+from .service import AppError
+
+router = APIRouter(prefix="/api")
+
+
+class UserIn(BaseModel):
+    username: str
+    password: str
+    role: str = "annotator"
+    pool: str = "default"
+
+
+class ProjectIn(BaseModel):
+    name: str
+    task_type: str
+    guidelines: str = ""
+    overlap: int = 1
+    gold_rate: float = 0.0
+    scale: tuple[int, int] = service.DEFAULT_SCALE
+    criteria: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+
+
+class MemberIn(BaseModel):
+    username: str
+
+
+class ItemsIn(BaseModel):
+    items: list[dict]
+
+
+class TokenIn(BaseModel):
+    name: str = ""
+
+
+class JudgmentIn(BaseModel):
+    submission_id: str
+    value: dict
+    duration_ms: int | None = None
+
+
+def _user_json(u: User) -> dict:
+    return {"id": u.id, "username": u.username, "role": u.role, "pool": u.pool, "active": u.active}
+
+
+def _project_json(p) -> dict:
+    return {"id": p.id, "name": p.name, "task_type": p.task_type, "guidelines": p.guidelines,
+            "overlap": p.overlap, "gold_rate": p.gold_rate, **p.config}
+
+
+def _project_for(s, pid: int, principal: Principal):
+    """The project, if the user may see it (admins: all; annotators: their projects; others: 404)."""
+    p = s.get(service.Project, pid)
+    if p is None or not (principal.is_admin or service.is_member(s, p, principal.user)):
+        raise service.not_found(f"project {pid}")
+    return p
+
+
+@router.get("/me")
+def me(request: Request) -> dict:
+    return _user_json(require_user(request).user)
+
+
+@router.post("/tokens")
+def create_token(request: Request, body: TokenIn) -> dict:
+    """A new API token for yourself (shown once)."""
+    principal = require_user(request)
+    with request.app.state.db.write() as s:
+        token = service.create_token(s, principal.user, body.name, actor=principal.user.username)
+        s.commit()
+    return {"token": token}
+
+
+@router.get("/users")
+def list_users(request: Request) -> list[dict]:
+    require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        return [_user_json(u) for u in s.scalars(select(User).order_by(User.id))]
+
+
+@router.post("/users", status_code=201)
+def create_user(request: Request, body: UserIn) -> dict:
+    principal = require_user(request, admin=True)
+    with request.app.state.db.write() as s:
+        u = service.create_user(s, body.username, body.password, body.role, body.pool, principal.user.username)
+        service.commit_or_conflict(s)
+        return _user_json(u)
+
+
+@router.get("/projects")
+def list_projects(request: Request) -> list[dict]:
+    principal = require_user(request)
+    with request.app.state.db.read() as s:
+        return [_project_json(p) for p in service.projects_of(s, principal.user)]
+
+
+@router.post("/projects", status_code=201)
+def create_project(request: Request, body: ProjectIn) -> dict:
+    principal = require_user(request, admin=True)
+    spec = service.ProjectSpec(body.name, body.task_type, body.guidelines, body.overlap, body.gold_rate,
+                               tuple(body.scale), tuple(body.criteria), tuple(body.flags))
+    with request.app.state.db.write() as s:
+        p = service.create_project(s, spec, principal.user.username)
+        service.commit_or_conflict(s)
+        return _project_json(p)
+
+
+@router.get("/projects/{pid}")
+def get_project(request: Request, pid: int) -> dict:
+    principal = require_user(request)
+    with request.app.state.db.read() as s:
+        return _project_json(_project_for(s, pid, principal))
+
+
+@router.post("/projects/{pid}/members")
+def add_member(request: Request, pid: int, body: MemberIn) -> dict:
+    principal = require_user(request, admin=True)
+    with request.app.state.db.write() as s:
+        p = _project_for(s, pid, principal)
+        u = service.user_by_name(s, body.username)
+        if u is None:
+            raise service.not_found(f"user {body.username!r}")
+        service.add_member(s, p, u, principal.user.username)
+        service.commit_or_conflict(s)
+    return {"project": p.name, "member": u.username}
+
+
+@router.post("/projects/{pid}/items", status_code=201)
+def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
+    """Import items given as JSON objects (the format of a line of an import file)."""
+    principal = require_user(request, admin=True)
+    with request.app.state.db.write() as s:
+        p = _project_for(s, pid, principal)
+        scale = tuple(p.config["scale"])
+        items = []
+        try:
+            for i, d in enumerate(body.items):
+                if not isinstance(d, dict):
+                    raise DataError(f"items[{i}]: expected a JSON object")
+                for it in service.validate_item(p.task_type, d, scale, f"items[{i}]"):
+                    it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
+                    items.append(it)
+        except DataError as e:
+            raise AppError(str(e), 422) from None
+        n = service.import_items(s, p, items, principal.user.username, source="api")
+        service.commit_or_conflict(s)
+    return {"imported": n}
+
+
+@router.get("/projects/{pid}/next")
+def next_assignment(request: Request, pid: int) -> dict:
+    """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left."""
+    principal = require_user(request)
+    with request.app.state.db.write() as s:
+        p = _project_for(s, pid, principal)
+        a = service.next_assignment(s, p, principal.user, request.app.state.key)
+        if a is None:
+            s.commit()
+            return {"assignment": None}
+        view = service.assignment_view(p, s.get(Item, a.item_id), a)
+        service.commit_or_conflict(s)
+    return {"assignment": view}
+
+
+@router.get("/assignments/{aid}")
+def get_assignment(request: Request, aid: int) -> dict:
+    principal = require_user(request)
+    with request.app.state.db.read() as s:
+        a = service.assignment_of(s, aid, principal.user)
+        p = s.get(service.Project, a.project_id)
+        return service.assignment_view(p, s.get(Item, a.item_id), a)
+
+
+@router.post("/assignments/{aid}/judgment")
+def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> dict:
+    """Submit a judgment (in display positions; see `service.normalise_judgment`). The answer comes only after
+    the commit; resending the same `submission_id` returns the stored judgment with `duplicate: true`."""
+    principal = require_user(request)
+    with request.app.state.db.write() as s:
+        a = service.assignment_of(s, aid, principal.user)
+        p = s.get(service.Project, a.project_id)
+        j, dup = service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value, body.duration_ms)
+        service.commit_or_conflict(s)
+    return {"judgment_id": j.id, "duplicate": dup}
+
+
+@router.get("/projects/{pid}/export")
+def export(request: Request, pid: int, kind: str | None = None, ties: str = "drop",
+           include_gold: bool = False) -> Response:
+    """The project's judgments as JSONL records that the trainers read (admins only)."""
+    principal = require_user(request, admin=True)
+    with request.app.state.db.write() as s:
+        p = _project_for(s, pid, principal)
+        records = service.export_records(s, p, kind, ties, include_gold)
+        service.audit(s, principal.user.username, "project.export", p.name, kind=kind, records=len(records))
+        s.commit()
+    body = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+    return Response(body, media_type="application/x-ndjson",
+                    headers={"content-disposition": f'attachment; filename="project-{pid}.jsonl"'})
+
+
+@router.get("/projects/{pid}/stats")
+def stats(request: Request, pid: int) -> dict[str, Any]:
+    """Progress, agreement statistics, per-pool breakdown and annotation time (admins only)."""
+    from .dashboard import project_stats
+
+    principal = require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        return project_stats(s, _project_for(s, pid, principal))
+
+
+@router.get("/audit")
+def audit_log(request: Request, limit: int = 200) -> list[dict]:
+    require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        rows = s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(1, min(limit, 5000))))
+        return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "target": e.target,
+                 "detail": e.detail} for e in rows]

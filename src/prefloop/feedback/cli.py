@@ -1,0 +1,322 @@
+"""`prefloop annotate ...`: run the feedback app and manage it from the server's shell.
+
+Passwords are never taken on the command line (other users could read them in the process list): give
+`--password-stdin`, or get a generated one printed once. Every command that changes something is recorded in
+the audit log with the actor `cli`. Bad input prints `error: ...` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sqlite3
+import sys
+from pathlib import Path
+
+from prefloop.data import DataError
+
+DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://user@host/db)"
+
+
+class CLIError(ValueError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefloop annotate", description="the human feedback web app")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--db", required=True, help=DB_HELP)
+        return c
+
+    c = cmd("serve", "run the web app (migrates the database first)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--data-dir", type=Path, help="where the secret key lives (default: next to a SQLite file)")
+    c.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (serve behind HTTPS)")
+    c.add_argument("--log-level", default="warning")
+    cmd("init", "create or upgrade the database schema")
+    for name, help in (("create-admin", "create an admin (the first one: there are no default accounts)"),
+                       ("add-user", "create a user")):
+        c = cmd(name, help)
+        c.add_argument("--username", required=True)
+        c.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        if name == "add-user":
+            c.add_argument("--role", default="annotator", choices=["annotator", "admin"])
+        c.add_argument("--pool", default="default", help="the annotator pool / group label")
+    c = cmd("token", "create an API token for a user (printed once)")
+    c.add_argument("--username", required=True)
+    c.add_argument("--name", default="cli")
+    c = cmd("create-project", "create a project (campaign)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--task", required=True, choices=["pairwise", "ranking", "rating", "demonstration"])
+    c.add_argument("--guidelines", type=Path, help="a text or Markdown file with the guidelines")
+    c.add_argument("--overlap", type=int, default=1, help="distinct annotators per item")
+    c.add_argument("--gold-rate", type=float, default=0.0, help="share of assignments that are gold items")
+    c.add_argument("--scale", type=int, nargs=2, default=[1, 3], metavar=("LO", "HI"), help="rating scale")
+    c.add_argument("--criteria", default="", help="comma-separated named rating criteria")
+    c.add_argument("--flags", default="", help='comma-separated flags, e.g. "contains a made-up fact"')
+    c.add_argument("--members", default="", help="comma-separated usernames to add")
+    c = cmd("add-members", "add users to a project")
+    c.add_argument("--project", required=True)
+    c.add_argument("--users", required=True, help="comma-separated usernames")
+    c = cmd("import", "import items from a JSONL file (or `prefloop sample` output)")
+    c.add_argument("--project", required=True, help="project name or id")
+    c.add_argument("file", type=Path)
+    c = cmd("export", "export judgments as JSONL records the trainers read")
+    c.add_argument("--project", required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--kind", choices=["comparisons", "rankings", "ratings", "demonstrations"])
+    c.add_argument("--ties", choices=["drop", "keep"], default="drop")
+    c.add_argument("--include-gold", action="store_true")
+    c = cmd("stats", "print the dashboard statistics of a project as JSON")
+    c.add_argument("--project", required=True)
+    c = cmd("backup", "copy a SQLite database with the online backup API (safe while serving)")
+    c.add_argument("--out", type=Path, required=True)
+    c = cmd("restore", "replace a SQLite database with a backup (stop the server first)")
+    c.add_argument("--from", dest="source", type=Path, required=True)
+    c = sub.add_parser("simulate", help="let simulated annotators of a world annotate through the REST API")
+    c.add_argument("--url", required=True)
+    c.add_argument("--token", required=True, help="the API token of the user the simulated annotator acts as")
+    c.add_argument("--project", type=int, required=True, help="project id")
+    c.add_argument("--world", type=Path, required=True, help="a world directory (`prefloop world` output)")
+    c.add_argument("--annotator", default="a00", help="id of one of the world's simulated annotators")
+    c.add_argument("--max-items", type=int)
+    return p
+
+
+def _password(args) -> tuple[str, bool]:
+    """(password, generated)."""
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            raise CLIError("no password on stdin")
+        return pw, False
+    return secrets.token_urlsafe(15), True
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _with_db(args, fn):
+    from .db import Database
+    from .service import migrate
+
+    migrate(args.db)
+    db = Database(args.db)
+    try:
+        with db.write() as s:
+            out = fn(s)
+            s.commit()
+            return out
+    finally:
+        db.dispose()
+
+
+def _cmd_user(args) -> None:
+    from . import service
+
+    pw, generated = _password(args)
+    role = "admin" if args.command == "create-admin" else args.role
+    _with_db(args, lambda s: service.create_user(s, args.username, pw, role, args.pool))
+    print(f"created {role} {args.username!r} (pool {args.pool})")
+    if generated:
+        print(f"password: {pw}")
+
+
+def _cmd_project(args) -> None:
+    from . import service
+
+    guidelines = ""
+    if args.guidelines:
+        try:
+            guidelines = args.guidelines.read_text()
+        except OSError as e:
+            raise CLIError(f"{args.guidelines}: cannot read ({e.strerror or e})") from None
+    spec = service.ProjectSpec(args.name, args.task, guidelines, args.overlap, args.gold_rate, tuple(args.scale),
+                               tuple(_names(args.criteria)), tuple(_names(args.flags)))
+
+    def go(s):
+        p = service.create_project(s, spec)
+        _add_members(s, p, _names(args.members))
+        return p.id
+
+    print(f"created project {args.name!r} (id {_with_db(args, go)})")
+
+
+def _add_members(s, project, names: list[str]) -> None:
+    from . import service
+
+    for name in names:
+        u = service.user_by_name(s, name)
+        if u is None:
+            raise CLIError(f"no user {name!r}")
+        service.add_member(s, project, u)
+
+
+def _cmd_import(args) -> None:
+    from . import service
+
+    def go(s):
+        p = service.project_by_ref(s, args.project)
+        return service.import_items(s, p, service.read_items(args.file, p), source=str(args.file))
+
+    print(f"imported {_with_db(args, go)} items")
+
+
+def _cmd_export(args) -> None:
+    from . import service
+
+    def go(s):
+        p = service.project_by_ref(s, args.project)
+        records = service.export_records(s, p, args.kind, args.ties, args.include_gold)
+        service.audit(s, "cli", "project.export", p.name, kind=args.kind, records=len(records), out=str(args.out))
+        return records
+
+    records = _with_db(args, go)
+    n = service.write_export(args.out, records)
+    print(f"wrote {n} records to {args.out}")
+
+
+def _cmd_backup(args) -> None:
+    from .db import normalise_url, sqlite_path
+
+    src = sqlite_path(normalise_url(args.db))
+    if src is None:
+        raise CLIError("backup supports SQLite; for PostgreSQL use pg_dump")
+    if not src.exists():
+        raise CLIError(f"{src}: database not found")
+    n = backup_sqlite(src, args.out)
+    print(f"backed up {src} to {args.out} ({n} pages)")
+
+
+def backup_sqlite(src: Path, out: Path) -> int:
+    """Copy a live SQLite database with the online backup API into `out` (atomically); returns the page count."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with sqlite3.connect(src, timeout=30) as s, sqlite3.connect(tmp) as d:
+        s.backup(d, pages=1024)
+        pages = d.execute("PRAGMA page_count").fetchone()[0]
+        d.execute("PRAGMA journal_mode=DELETE")
+    s.close()
+    d.close()
+    tmp.replace(out)
+    return pages
+
+
+def restore_sqlite(source: Path, dst: Path) -> None:
+    """Overwrite the database `dst` with the backup `source` through the backup API (WAL-safe)."""
+    if not source.exists():
+        raise CLIError(f"{source}: backup file not found")
+    try:
+        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as b:
+            ok = b.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            tables = {r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise CLIError(f"{source}: not a SQLite database ({e})") from None
+    b.close()
+    if not ok:
+        raise CLIError(f"{source}: the backup fails SQLite's integrity check")
+    if not {"alembic_version", "judgments", "users"} <= tables:
+        raise CLIError(f"{source}: not a prefloop feedback database")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(source) as b, sqlite3.connect(dst, timeout=30) as d:
+        b.backup(d)
+    b.close()
+    d.close()
+
+
+def _cmd_restore(args) -> None:
+    from .db import normalise_url, sqlite_path
+
+    dst = sqlite_path(normalise_url(args.db))
+    if dst is None:
+        raise CLIError("restore supports SQLite; for PostgreSQL use pg_restore")
+    restore_sqlite(args.source, dst)
+    _with_db(args, lambda s: __import__("prefloop.feedback.service", fromlist=["audit"]).audit(
+        s, "cli", "database.restore", str(args.source)))
+    print(f"restored {dst} from {args.source}")
+
+
+def _cmd_serve(args) -> None:
+    import uvicorn
+
+    from .app import Settings, create_app
+    from .service import migrate
+
+    migrate(args.db)
+    app = create_app(Settings(db_url=args.db, data_dir=args.data_dir, secure_cookies=args.secure_cookies))
+    print(f"serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+def _cmd_simulate(args) -> None:
+    from prefloop.world.world import load_world
+
+    from .client import FeedbackClient, simulate
+
+    world = load_world(args.world)
+    by_id = {a.id: a for a in world.annotators}
+    if args.annotator not in by_id:
+        raise CLIError(f"no annotator {args.annotator!r} in {args.world}; known: {', '.join(sorted(by_id))}")
+    client = FeedbackClient(args.url, args.token)
+    try:
+        n = simulate(client, args.project, by_id[args.annotator], args.max_items)
+    finally:
+        client.close()
+    print(f"{args.annotator} submitted {n} judgments")
+
+
+def _run(args) -> None:
+    from . import service
+
+    c = args.command
+    if c in ("create-admin", "add-user"):
+        _cmd_user(args)
+    elif c == "init":
+        service.migrate(args.db)
+        print("database is at the newest schema")
+    elif c == "token":
+        def go(s):
+            u = service.user_by_name(s, args.username)
+            if u is None:
+                raise CLIError(f"no user {args.username!r}")
+            return service.create_token(s, u, args.name)
+        print(_with_db(args, go))
+    elif c == "create-project":
+        _cmd_project(args)
+    elif c == "add-members":
+        _with_db(args, lambda s: _add_members(s, service.project_by_ref(s, args.project), _names(args.users)))
+        print("added")
+    elif c == "stats":
+        from .dashboard import project_stats
+        print(json.dumps(_with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project))),
+                         indent=2))
+    else:
+        {"import": _cmd_import, "export": _cmd_export, "backup": _cmd_backup, "restore": _cmd_restore,
+         "serve": _cmd_serve, "simulate": _cmd_simulate}[c](args)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `prefloop annotate`; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    from .client import FeedbackError
+    from .service import AppError
+
+    try:
+        _run(args)
+    except (AppError, DataError, CLIError, FeedbackError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,115 @@
+"""Passwords, tokens, the instance secret key and login rate limiting.
+
+Passwords are hashed with Argon2id (memory-hard; RFC 9106), via argon2-cffi's defaults. Session cookies and API
+tokens are 256-bit random strings; the database stores only their SHA-256, so a copy of the database lets no
+one log in. The secret key (`PREFLOOP_SECRET_KEY`, or a random key generated once into `<data dir>/secret_key`
+with mode 0600) keys the HMACs that fix each annotator's left/right order; nothing secret lives in the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()
+MIN_PASSWORD_LENGTH = 10
+# verified against when the user does not exist, so a login takes as long for unknown names
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True if `password` matches; runs one Argon2 verification even for an unknown user."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused, or None."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"password must have at least {MIN_PASSWORD_LENGTH} characters"
+    return None
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_secret_key(data_dir: str | os.PathLike | None) -> bytes:
+    """`PREFLOOP_SECRET_KEY` from the environment, else `<data_dir>/secret_key` (created on first use)."""
+    env = os.environ.get("PREFLOOP_SECRET_KEY")
+    if env:
+        if len(env) < 32:
+            raise ValueError("PREFLOOP_SECRET_KEY must have at least 32 characters")
+        return env.encode()
+    if data_dir is None:
+        raise ValueError("no secret key: set PREFLOOP_SECRET_KEY or give a data directory")
+    path = Path(data_dir) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # atomic and never overwrites a key another process just made
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip().encode()
+
+
+def keyed_bit_order(key: bytes, n: int, *parts: object) -> list[int]:
+    """A permutation of range(n) fixed by HMAC(key, parts): the same for one annotator and item, unpredictable
+    to anyone without the key."""
+    msg = "/".join(str(p) for p in parts).encode()
+    weights = [hmac.new(key, msg + f"#{i}".encode(), hashlib.sha256).digest() for i in range(n)]
+    return sorted(range(n), key=lambda i: weights[i])
+
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds per key (a sliding window, kept in memory)."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self._events: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            q = self._events.get(key)
+            if not q:
+                return False
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            return len(q) >= self.limit
+
+    def hit(self, key: str) -> None:
+        with self._lock:
+            self._events.setdefault(key, deque()).append(time.monotonic())
+            if len(self._events) > 100_000:  # bound the memory an attacker can make us use
+                self._events.clear()
+
+    def reset(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key, None)

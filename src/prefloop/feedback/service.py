@@ -1,0 +1,611 @@
+"""The feedback app's logic, independent of HTTP: users, projects, import, assignment, judgments, export.
+
+Every function takes an open SQLAlchemy session and leaves committing to the caller (the web app commits
+before it acknowledges; the CLI commits at the end of a command). Errors are `AppError`s with the HTTP status
+the web app answers with and a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from prefloop.data import DataError
+from prefloop.data.jsonl import iter_jsonl
+from prefloop.data.records import Comparison, Demonstration, Prompt, Ranking, Rating
+
+from . import security
+from .db import (
+    ROLES,
+    TASK_TYPES,
+    ApiToken,
+    Assignment,
+    AuditEvent,
+    Item,
+    Judgment,
+    LoginSession,
+    Member,
+    Project,
+    User,
+    normalise_url,
+    utcnow,
+)
+
+SESSION_LIFETIME = timedelta(hours=12)
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MAX_RESPONSES = 9
+DEFAULT_SCALE = (1, 3)
+
+
+class AppError(ValueError):
+    """A refused request: `status` is the HTTP status, the message one line for the user."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def not_found(what: str) -> AppError:
+    return AppError(f"{what} not found", 404)
+
+
+# ---------------------------------------------------------------- schema
+
+def migrate(url: str) -> None:
+    """Create or upgrade the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    url = normalise_url(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def audit(s: Session, actor: str, action: str, target: str = "", **detail: Any) -> None:
+    s.add(AuditEvent(actor=actor, action=action, target=target[:255], detail=detail or None))
+
+
+# ---------------------------------------------------------------- users, sessions, tokens
+
+def create_user(s: Session, username: str, password: str, role: str = "annotator", pool: str = "default",
+                actor: str = "cli") -> User:
+    if not USERNAME_RE.match(username):
+        raise AppError(f"invalid username {username!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
+    if role not in ROLES:
+        raise AppError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    if not pool or len(pool) > 64:
+        raise AppError("pool must be a non-empty name of at most 64 characters")
+    problem = security.password_problem(password)
+    if problem:
+        raise AppError(problem)
+    if s.scalar(select(User.id).where(User.username == username)) is not None:
+        raise AppError(f"user {username!r} already exists", 409)
+    user = User(username=username, password_hash=security.hash_password(password), role=role, pool=pool)
+    s.add(user)
+    s.flush()
+    audit(s, actor, "user.create", username, role=role, pool=pool)
+    return user
+
+
+def user_by_name(s: Session, username: str) -> User | None:
+    return s.scalar(select(User).where(User.username == username))
+
+
+def set_password(s: Session, user: User, password: str, actor: str) -> None:
+    problem = security.password_problem(password)
+    if problem:
+        raise AppError(problem)
+    user.password_hash = security.hash_password(password)
+    s.execute(LoginSession.__table__.delete().where(LoginSession.user_id == user.id))
+    audit(s, actor, "user.password", user.username)
+
+
+def authenticate(s: Session, username: str, password: str) -> User | None:
+    user = user_by_name(s, username)
+    ok = security.verify_password(user.password_hash if user else None, password)
+    return user if ok and user is not None and user.active else None
+
+
+def create_session(s: Session, user: User) -> tuple[str, str]:
+    """A new login session: (cookie token, CSRF token)."""
+    token, csrf = security.new_token(), security.new_token()
+    s.add(LoginSession(token_hash=security.token_hash(token), user_id=user.id, csrf_token=csrf,
+                       expires_at=utcnow() + SESSION_LIFETIME))
+    return token, csrf
+
+
+def session_user(s: Session, token: str) -> tuple[User, LoginSession] | None:
+    row = s.execute(select(User, LoginSession).join(LoginSession, LoginSession.user_id == User.id)
+                    .where(LoginSession.token_hash == security.token_hash(token))).first()
+    if row is None or row[1].expires_at < utcnow() or not row[0].active:
+        return None
+    return row[0], row[1]
+
+
+def delete_session(s: Session, token: str) -> None:
+    s.execute(LoginSession.__table__.delete().where(LoginSession.token_hash == security.token_hash(token)))
+
+
+def create_token(s: Session, user: User, name: str = "", actor: str = "cli") -> str:
+    token = "plt_" + security.new_token()
+    s.add(ApiToken(token_hash=security.token_hash(token), user_id=user.id, name=name[:128]))
+    audit(s, actor, "token.create", user.username, name=name[:128])
+    return token
+
+
+def token_user(s: Session, token: str) -> User | None:
+    user = s.scalar(select(User).join(ApiToken, ApiToken.user_id == User.id)
+                    .where(ApiToken.token_hash == security.token_hash(token), ApiToken.revoked.is_(False)))
+    return user if user is not None and user.active else None
+
+
+# ---------------------------------------------------------------- projects
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    name: str
+    task_type: str
+    guidelines: str = ""
+    overlap: int = 1
+    gold_rate: float = 0.0
+    scale: tuple[int, int] = DEFAULT_SCALE
+    criteria: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+def create_project(s: Session, spec: ProjectSpec, actor: str = "cli") -> Project:
+    if not spec.name or len(spec.name) > 128:
+        raise AppError("project name must have 1-128 characters")
+    if spec.task_type not in TASK_TYPES:
+        raise AppError(f"unknown task type {spec.task_type!r}; task types: {', '.join(TASK_TYPES)}")
+    if not 1 <= spec.overlap <= 100:
+        raise AppError(f"overlap must be between 1 and 100, got {spec.overlap}")
+    if not 0.0 <= spec.gold_rate < 1.0:
+        raise AppError(f"gold rate must be in [0, 1), got {spec.gold_rate}")
+    lo, hi = spec.scale
+    if not (isinstance(lo, int) and isinstance(hi, int) and lo < hi and hi - lo <= 10):
+        raise AppError(f"scale must be two integers lo < hi at most 10 apart, got {lo}-{hi}")
+    for name in (*spec.criteria, *spec.flags):
+        if not name or len(name) > 200:
+            raise AppError("criteria and flag names must have 1-200 characters")
+    if s.scalar(select(Project.id).where(Project.name == spec.name)) is not None:
+        raise AppError(f"project {spec.name!r} already exists", 409)
+    p = Project(name=spec.name, task_type=spec.task_type, guidelines=spec.guidelines, overlap=spec.overlap,
+                gold_rate=spec.gold_rate,
+                config={"scale": [lo, hi], "criteria": list(spec.criteria), "flags": list(spec.flags)})
+    s.add(p)
+    s.flush()
+    audit(s, actor, "project.create", spec.name, task_type=spec.task_type, overlap=spec.overlap,
+          gold_rate=spec.gold_rate)
+    return p
+
+
+def project_by_ref(s: Session, ref: str | int) -> Project:
+    """A project by id or name."""
+    p = None
+    if isinstance(ref, int) or str(ref).isdigit():
+        p = s.get(Project, int(ref))
+    if p is None:
+        p = s.scalar(select(Project).where(Project.name == str(ref)))
+    if p is None:
+        raise not_found(f"project {ref!r}")
+    return p
+
+
+def add_member(s: Session, project: Project, user: User, actor: str = "cli") -> None:
+    if is_member(s, project, user):
+        return
+    s.add(Member(project_id=project.id, user_id=user.id))
+    audit(s, actor, "project.add_member", project.name, user=user.username)
+
+
+def is_member(s: Session, project: Project, user: User) -> bool:
+    return s.scalar(select(Member.id).where(Member.project_id == project.id, Member.user_id == user.id)) is not None
+
+
+def projects_of(s: Session, user: User) -> list[Project]:
+    if user.role == "admin":
+        return list(s.scalars(select(Project).order_by(Project.id)))
+    return list(s.scalars(select(Project).join(Member, Member.project_id == Project.id)
+                          .where(Member.user_id == user.id).order_by(Project.id)))
+
+
+# ---------------------------------------------------------------- import
+
+def _responses_of(d: dict) -> list:
+    if "responses" in d:
+        r = d["responses"]
+        if not isinstance(r, list):
+            raise DataError(f"field 'responses' must be a list, got {type(r).__name__}")
+        return r
+    if "response" in d:
+        return [d["response"]]
+    if "chosen" in d and "rejected" in d:
+        return [d["chosen"], d["rejected"]]
+    return []
+
+
+def _check_gold(task_type: str, gold: Any, n: int, scale: tuple[int, int]) -> dict:
+    if not isinstance(gold, dict):
+        raise DataError(f"field 'gold' must be an object, got {type(gold).__name__}")
+    if task_type == "pairwise":
+        pref = gold.get("preferred", "missing")
+        if pref is not None and pref not in (0, 1):
+            raise DataError("gold of a pairwise item needs 'preferred': 0, 1 or null (a tie)")
+        return {"preferred": pref}
+    if task_type == "ranking":
+        ranks = gold.get("ranks")
+        if ranks is None and "ranking" in gold:
+            ranks = ranks_from_order(gold["ranking"], n)
+        if not _valid_ranks(ranks, n):
+            raise DataError(f"gold of a ranking item needs 'ranking' (a permutation of 0..{n - 1}) or "
+                            f"'ranks' ({n} ranks from 1)")
+        return {"ranks": ranks}
+    if task_type == "rating":
+        r = gold.get("rating")
+        if not isinstance(r, int) or isinstance(r, bool) or not scale[0] <= r <= scale[1]:
+            raise DataError(f"gold of a rating item needs an integer 'rating' in {scale[0]}..{scale[1]}")
+        return {"rating": r}
+    raise DataError("demonstration items cannot be gold items")
+
+
+def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -> list[dict]:
+    """The item(s) one import line makes (a rating line with K responses makes K items)."""
+    try:
+        prompt = Prompt.from_json({k: d[k] for k in ("prompt", "messages") if k in d}, where).prompt
+        responses = _responses_of(d)
+        if task_type == "pairwise" and len(responses) != 2:
+            raise DataError(f"a pairwise item needs exactly 2 responses, got {len(responses)}")
+        if task_type == "ranking" and not 2 <= len(responses) <= MAX_RESPONSES:
+            raise DataError(f"a ranking item needs 2..{MAX_RESPONSES} responses, got {len(responses)}")
+        if task_type == "rating" and not responses:
+            raise DataError("a rating item needs 'response' or 'responses'")
+        if task_type == "demonstration" and len(responses) > 1:
+            raise DataError("a demonstration item takes at most one draft response")
+        if task_type == "ranking" or task_type == "pairwise":
+            Ranking.from_json({"prompt": prompt, "responses": responses, "ranking": list(range(len(responses)))},
+                              where)
+        elif task_type == "rating":
+            for r in responses:
+                Rating.from_json({"prompt": prompt, "response": r, "rating": scale[0], "scale": list(scale)}, where)
+        elif responses:
+            Demonstration.from_json({"prompt": prompt, "completion": responses[0]}, where)
+        gold = _check_gold(task_type, d["gold"], len(responses), scale) if d.get("gold") is not None else None
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise DataError(f"field 'meta' must be an object, got {type(meta).__name__}")
+        ext = d.get("id")
+        if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int))):
+            raise DataError("field 'id' must be a string or an integer")
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    base = {"prompt": prompt, "gold": gold, "meta": meta, "id": None if ext is None else str(ext)}
+    if task_type == "rating" and len(responses) > 1:
+        return [{**base, "responses": [r], "suffix": f"#{i}"} for i, r in enumerate(responses)]
+    return [{**base, "responses": responses, "suffix": ""}]
+
+
+def read_items(path: str | os.PathLike, project: Project) -> list[dict]:
+    """Validated items of a JSONL file (see docs/FEEDBACK_APP.md, "Import format"); `DataError` names the line.
+
+    Accepts `prefloop sample` output (`{"prompt", "responses", "ended"}`) as it is.
+    """
+    scale = tuple(project.config.get("scale", DEFAULT_SCALE))
+    out = []
+    seen: dict[str, int] = {}
+    for line_no, d in iter_jsonl(path):
+        where = f"{path}:{line_no}"
+        for item in validate_item(project.task_type, d, scale, where):
+            ext = (item["id"] if item["id"] is not None else f"line{line_no}") + item.pop("suffix")
+            if ext in seen:
+                raise DataError(f"{where}: duplicate item id {ext!r} (first on line {seen[ext]})")
+            seen[ext] = line_no
+            item["id"] = ext
+            out.append(item)
+    return out
+
+
+def import_items(s: Session, project: Project, items: list[dict], actor: str = "cli", source: str = "") -> int:
+    """Add validated items (from `read_items`); an id already in the project is an error and nothing is added."""
+    ids = [it["id"] for it in items]
+    existing = set()
+    for i in range(0, len(ids), 500):
+        existing.update(s.scalars(select(Item.external_id).where(Item.project_id == project.id,
+                                                                 Item.external_id.in_(ids[i:i + 500]))))
+    if existing:
+        raise AppError(f"{len(existing)} item id(s) already in project {project.name!r}, "
+                       f"e.g. {sorted(existing)[0]!r}; nothing imported", 409)
+    s.add_all(Item(project_id=project.id, external_id=it["id"], prompt=it["prompt"], responses=it["responses"],
+                   is_gold=it["gold"] is not None, gold=it["gold"], meta=it["meta"], n_assigned=0) for it in items)
+    audit(s, actor, "project.import", project.name, items=len(items), source=source,
+          gold=sum(it["gold"] is not None for it in items))
+    return len(items)
+
+
+# ---------------------------------------------------------------- assignment
+
+def _keyed_unit(key: bytes, *parts: object) -> float:
+    digest = hmac.new(key, "/".join(map(str, parts)).encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def open_assignment(s: Session, project: Project, user: User) -> Assignment | None:
+    return s.scalar(select(Assignment).where(Assignment.user_id == user.id, Assignment.project_id == project.id,
+                                             Assignment.done.is_(False)).order_by(Assignment.id).limit(1))
+
+
+def _pick_item(s: Session, project: Project, user: User, gold: bool) -> Item | None:
+    seen = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
+    q = select(Item).where(Item.project_id == project.id, Item.is_gold.is_(gold), ~seen)
+    if gold:
+        q = q.order_by(Item.n_assigned, Item.id)
+    else:  # finish started items first, so complete items accumulate
+        q = q.where(Item.n_assigned < project.overlap).order_by(Item.n_assigned.desc(), Item.id)
+    return s.scalar(q.limit(1).with_for_update(skip_locked=True))
+
+
+def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Assignment | None:
+    """The user's open assignment in the project, or a new one; None when nothing is left for them.
+
+    Each regular item goes to at most `overlap` distinct annotators (the unique (item, user) constraint and
+    the `n_assigned` counter, updated in the same write transaction); a gold item is mixed in with
+    probability `gold_rate`, decided by a keyed hash so it is unpredictable but reproducible. The display
+    order of the responses is a keyed permutation per (user, item): stable across reloads, hidden from others.
+    """
+    if not is_member(s, project, user):
+        raise AppError(f"you are not a member of project {project.name!r}", 403)
+    current = open_assignment(s, project, user)
+    if current is not None:
+        return current
+    n_done = s.scalar(select(func.count(Assignment.id)).where(Assignment.user_id == user.id,
+                                                              Assignment.project_id == project.id)) or 0
+    item = None
+    if project.gold_rate > 0 and _keyed_unit(key, "gold", project.id, user.id, n_done) < project.gold_rate:
+        item = _pick_item(s, project, user, gold=True)
+    if item is None:
+        item = _pick_item(s, project, user, gold=False)
+    if item is None:
+        return None
+    n = len(item.responses)
+    order = security.keyed_bit_order(key, n, "order", user.id, item.id) if n > 1 else list(range(n))
+    a = Assignment(project_id=project.id, item_id=item.id, user_id=user.id, order=order, done=False)
+    item.n_assigned = Item.n_assigned + 1
+    s.add(a)
+    s.flush()
+    return a
+
+
+def assignment_of(s: Session, assignment_id: int, user: User) -> Assignment:
+    """The user's own assignment; another user's is reported as not found (its existence is not revealed)."""
+    a = s.get(Assignment, assignment_id)
+    if a is None or a.user_id != user.id:
+        raise not_found(f"assignment {assignment_id}")
+    return a
+
+
+def assignment_view(project: Project, item: Item, a: Assignment) -> dict:
+    """What the annotator sees: the prompt and the responses in their display order, nothing else."""
+    view = {"assignment_id": a.id, "project_id": project.id, "task_type": project.task_type,
+            "prompt": item.prompt, "responses": [item.responses[i] for i in a.order], "done": a.done}
+    if project.task_type == "rating":
+        view |= {"scale": project.config["scale"], "criteria": project.config["criteria"],
+                 "flags": project.config["flags"]}
+    return view
+
+
+# ---------------------------------------------------------------- judgments
+
+def ranks_from_order(order: Any, n: int) -> list[int] | None:
+    if not (isinstance(order, list) and sorted(order) == list(range(n))
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in order)):
+        return None
+    ranks = [0] * n
+    for r, i in enumerate(order, 1):
+        ranks[i] = r
+    return ranks
+
+
+def _valid_ranks(ranks: Any, n: int) -> bool:
+    return (isinstance(ranks, list) and len(ranks) == n
+            and all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n for r in ranks))
+
+
+def _int_in(value: Any, lo: int, hi: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise AppError(f"'{name}' must be an integer from {lo} to {hi}, got {json.dumps(value)[:40]}", 422)
+    return value
+
+
+def _rating_value(project: Project, payload: dict) -> dict:
+    lo, hi = project.config["scale"]
+    value = {"rating": _int_in(payload.get("rating"), lo, hi, "rating")}
+    criteria = payload.get("criteria") or {}
+    if not isinstance(criteria, dict) or set(criteria) - set(project.config["criteria"]):
+        raise AppError(f"'criteria' must map names among {project.config['criteria']} to ratings", 422)
+    value["criteria"] = {k: _int_in(v, lo, hi, f"criteria.{k}") for k, v in criteria.items()}
+    flags = payload.get("flags") or []
+    if not isinstance(flags, list) or set(flags) - set(project.config["flags"]):
+        raise AppError(f"'flags' must be a list of names among {project.config['flags']}", 422)
+    value["flags"] = sorted(set(flags))
+    return value
+
+
+def normalise_judgment(project: Project, a: Assignment, payload: Any) -> dict:
+    """A payload in display positions -> the stored value in response indices.
+
+    pairwise: `{"choice": 0 | 1 | "tie", "strength": 1..3}` -> `{"preferred": index | None, "strength"}`;
+    ranking: `{"ranks": [rank per position]}` (1 = best, equal ranks are ties) or `{"ranking": [positions,
+    best first]}` -> `{"ranks": [rank per response]}`; rating: `{"rating", "criteria", "flags"}`;
+    demonstration: `{"text"}`.
+    """
+    if not isinstance(payload, dict):
+        raise AppError("the judgment must be a JSON object", 422)
+    order, n, t = a.order, len(a.order), project.task_type
+    if t == "pairwise":
+        choice = payload.get("choice")
+        if choice == "tie":
+            return {"preferred": None, "strength": 0}
+        pos = _int_in(choice, 0, 1, "choice") if choice != "tie" else None
+        return {"preferred": order[pos], "strength": _int_in(payload.get("strength", 1), 1, 3, "strength")}
+    if t == "ranking":
+        ranks = payload.get("ranks")
+        if ranks is None and "ranking" in payload:
+            ranks = ranks_from_order(payload["ranking"], n)
+        if not _valid_ranks(ranks, n):
+            raise AppError(f"give 'ranks' ({n} ranks from 1, equal ranks for ties) or 'ranking' "
+                           f"(a permutation of 0..{n - 1}, best first)", 422)
+        by_index = [0] * n
+        for pos, r in enumerate(ranks):
+            by_index[order[pos]] = r
+        return {"ranks": by_index}
+    if t == "rating":
+        return _rating_value(project, payload)
+    text = payload.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise AppError("'text' must be a non-empty string", 422)
+    if len(text) > 100_000:
+        raise AppError("'text' is longer than 100,000 characters", 422)
+    return {"text": text}
+
+
+def submit_judgment(s: Session, project: Project, a: Assignment, user: User, submission_id: str, payload: Any,
+                    duration_ms: int | None = None) -> tuple[Judgment, bool]:
+    """Store a judgment; returns (judgment, duplicate). A retry with the same submission id returns the stored
+    judgment and changes nothing; a different submission for a judged assignment is a conflict."""
+    if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
+        raise AppError("'submission_id' must be a string of 8-64 characters (e.g. a UUID)", 422)
+    prior = s.scalar(select(Judgment).where(Judgment.user_id == user.id, Judgment.submission_id == submission_id))
+    if prior is not None:
+        if prior.assignment_id != a.id:
+            raise AppError("this submission id was already used for another assignment", 409)
+        return prior, True
+    if a.done:
+        raise AppError("this assignment already has a judgment", 409)
+    value = normalise_judgment(project, a, payload)
+    if duration_ms is not None:
+        duration_ms = _int_in(duration_ms, 0, 7 * 24 * 3600 * 1000, "duration_ms")
+    else:
+        duration_ms = max(0, int((utcnow() - a.created_at).total_seconds() * 1000))
+    j = Judgment(assignment_id=a.id, project_id=project.id, item_id=a.item_id, user_id=user.id,
+                 submission_id=submission_id, value=value, duration_ms=duration_ms)
+    a.done = True
+    s.add(j)
+    s.flush()
+    return j, False
+
+
+def is_integrity_error(e: BaseException) -> bool:
+    return isinstance(e, IntegrityError)
+
+
+# ---------------------------------------------------------------- export
+
+EXPORT_KINDS = ("comparisons", "rankings", "ratings", "demonstrations")
+
+
+def default_export_kind(task_type: str) -> str:
+    return {"pairwise": "comparisons", "ranking": "comparisons", "rating": "ratings",
+            "demonstration": "demonstrations"}[task_type]
+
+
+def _judgment_rows(s: Session, project: Project, include_gold: bool):
+    q = (select(Judgment, Item, User).join(Item, Item.id == Judgment.item_id).join(User, User.id == Judgment.user_id)
+         .where(Judgment.project_id == project.id).order_by(Judgment.id))
+    if not include_gold:
+        q = q.where(Item.is_gold.is_(False))
+    return s.execute(q)
+
+
+def _pairs(value: dict, task_type: str) -> list[tuple[int, int, float | None, bool]]:
+    """(better, worse, margin, tie) pairs of a judgment: a ranking gives all C(K, 2) pairs."""
+    if task_type == "pairwise":
+        if value["preferred"] is None:
+            return [(0, 1, 0.0, True)]
+        p = value["preferred"]
+        return [(p, 1 - p, float(value["strength"]), False)]
+    ranks, out = value["ranks"], []
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            if ranks[i] == ranks[j]:
+                out.append((i, j, 0.0, True))
+            else:
+                a, b = (i, j) if ranks[i] < ranks[j] else (j, i)
+                out.append((a, b, None, False))
+    return out
+
+
+def export_records(s: Session, project: Project, kind: str | None = None, ties: str = "drop",
+                   include_gold: bool = False) -> list:
+    """Records (`prefloop.data.records`) of the project's judgments, each with `annotator` and `pool`.
+
+    comparisons: pairwise judgments (strength 1..3 as `margin`) and rankings expanded to their C(K, 2)
+    pairs; tied pairs are dropped, or kept with `margin` 0 and `meta.tie` when `ties="keep"`.
+    rankings: rankings without ties (a tie is not representable in a `Ranking`). ratings, demonstrations.
+    """
+    kind = kind or default_export_kind(project.task_type)
+    allowed = {"pairwise": ("comparisons",), "ranking": ("comparisons", "rankings"), "rating": ("ratings",),
+               "demonstration": ("demonstrations",)}[project.task_type]
+    if kind not in allowed:
+        raise AppError(f"a {project.task_type} project exports {' or '.join(allowed)}, not {kind!r}")
+    if ties not in ("drop", "keep"):
+        raise AppError(f"ties must be 'drop' or 'keep', got {ties!r}")
+    out: list = []
+    for j, item, user in _judgment_rows(s, project, include_gold):
+        common = {"annotator": user.username, "pool": user.pool, "id": f"{item.external_id}/{user.username}",
+                  "meta": {"project": project.name, "item": item.external_id, "duration_ms": j.duration_ms,
+                           **({"gold": True} if item.is_gold else {})}}
+        where = f"judgment {j.id}"
+        p, rs, v = item.prompt, item.responses, j.value
+        if kind == "comparisons":
+            for a, b, margin, tie in _pairs(v, project.task_type):
+                if tie and ties == "drop":
+                    continue
+                rec = {"prompt": p, "chosen": rs[a], "rejected": rs[b], **common}
+                if margin is not None:
+                    rec["margin"] = margin
+                if tie:
+                    rec["meta"] = {**common["meta"], "tie": True}
+                if len(rs) > 2:
+                    rec["id"] = f"{common['id']}/{a}>{b}"
+                out.append(Comparison.from_json(rec, where))
+        elif kind == "rankings":
+            ranks = v["ranks"]
+            if len(set(ranks)) == len(ranks):
+                order = sorted(range(len(ranks)), key=lambda i: ranks[i])
+                out.append(Ranking.from_json({"prompt": p, "responses": rs, "ranking": order, **common}, where))
+        elif kind == "ratings":
+            meta = {**common["meta"], "criteria": v["criteria"], "flags": v["flags"]}
+            out.append(Rating.from_json({"prompt": p, "response": rs[0], "rating": v["rating"],
+                                         "scale": project.config["scale"], **common, "meta": meta}, where))
+        else:
+            out.append(Demonstration.from_json({"prompt": p, "completion": v["text"], **common}, where))
+    return out
+
+
+def write_export(path: str | os.PathLike, records: list) -> int:
+    from prefloop.data.jsonl import write_jsonl
+
+    return write_jsonl(path, records)
+
+
+def commit_or_conflict(s: Session) -> None:
+    """Commit; a unique-constraint race becomes a 409."""
+    try:
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        raise AppError("conflicting concurrent change, please retry", 409) from None

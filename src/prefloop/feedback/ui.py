@@ -1,0 +1,272 @@
+"""Server-rendered pages: login, the annotation page of each task type, and the admin pages.
+
+Forms post back with the session's CSRF token; an annotation form carries a submission id made when the page
+was rendered, so posting it twice (a double click, a reload) stores one judgment. Every text from the data is
+rendered by Jinja2 with autoescaping on, and the pages load only /static scripts (see the CSP in `app`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import tempfile
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func, select
+
+from prefloop.data import DataError
+
+from . import service
+from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
+from .db import Assignment, Item, Judgment, User
+from .service import AppError
+
+router = APIRouter(include_in_schema=False)
+
+# the pairwise buttons: (key, label, choice position or "tie", strength)
+PAIRWISE_SCALE = [("1", "A is much better", 0, 3), ("2", "A is better", 0, 2), ("3", "A is slightly better", 0, 1),
+                  ("4", "Tie", "tie", 0), ("5", "B is slightly better", 1, 1), ("6", "B is better", 1, 2),
+                  ("7", "B is much better", 1, 3)]
+FLAG_KEYS = "qwertyuiop"
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, error: str = "") -> Response:
+    token = secrets.token_urlsafe(32)
+    resp = render(request, "login.html", {"login_csrf": token, "error": error[:200]})
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
+                    secure=request.app.state.settings.secure_cookies, path="/login")
+    return resp
+
+
+@router.post("/login")
+def login(request: Request, username: str = Form(""), password: str = Form(""),
+          csrf_token: str = Form("")) -> Response:
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
+        raise AppError("the login form expired or was not sent by this site; reload the page", 403)
+    st = request.app.state
+    ip, name_key = client_ip(request), username.lower()[:64]
+    if st.login_user_limiter.blocked(name_key) or st.login_ip_limiter.blocked(ip):
+        return render(request, "login.html", {"login_csrf": csrf_token, "error": "Too many failed logins; "
+                                              "wait a few minutes."}, status=429)
+    with st.db.write() as s:
+        user = service.authenticate(s, username, password)
+        if user is None:
+            st.login_user_limiter.hit(name_key)
+            st.login_ip_limiter.hit(ip)
+            service.audit(s, username[:64] or "-", "login.failed", ip)
+            s.commit()
+            return render(request, "login.html", {"login_csrf": csrf_token, "error": "Wrong username or password."},
+                          status=401)
+        token, _ = service.create_session(s, user)
+        s.commit()
+    st.login_user_limiter.reset(name_key)
+    resp = _redirect("/")
+    resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=st.settings.secure_cookies,
+                    max_age=int(service.SESSION_LIFETIME.total_seconds()), path="/")
+    resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request, csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, form_token=csrf_token)
+    with request.app.state.db.write() as s:
+        service.delete_session(s, principal.session_token or "")
+        s.commit()
+    resp = _redirect("/login")
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+def _progress(s, project, user: User) -> dict:
+    done = s.scalar(select(func.count(Judgment.id)).where(Judgment.project_id == project.id,
+                                                          Judgment.user_id == user.id)) or 0
+    n_items = s.scalar(select(func.count(Item.id)).where(Item.project_id == project.id,
+                                                         Item.is_gold.is_(False))) or 0
+    total = s.scalar(select(func.count(Judgment.id)).join(Item, Item.id == Judgment.item_id)
+                     .where(Judgment.project_id == project.id, Item.is_gold.is_(False))) or 0
+    target = n_items * project.overlap
+    return {"mine": done, "total": total, "target": target,
+            "percent": round(100 * total / target) if target else 0}
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request) -> Response:
+    if authenticate(request) is None:
+        return _redirect("/login")
+    principal = require_user(request)
+    with request.app.state.db.read() as s:
+        projects = [(p, _progress(s, p, principal.user)) for p in service.projects_of(s, principal.user)]
+    return render(request, "home.html", {"projects": projects})
+
+
+@router.get("/projects/{pid}", response_class=HTMLResponse)
+def annotate_page(request: Request, pid: int) -> Response:
+    principal = require_user(request)
+    with request.app.state.db.write() as s:
+        p = s.get(service.Project, pid)
+        if p is None or not service.is_member(s, p, principal.user):
+            raise service.not_found(f"project {pid}")
+        a = service.next_assignment(s, p, principal.user, request.app.state.key)
+        view = service.assignment_view(p, s.get(Item, a.item_id), a) if a else None
+        s.commit()
+        progress = _progress(s, p, principal.user)
+    ctx = {"project": p, "view": view, "progress": progress, "submission_id": uuid.uuid4().hex,
+           "pairwise_scale": PAIRWISE_SCALE, "flag_keys": FLAG_KEYS}
+    if view and p.task_type == "rating":
+        lo, hi = p.config["scale"]
+        ctx["scale_values"] = list(range(lo, hi + 1))
+    return render(request, "annotate.html", ctx)
+
+
+def _form_payload(task_type: str, form) -> dict:
+    """A judgment payload from the annotation form's fields."""
+    if task_type == "pairwise":
+        key = form.get("choice", "")
+        for k, _, choice, strength in PAIRWISE_SCALE:
+            if key == k:
+                return {"choice": choice, "strength": strength} if choice != "tie" else {"choice": "tie"}
+        raise AppError("choose one of the options", 422)
+    if task_type == "ranking":
+        ranks = []
+        for i in range(service.MAX_RESPONSES):
+            v = form.get(f"rank{i}")
+            if v is None:
+                break
+            if not v.strip().isdigit():
+                raise AppError("give every response a rank (1 = best; equal numbers for ties)", 422)
+            ranks.append(int(v))
+        return {"ranks": ranks}
+    if task_type == "rating":
+        def num(v):
+            return int(v) if v is not None and v.strip().lstrip("-").isdigit() else v
+        criteria = {k[len("criterion:"):]: num(v) for k, v in form.items() if k.startswith("criterion:") and v}
+        return {"rating": num(form.get("rating")), "criteria": criteria, "flags": form.getlist("flags")}
+    return {"text": form.get("text", "").replace("\r\n", "\n")}
+
+
+@router.post("/projects/{pid}/assignments/{aid}")
+async def submit_form(request: Request, pid: int, aid: int) -> Response:
+    form = await request.form()
+    return await _in_thread(_submit_form, request, pid, aid, form)
+
+
+async def _in_thread(fn, *args):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
+    principal = require_user(request, form_token=str(form.get("csrf_token", "")))
+    with request.app.state.db.write() as s:
+        a = service.assignment_of(s, aid, principal.user)
+        p = s.get(service.Project, a.project_id)
+        if p.id != pid:
+            raise service.not_found(f"assignment {aid}")
+        payload = _form_payload(p.task_type, form)
+        service.submit_judgment(s, p, a, principal.user, str(form.get("submission_id", "")), payload)
+        service.commit_or_conflict(s)
+    return _redirect(f"/projects/{pid}")
+
+
+# ---------------------------------------------------------------- admin pages
+
+@router.get("/admin", response_class=HTMLResponse)
+def admin_page(request: Request, message: str = "") -> Response:
+    require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        users = list(s.scalars(select(User).order_by(User.id)))
+        projects = list(s.scalars(select(service.Project).order_by(service.Project.id)))
+    return render(request, "admin.html", {"users": users, "projects": projects, "message": message[:300]})
+
+
+@router.post("/admin/users")
+def admin_create_user(request: Request, username: str = Form(""), password: str = Form(""),
+                      role: str = Form("annotator"), pool: str = Form("default"),
+                      csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, admin=True, form_token=csrf_token)
+    with request.app.state.db.write() as s:
+        service.create_user(s, username, password, role, pool or "default", principal.user.username)
+        service.commit_or_conflict(s)
+    return _redirect("/admin")
+
+
+@router.post("/admin/projects")
+def admin_create_project(request: Request, name: str = Form(""), task_type: str = Form("pairwise"),
+                         guidelines: str = Form(""), overlap: int = Form(1), gold_rate: float = Form(0.0),
+                         scale_lo: int = Form(1), scale_hi: int = Form(3), criteria: str = Form(""),
+                         flags: str = Form(""), csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, admin=True, form_token=csrf_token)
+    spec = service.ProjectSpec(name.strip(), task_type, guidelines, overlap, gold_rate, (scale_lo, scale_hi),
+                               _names(criteria), _names(flags))
+    with request.app.state.db.write() as s:
+        p = service.create_project(s, spec, principal.user.username)
+        service.commit_or_conflict(s)
+    return _redirect(f"/admin/projects/{p.id}")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.replace("\n", ",").split(",") if x.strip())
+
+
+@router.post("/admin/projects/{pid}/members")
+def admin_add_members(request: Request, pid: int, usernames: str = Form(""), csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, admin=True, form_token=csrf_token)
+    with request.app.state.db.write() as s:
+        p = service.project_by_ref(s, pid)
+        for name in _names(usernames):
+            u = service.user_by_name(s, name)
+            if u is None:
+                raise service.not_found(f"user {name!r}")
+            service.add_member(s, p, u, principal.user.username)
+        service.commit_or_conflict(s)
+    return _redirect(f"/admin/projects/{pid}")
+
+
+@router.post("/admin/projects/{pid}/import")
+def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # noqa: B008 (FastAPI's idiom)
+                 csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, admin=True, form_token=csrf_token)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(file.filename or "upload.jsonl").name
+        path.write_bytes(file.file.read())
+        with request.app.state.db.write() as s:
+            p = service.project_by_ref(s, pid)
+            try:
+                items = service.read_items(path, p)
+            except DataError as e:
+                raise AppError(str(e).replace(str(Path(tmp)) + "/", ""), 422) from None
+            service.import_items(s, p, items, principal.user.username, source=path.name)
+            service.commit_or_conflict(s)
+    return _redirect(f"/admin/projects/{pid}")
+
+
+@router.get("/admin/projects/{pid}", response_class=HTMLResponse)
+def admin_project(request: Request, pid: int) -> Response:
+    from .dashboard import project_stats
+
+    require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        p = service.project_by_ref(s, pid)
+        stats = project_stats(s, p)
+        members = list(s.scalars(select(User).join(service.Member, service.Member.user_id == User.id)
+                                 .where(service.Member.project_id == p.id).order_by(User.username)))
+        open_assignments = s.scalar(select(func.count(Assignment.id)).where(Assignment.project_id == p.id,
+                                                                            Assignment.done.is_(False)))
+    return render(request, "dashboard.html", {"project": p, "stats": stats, "members": members,
+                                              "open_assignments": open_assignments,
+                                              "export_kinds": _export_kinds(p.task_type)})
+
+
+def _export_kinds(task_type: str) -> list[str]:
+    return {"ranking": ["comparisons", "rankings"]}.get(task_type, [service.default_export_kind(task_type)])
