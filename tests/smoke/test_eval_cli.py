@@ -98,6 +98,27 @@ def test_eval_policy_against_itself_spends_no_kl(setup, tmp_path):
     assert "gold_reward_mean" not in m["stages"]["policy"] and "redteam" not in m
 
 
+def test_eval_sweep_over_policy_runs(setup, tmp_path, capsys):
+    runs = []
+    for name in ("policy", "ref"):  # two evaluated policies stand in for two KL coefficients
+        out = tmp_path / f"run-{name}"
+        code, _ = run("policy", "--model", setup[name], "--world", setup["world"], "--prompts", setup["prompts"],
+                      "--k", "2", "--redteam-prompts", "0", "--out", out, *GEN)
+        assert code == 0
+        runs.append(out)
+    code, _ = run("sweep", "--runs", *runs, "--out", tmp_path / "sweep")
+    assert code == 0
+    sweep = json.loads((tmp_path / "sweep" / "metrics.json").read_text())["sweep"]
+    assert [p["run"] for p in sweep["points"]] == ["run-policy", "run-ref"]
+    for p, r in zip(sweep["points"], runs):
+        stage = json.loads((r / "metrics.json").read_text())["stages"]["policy"]
+        assert p["gold_reward_mean"] == stage["gold_reward_mean"] and p["per_input/distinct_2"] == stage[
+            "per_input/distinct_2"]
+    assert (tmp_path / "sweep" / "diversity_trade.png").exists()
+    code, err = run("sweep", "--runs", tmp_path, "--out", tmp_path / "s2", capsys=capsys)
+    assert code == 2 and "no stages" in err
+
+
 def test_eval_best_of_n(setup, tmp_path):
     code, _ = run("best-of-n", "--model", setup["policy"], "--reward-model", setup["rm"], "--world", setup["world"],
                   "--prompts", setup["prompts"], "--n", "6", "--out", tmp_path, *GEN)

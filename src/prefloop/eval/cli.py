@@ -5,6 +5,7 @@ OUT/metrics.json, plots and the HTML + Markdown report of OUT.
   policy      a policy (and a reference): gold and reward-model score, win rate under a named judge, KL,
               length, never-ending fraction, diversity, made-up facts, red-team rates
   best-of-n   best-of-n over-optimisation curves against the exact KL, with the Gao et al. fit
+  sweep       gold reward against diversity over several evaluated runs (the diversity trade)
   judge       win rate from a file of judgments (`prefloop eval --judge-file FILE ...` is the same)
 """
 
@@ -120,10 +121,26 @@ class EvalJudgeConfig:
     """Output directory: metrics.json, report.html and report.md."""
 
 
+@dataclass(kw_only=True)
+class EvalSweepConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    runs: list[Path] | None = None
+    """Output directories of `prefloop eval policy` (or demo runs), e.g. one per KL coefficient."""
+    stage: str | None = None
+    """Stage to take from each run (default: the last one, the evaluated policy)."""
+    diversity: Literal["per_input/distinct_2", "per_input/self_bleu", "per_input/ead", "entropy", "distinct_2",
+                       "self_bleu"] = "per_input/distinct_2"
+    """The diversity measure on the x axis."""
+    out: Path = Path("runs/eval-sweep")
+    """Output directory: metrics.json, the trade-off plot, report.html and report.md."""
+
+
 SUBCOMMANDS = {
     "reward": (EvalRewardConfig, "eval_reward", "a reward model on held-out comparisons"),
     "policy": (EvalPolicyConfig, "eval_policy", "a policy against a reference, under a named judge"),
     "best-of-n": (EvalBestOfNConfig, "eval_best_of_n", "best-of-n over-optimisation curves"),
+    "sweep": (EvalSweepConfig, "eval_sweep", "gold reward against diversity over several runs (e.g. a KL sweep)"),
     "judge": (EvalJudgeConfig, "eval_judge", "win rate with a confidence interval from a judgments file"),
 }
 

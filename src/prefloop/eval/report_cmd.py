@@ -262,6 +262,32 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
     doc.figure("best_of_n.png", fig, "Best-of-n: proxy and gold reward against KL")
 
 
+def section_sweep(doc: Doc, sweep: dict) -> None:
+    """Gold reward against diversity, one point per run (a KL-coefficient sweep, say)."""
+    pts, div = sweep["points"], sweep.get("diversity", "per_input/distinct_2")
+    doc.heading("The diversity trade")
+    doc.para("Each point is one evaluated run. Up and right: more reliable and more varied; RLHF usually trades "
+             "one for the other, so pick the point that fits the use (Kirk et al. 2023).")
+    keys = [k for k in ("gold_reward_mean", "kl_to_ref", "kl_to_sft", div, "entropy", "hallucination_rate")
+            if any(p.get(k) is not None for p in pts)]
+    keys = list(dict.fromkeys(keys))
+    doc.table(["run", "stage"] + keys, [[p["run"], p["stage"]] + [p.get(k) for k in keys] for p in pts], "sweep")
+    xy = [(p.get(div), p.get("gold_reward_mean"), p["run"]) for p in pts]
+    xy = [t for t in xy if t[0] is not None and t[1] is not None]
+    if not xy:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([t[0] for t in xy], [t[1] for t in xy], marker="o", lw=0.8, color="#4a7")
+    for x, y, label in xy:
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(div)
+    ax.set_ylabel("gold reward")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    doc.figure("diversity_trade.png", fig, f"Gold reward against {div}, per run")
+
+
 def _curve_keys(rows: list[dict]) -> list[str]:
     counts: dict[str, int] = {}
     for r in rows:
@@ -435,6 +461,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         section_reward_model(doc, m["reward_model"])
     if isinstance(m.get("best_of_n"), dict) and m["best_of_n"].get("curve"):
         section_best_of_n(doc, m["best_of_n"])
+    if isinstance(m.get("sweep"), dict) and m["sweep"].get("points"):
+        section_sweep(doc, m["sweep"])
     section_training(doc, run_dir)
     if (run_dir / "samples.jsonl").exists():
         section_samples(doc, run_dir / "samples.jsonl", n_samples)
