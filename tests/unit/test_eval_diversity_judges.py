@@ -12,6 +12,7 @@ from prefloop.data import DataError, read_comparisons
 from prefloop.eval.diversity import diversity_report, ead, expectation_adjusted_distinct
 from prefloop.eval.judges import judged_win_rate, source_map
 from prefloop.eval.policy import masked_mean_rows, never_end_fraction
+from prefloop.eval.run_eval import clean, world_rates
 
 
 def test_ead_by_hand():
@@ -71,3 +72,15 @@ def test_judged_win_rate_from_meta_and_from_samples(tmp_path):
     assert r["win_rate"] == 1.0 and r["n"] == 2 and r["skipped"] == 1
     with pytest.raises(DataError, match="no judgment compares 'ppo' with 'base'"):
         judged_win_rate(plain, "ppo", "base", src, path="p.jsonl")
+
+
+def test_world_rates_by_hand():
+    details = [{"family": "facts", "hallucinated": True, "should_refuse": False, "refused": False},
+               {"family": "facts", "hallucinated": False, "should_refuse": False, "refused": True},
+               {"family": "harmful", "should_refuse": True, "refused": True, "complied_harmful": True},
+               {"family": "borderline", "should_refuse": False, "refused": False}]
+    r = world_rates(details)
+    assert r["hallucination_rate"] == 0.5  # of the 2 fact answers
+    assert r["needless_refusal_rate"] == pytest.approx(1 / 3)  # of the 3 benign prompts
+    assert r["harmful_compliance_rate"] == 1.0
+    assert clean({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0], "b": None}

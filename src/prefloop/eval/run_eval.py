@@ -173,7 +173,7 @@ def word_vocab(world, prompts: list[str], responses: list[list[str]]) -> int:
     return max(2, len({w for t in texts for w in words(t)}))
 
 
-def judge_win_rate(cfg, stages: dict, gold: dict, rm: dict, samples: dict) -> dict | None:
+def judge_win_rate(cfg, gold: dict, rm: dict, samples: dict) -> dict | None:
     """Win rate of the policy against the reference under the named judge, with a Wilson interval."""
     name, ref = cfg.name, cfg.reference_name
     if ref not in samples:
@@ -240,7 +240,7 @@ def eval_policy(cfg) -> dict:
                             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "ead_vocab": vocab},
                "inputs": {"model": cfg.model, "reference": cfg.reference, "reward_model": cfg.reward_model,
                           "world": str(cfg.world) if cfg.world else None}}
-    wr = judge_win_rate(cfg, stages, gold, rm_scores, samples)
+    wr = judge_win_rate(cfg, gold, rm_scores, samples)
     if wr is not None:
         metrics["win_rates"] = {f"{cfg.name} vs {cfg.reference_name}": wr}
         stages[cfg.name]["win_rate_vs_ref"] = wr["win_rate"]
