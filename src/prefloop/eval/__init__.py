@@ -1,6 +1,22 @@
-"""Evaluation: diversity, judged comparisons, policy evaluation and reports."""
+"""Evaluation: diversity, judged comparisons, reward-model and over-optimisation metrics, policy evaluation,
+`prefloop eval` and reports. The metric modules are pure Python; models load only in `policy` / `run_eval`."""
 
 from .compare import pairwise_accuracy, wilson_interval, win_rate
-from .diversity import distinct_n, per_input_self_bleu, self_bleu
+from .diversity import distinct_n, diversity_report, ead, expectation_adjusted_distinct, per_input_self_bleu, self_bleu
+from .judges import judged_win_rate, source_map
+from .overopt import best_of_n_curve, best_of_n_expectation, fit_bon, fit_rl, kl_best_of_n, peak
+from .reward_metrics import (
+    accuracy_by_group,
+    bt_calibration,
+    bt_probability,
+    expected_calibration_error,
+    reliability_curve,
+    reward_model_metrics,
+)
 
-__all__ = ["distinct_n", "pairwise_accuracy", "per_input_self_bleu", "self_bleu", "wilson_interval", "win_rate"]
+__all__ = [
+    "accuracy_by_group", "best_of_n_curve", "best_of_n_expectation", "bt_calibration", "bt_probability",
+    "distinct_n", "diversity_report", "ead", "expectation_adjusted_distinct", "expected_calibration_error",
+    "fit_bon", "fit_rl", "judged_win_rate", "kl_best_of_n", "pairwise_accuracy", "peak", "per_input_self_bleu",
+    "reliability_curve", "reward_model_metrics", "self_bleu", "source_map", "wilson_interval", "win_rate",
+]
