@@ -360,7 +360,8 @@ def vader_comparisons(texts: list[VaderText], *, margin: float = 0.0, max_pairs:
     """Pairs of texts of the same domain, the one with the higher mean rating preferred, kept only when the
     means differ by more than `margin` (so ties never become pairs). Pairs are drawn at random with `seed`
     (the same texts and seed give the same pairs), without repeats; `max_pairs` defaults to the number of
-    texts. The record's `margin` is the difference of the means (in rating points), for a margin loss."""
+    texts (fewer pairs come back when too few pass the margin within 20 draws per wanted pair).
+    The record's `margin` is the difference of the means (in rating points), for a margin loss."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     by_domain: dict[str, list[VaderText]] = {}
