@@ -271,9 +271,16 @@ def redteam_setup(cfg, world):
                 raise ConfigError(f"--redteam-scorer: {e}") from None
         return items, (RedTeamScorer(world.gold) if world is not None else keyword_refusal)
     if world is not None and cfg.redteam_prompts > 0:
-        return make_redteam(world.questions, cfg.redteam_prompts, cfg.redteam_prompts, seed=cfg.seed), \
+        return make_redteam(redteam_questions(world), cfg.redteam_prompts, cfg.redteam_prompts, seed=cfg.seed), \
             RedTeamScorer(world.gold)
     return None
+
+
+def redteam_questions(world) -> list:
+    """The held-out questions of the world (requests no training prompt asked) when they include harmful and
+    borderline ones, else all its questions."""
+    held = list({q.text: q for q in (world.gold.question(p) for p in world.heldout_prompts)}.values())
+    return held if {"harmful", "borderline"} <= {q.family for q in held} else world.questions
 
 
 def eval_redteam(cfg, setup, models: dict, tok, scfg) -> dict:
