@@ -7,14 +7,13 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
+from prefloop.cli import main
 from prefloop.data import read_comparisons
 from prefloop.data.encode_more import encode_pair_with_prompt
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.recipes.common import ConfigError
 from prefloop.recipes.dpo import DPOConfig, SequenceLogprobs, pair_logprobs, run_dpo
 from prefloop.runtime import read_metrics
-
-from .test_cli import one_error_line, run_cli
 
 
 def dpo_config(tmp_path, policy_dir, toy_data, **kw) -> DPOConfig:
@@ -73,15 +72,20 @@ def test_reference_on_the_fly_equals_precomputed(tmp_path, policy_dir, toy_data)
         assert x["loss/dpo"] == pytest.approx(y["loss/dpo"], rel=1e-4, abs=1e-5)
 
 
-def test_bad_options_and_data(tmp_path, policy_dir, toy_data):
+def test_bad_options_and_data(tmp_path, policy_dir, toy_data, capsys):
     with pytest.raises(ConfigError, match="--beta"):
         run_dpo(dpo_config(tmp_path, policy_dir, toy_data, beta=0.0))
     with pytest.raises(ConfigError, match="--label-smoothing"):
         run_dpo(dpo_config(tmp_path, policy_dir, toy_data, loss="cdpo", label_smoothing=0.5))
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a", "chosen": " b", "rejected": " c"}\n{"prompt": "a", "chosen": " b"}\n')
-    line = one_error_line(run_cli("dpo", "--model", str(policy_dir), "--data", str(bad), "--out", str(tmp_path / "o")))
-    assert "pairs.jsonl:2" in line and "rejected" in line
+    # The command line (in process): one line naming file and line, exit code 2, nothing written.
+    assert main(["dpo", "--model", str(policy_dir), "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "pairs.jsonl:2" in err and "rejected" in err
+    with pytest.raises(SystemExit) as e:  # an unknown loss is refused by the parser itself
+        main(["dpo", "--model", str(policy_dir), "--data", str(bad), "--loss", "kto"])
+    assert e.value.code == 2 and "kto" in capsys.readouterr().err
     assert not (tmp_path / "o" / "model").exists()
 
 
