@@ -100,3 +100,14 @@ def test_cli_bad_inputs(tmp_path, world_and_policy, capsys):
     assert "missing option --world" in capsys.readouterr().err
     assert main(["loop", "--world", str(tmp_path), "--policy", "p", "--out", str(tmp_path / "x")]) == 2
     assert "no world.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo", "dpo"])
+def test_other_methods_run_a_round(tmp_path, world_and_policy, method):
+    cfg = loop_config(tmp_path, world_and_policy, rounds=1, comparisons=24, method=method, num_generations=2,
+                      rl_lr=1e-3)
+    summary = Loop(cfg).run()
+    recipe = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())
+    assert recipe["recipe"] == method
+    assert recipe["config"]["reference"] == cfg.policy
+    assert summary["rounds"][0]["kl_to_sft_k3"] > 0  # the policy moved away from the initial one

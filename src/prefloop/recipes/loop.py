@@ -65,8 +65,13 @@ class LoopConfig:
     """Annotators per item in the feedback app; comparisons are exported once every item has this many."""
     simulate: bool = False
     """--feedback app: the world's simulated annotators annotate through the app's API as its users."""
-    method: Literal["ppo"] = "ppo"
-    """RL method of each round."""
+    method: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
+    """Policy update of each round: ppo, grpo or rloo against the round's reward model, or dpo on all
+    comparisons so far (online DPO; the reward model is still refit, to evaluate with)."""
+    num_generations: int = 4
+    """grpo / rloo: samples per prompt."""
+    dpo_beta: float = 0.1
+    dpo_epochs: float = 1.0
     rl_steps: int = 20
     """RL updates per round."""
     rollout_batch_size: int = 64
@@ -197,7 +202,7 @@ class Loop:
     def _default_feedback(self) -> Callable[[list[dict], int, int], list[dict]]:
         if self.cfg.feedback == "world":
             return lambda items, rnd, seed: world_feedback(self.world, items, seed)
-        from prefloop.feedback.loop_client import app_feedback
+        from .loop_app import app_feedback
 
         return lambda items, rnd, seed: app_feedback(self.cfg, self.world, items, rnd, seed)
 
@@ -268,22 +273,37 @@ class Loop:
         return {**stats, "train_comparisons": sum(1 for _ in open(train))}
 
     def stage_rl(self, rnd: int) -> dict:
-        from .ppo import PPOConfig, run_ppo
-
         cfg, d = self.cfg, self.round_dir(rnd)
         shutil.rmtree(d / "rl", ignore_errors=True)
         gold = self.world.gold
-        meta = run_ppo(PPOConfig(policy=self.policy_after(rnd - 1), reference=str(cfg.policy),
-                                 reward=str(d / "reward" / "model"),
-                                 prompts=Path(cfg.world) / "prompts_train.jsonl", out=d / "rl",
-                                 max_steps=cfg.rl_steps, rollout_batch_size=cfg.rollout_batch_size,
-                                 batch_size=cfg.batch_size, lr=cfg.rl_lr, kl_coef=cfg.kl_coef,
-                                 kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 max_length=cfg.max_length + cfg.max_new_tokens, seed=cfg.seed + rnd,
-                                 precision=cfg.precision),
-                       gold_fn=lambda prompts, responses: [gold.score(a, b) for a, b in zip(prompts, responses)])
-        return {k: v for k, v in meta.get("metrics", {}).items() if k != "time_split"}
+
+        def gold_fn(prompts, responses):
+            return [gold.score(a, b) for a, b in zip(prompts, responses)]
+
+        common = dict(out=d / "rl", seed=cfg.seed + rnd, precision=cfg.precision,
+                      max_length=cfg.max_length + cfg.max_new_tokens)
+        if cfg.method == "dpo":
+            from .dpo import DPOConfig, run_dpo
+
+            meta = run_dpo(DPOConfig(model=self.policy_after(rnd - 1), reference=str(cfg.policy),
+                                     data=self._all_comparisons(rnd, "train"),
+                                     eval_data=self._all_comparisons(rnd, "heldout"), beta=cfg.dpo_beta,
+                                     epochs=cfg.dpo_epochs, lr=cfg.rl_lr, batch_size=cfg.batch_size, **common))
+            return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
+        rl = dict(policy=self.policy_after(rnd - 1), reference=str(cfg.policy), reward=str(d / "reward" / "model"),
+                  prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=cfg.rl_steps,
+                  rollout_batch_size=cfg.rollout_batch_size, batch_size=cfg.batch_size, lr=cfg.rl_lr,
+                  kl_coef=cfg.kl_coef, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, **common)
+        if cfg.method in ("grpo", "rloo"):
+            from .grpo import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+
+            cls, fn = (GRPOConfig, run_grpo) if cfg.method == "grpo" else (RLOOConfig, run_rloo)
+            meta = fn(cls(num_generations=cfg.num_generations, **rl), gold_fn=gold_fn)
+        else:
+            from .ppo import PPOConfig, run_ppo
+
+            meta = run_ppo(PPOConfig(kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, **rl), gold_fn=gold_fn)
+        return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
 
     def stage_evaluate(self, rnd: int) -> dict:
         from .demo import evaluate_stages
