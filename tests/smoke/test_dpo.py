@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from prefloop.cli import main
@@ -104,3 +105,18 @@ def test_dpo_resume_after_kill_ends_with_the_same_weights(tmp_path, policy_dir, 
     assert resumed.returncode == 0, resumed.stderr
     assert_same(weights(tmp_path / "full" / "model"), weights(tmp_path / "k" / "model"))
     assert [r["step"] for r in read_metrics(tmp_path / "k" / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_sequence_logprobs_match_a_plain_forward(policy_dir, toy_data):
+    # Summed response log-probs of padded 2B-row batches equal those of each sequence alone, unpadded.
+    tok = load_tokenizer(str(policy_dir))
+    lm = load_causal_lm(str(policy_dir), tok)
+    pairs = [encode_pair_with_prompt(tok, c, 64) for c in read_comparisons(toy_data["pairs"])[:3]]
+    got = pair_logprobs(SequenceLogprobs(lm), pairs, tok.pad_token_id, "cpu", 3)
+    for i, p in enumerate(pairs):
+        for j, seq in enumerate((p.chosen, p.rejected)):
+            with torch.no_grad():
+                logits = lm(torch.tensor([seq])).logits[0, :-1].float()
+            lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:]).unsqueeze(1)).squeeze(1)
+            assert got[i, j].item() == pytest.approx(lp[p.prompt_len - 1:].sum().item(), rel=1e-4, abs=1e-4)
+            assert got[i, 2 + j].item() == len(seq) - p.prompt_len

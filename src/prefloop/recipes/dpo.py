@@ -80,7 +80,8 @@ def check_config(cfg: DPOConfig) -> None:
 
 class SequenceLogprobs(nn.Module):
     """(2B, T) right-padded prompt+response ids -> (2B,) summed log-probs of the response tokens and (2B,)
-    their counts. `response_mask` (2B, T) is 1 on response tokens; the logits at t - 1 predict token t."""
+    their counts. `response_mask` (2B, T) is 1 on response tokens; the hidden state at t - 1 predicts token t.
+    Only response positions are projected onto the vocabulary (prompt and padding cost no LM head)."""
 
     def __init__(self, lm):
         super().__init__()
@@ -88,10 +89,12 @@ class SequenceLogprobs(nn.Module):
 
     def forward(self, input_ids, attention_mask, response_mask):
         h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
-        logits = self.lm.get_output_embeddings()(h)
-        target_mask = response_mask[:, 1:].to(torch.float32)
-        logp = logprobs_from_logits(logits, input_ids[:, 1:]) * target_mask
-        return logp.sum(-1), target_mask.sum(-1)
+        keep = response_mask[:, 1:].bool()
+        logits = self.lm.get_output_embeddings()(h[keep])  # (N, V) for the N response tokens of the batch
+        logp = logprobs_from_logits(logits.unsqueeze(0), input_ids[:, 1:][keep].unsqueeze(0)).squeeze(0)
+        rows = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
+        sums = torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+        return sums, keep.sum(-1).to(logp.dtype)
 
 
 def collate(pairs: list[PromptedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
