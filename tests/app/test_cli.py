@@ -1,0 +1,141 @@
+"""`prefloop annotate ...`: accounts, projects, import errors, export that the reward trainer reads unchanged,
+simulated annotators through the REST API, and SQLite backup / restore."""
+
+from __future__ import annotations
+
+import io
+import random
+import sqlite3
+
+import pytest
+
+from prefloop.data import read_comparisons
+from prefloop.feedback.cli import main
+from prefloop.world.annotators import Annotator
+
+from .conftest import make_project
+
+GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "ugly"]
+
+
+def question(rng: random.Random) -> str:
+    return f"User: What is {rng.randint(0, 9)} plus {rng.randint(0, 9)}?\nAssistant:"
+
+
+def answer(rng: random.Random, words: list[str]) -> str:
+    return f" It is {rng.choice(words)} {rng.randint(0, 18)}."
+
+
+def run(argv: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_accounts_projects_and_import_errors(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "cli.db")
+    code, out, _ = run(["create-admin", "--db", db, "--username", "boss", "--password-stdin"], capsys,
+                       "a-long-password\n", monkeypatch)
+    assert code == 0 and "created admin 'boss'" in out and "a-long-password" not in out
+    code, out, _ = run(["add-user", "--db", db, "--username", "ann", "--pool", "night"], capsys)
+    assert code == 0 and len(out.split("password: ")[1].strip()) >= 16  # a generated password, shown once
+    code, _, err = run(["add-user", "--db", db, "--username", "ann"], capsys)
+    assert code == 2 and err.strip() == "error: user 'ann' already exists"
+    code, _, err = run(["create-admin", "--db", db, "--username", "weak", "--password-stdin"], capsys, "short\n",
+                       monkeypatch)
+    assert code == 2 and "at least 10 characters" in err
+    code, out, _ = run(["create-project", "--db", db, "--name", "p", "--task", "ranking", "--members", "ann"], capsys)
+    assert code == 0
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"prompt": "a", "responses": ["x", "y"]}\n\n{"prompt": "b", "responses": ["x"]}\n')
+    code, _, err = run(["import", "--db", db, "--project", "p", str(bad)], capsys)
+    assert code == 2 and err.startswith(f"error: {bad}:3: ") and "2..9 responses" in err
+    bad.write_text('{"prompt": "a", "responses": ["x", "y"]}\n'
+                   '{"prompt": "a", "responses": ["x", "y"], "id": "line1"}\n')
+    code, _, err = run(["import", "--db", db, "--project", "p", str(bad)], capsys)
+    assert code == 2 and f"{bad}:2: duplicate item id 'line1'" in err
+    code, _, err = run(["import", "--db", db, "--project", "nope", str(bad)], capsys)
+    assert code == 2 and "project 'nope' not found" in err
+    code, _, err = run(["export", "--db", db, "--project", "p", "--out", str(tmp_path / "e.jsonl"),
+                        "--kind", "ratings"], capsys)
+    assert code == 2 and "ranking project exports comparisons or rankings" in err
+    assert run(["create-project", "--db", db, "--name", "q", "--task", "poll"], capsys)[0] == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0  # nothing half-imported
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE actor = 'cli'")]
+    assert actions[:3] == ["user.create", "user.create", "project.create"]
+
+
+class ToyGold:
+    """A gold scorer for the toy data: a GOOD word is worth +2, a BAD one -2."""
+
+    def details(self, prompt, response: str) -> dict:
+        good = any(w in response for w in GOOD)
+        return {"score": 2.0 if good else -2.0, "n_words": len(response.split())}
+
+
+def test_simulated_annotators_export_and_reward_training(server, tmp_path, capsys, policy_dir):
+    from prefloop.cli import main as prefloop_main
+    from prefloop.feedback.client import FeedbackClient, simulate
+
+    rng = random.Random(3)
+    items = []
+    for i in range(24):
+        pair = [answer(rng, GOOD), answer(rng, BAD)]
+        rng.shuffle(pair)
+        items.append({"id": f"toy{i}", "prompt": question(rng), "responses": pair})
+    pid = make_project(server, "toy", "pairwise", items, members=["ann1", "ann3"], overlap=2)
+    gold = ToyGold()
+    for name in ("ann1", "ann3"):
+        people = Annotator(name, "standard", rationality=float("inf"), noise=0.0, gold=gold)
+        client = FeedbackClient(server.url, server.tokens[name])
+        assert simulate(client, pid, people) == 24
+        client.close()
+    export = tmp_path / "export.jsonl"
+    code, out, _ = run(["export", "--db", str(server.db), "--project", "toy", "--out", str(export)], capsys)
+    assert code == 0 and "wrote 48 records" in out
+    records = read_comparisons(export)
+    assert all(any(w in r.chosen for w in GOOD) and any(w in r.rejected for w in BAD) for r in records)
+    assert {(r.annotator, r.pool) for r in records} == {("ann1", "standard"), ("ann3", "verbose")}
+    code = prefloop_main(["reward", "--model", str(policy_dir), "--data", str(export), "--out", str(tmp_path / "rm"),
+                          "--max-steps", "2", "--batch-size", "8", "--max-length", "64", "--eval-fraction", "0"])
+    assert code == 0 and (tmp_path / "rm" / "model" / "model.safetensors").exists()
+
+
+def test_backup_while_serving_and_restore(server, tmp_path, capsys):
+    pid = make_project(server, "backup", "pairwise",
+                       [{"id": "b", "prompt": "p", "responses": ["x", "y"]}], members=["ann2"])
+    with server.client("ann2") as c:
+        v = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        assert c.post(f"/api/assignments/{v['assignment_id']}/judgment",
+                      json={"submission_id": "backup-0001", "value": {"choice": 0, "strength": 1}}).status_code == 200
+    backup = tmp_path / "snap.db"
+    code, out, _ = run(["backup", "--db", str(server.db), "--out", str(backup)], capsys)  # the server is running
+    assert code == 0 and backup.exists()
+    # restore into a fresh database file and read the judgment back
+    restored = tmp_path / "restored.db"
+    code, _, _ = run(["restore", "--db", str(restored), "--from", str(backup)], capsys)
+    assert code == 0
+    with sqlite3.connect(restored) as conn:
+        assert conn.execute("SELECT count(*) FROM judgments WHERE submission_id = 'backup-0001'").fetchone()[0] == 1
+        assert conn.execute("SELECT action FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()[0] == "database.restore"
+    # restoring over a database replaces what was there
+    with sqlite3.connect(restored) as conn:
+        conn.execute("DELETE FROM judgments")
+    assert run(["restore", "--db", str(restored), "--from", str(backup)], capsys)[0] == 0
+    with sqlite3.connect(restored) as conn:
+        assert conn.execute("SELECT count(*) FROM judgments WHERE submission_id = 'backup-0001'").fetchone()[0] == 1
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    code, _, err = run(["restore", "--db", str(restored), "--from", str(junk)], capsys)
+    assert code == 2 and ("not a SQLite database" in err or "integrity check" in err)
+    code, _, err = run(["backup", "--db", "postgresql://u@h/db", "--out", str(backup)], capsys)
+    assert code == 2 and "pg_dump" in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    assert main(argv) == 0
+    assert "usage: prefloop annotate" in capsys.readouterr().out
