@@ -178,3 +178,43 @@ def test_cli_runs_with_a_reward_fn(tmp_path, policy_dir, toy_data, toy_reward):
                  "--max-new-tokens", "4", "--max-length", "64"]) == 0
     meta = json.loads((out / "prefloop.json").read_text())
     assert meta["config"]["reward_fn"] == toy_reward and meta["config"]["kl_in_reward"] is True
+
+
+def test_reward_ensemble_is_accepted(tmp_path, policy_dir, reward_dir, toy_data):
+    """Two copies of one reward model under mean - lambda * std agree with the single model (std 0)."""
+    means = []
+    for spec, mode in ((str(reward_dir), "mean"), (f"{reward_dir},{reward_dir}", "mean-std")):
+        cfg = config(GRPOConfig, tmp_path / mode, policy_dir, toy_data, reward=spec, ensemble_mode=mode,
+                     ensemble_lambda=2.0, rollout_batch_size=8, batch_size=8, seed=4)
+        means.append(GroupTrainer(cfg, "grpo", group_advantages).step(0)["rollout/score_mean"])
+    assert means[0] == pytest.approx(means[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, policy_dir, toy_data):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "prefloop_toy_reward.py").write_text(TOY_REWARD)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    args = [sys.executable, "-m", "prefloop.cli", "grpo", "--policy", str(policy_dir), "--prompts",
+            str(toy_data["prompts"]), "--reward-fn", "prefloop_toy_reward:count_o", "--max-steps", "4",
+            "--rollout-batch-size", "16", "--batch-size", "8", "--epochs-per-rollout", "2", "--max-new-tokens", "6",
+            "--max-length", "64", "--lr", "1e-3", "--save-every", "2"]
+
+    def cli(out, *extra, kill=None):
+        e = {**env, "PREFLOOP_KILL_AFTER_STEP": str(kill)} if kill else env
+        return subprocess.run(args + ["--out", str(out), *extra], capture_output=True, text=True, env=e, timeout=600)
+
+    assert cli(tmp_path / "full").returncode == 0
+    assert cli(tmp_path / "k", kill=2).returncode == -9
+    resumed = cli(tmp_path / "k", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("full", "k"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -26,6 +26,7 @@ import torch
 
 from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
+from prefloop.models.ensemble import EnsembleMode
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
@@ -49,7 +50,12 @@ class GroupPGConfig(CommonConfig):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
-    """Reward model directory (a sequence classifier with one output)."""
+    """Reward model directory (a sequence classifier with one output), an ensemble directory (with
+    ensemble.json) or several directories joined by commas."""
+    ensemble_mode: EnsembleMode = "mean"
+    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
     """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
     -> list of floats (e.g. a verifier); or world:DIR for a synthetic world's gold judge."""
@@ -146,7 +152,7 @@ class GroupTrainer:
         self.cfg, self.gold_fn, self.advantage_fn = cfg, gold_fn, advantage_fn
         self.tok = tok = load_tokenizer(cfg.policy)
         # The reward first: a bad --reward-fn or prompt fails before any model is loaded or file written.
-        self.reward = load_reward_source(cfg.reward, cfg.reward_fn, tok)
+        self.reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
         max_prompt = cfg.max_length - cfg.max_new_tokens
         if max_prompt < 1:
             raise ConfigError("--max-length must exceed --max-new-tokens")

@@ -24,6 +24,7 @@ import torch
 
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
 from prefloop.models import load_causal_lm, load_tokenizer
+from prefloop.models.ensemble import EnsembleMode
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, run_meta, save_hf, seed_everything, write_json
 
@@ -39,7 +40,12 @@ class RejectionSamplingConfig(CommonConfig):
     prompts: Path | None = None
     """Prompts JSONL: {"prompt": text or messages}."""
     reward: str | None = None
-    """Reward model directory that picks the best sample."""
+    """Reward model directory that picks the best sample (or an ensemble: a directory with ensemble.json, or
+    directories joined by commas)."""
+    ensemble_mode: EnsembleMode = "mean"
+    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
     """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
     -> list of floats; or world:DIR for a synthetic world's gold judge."""
@@ -130,7 +136,7 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
     acc = make_accelerator(cfg.precision)
     seed_everything(cfg.seed, acc.process_index)
     tok = load_tokenizer(cfg.policy)
-    reward = load_reward_source(cfg.reward, cfg.reward_fn, tok)
+    reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
     prompts = read_prompts(cfg.prompts)
     texts = [render_prompt(tok, p.prompt) for p in prompts]
     reward.check(texts, cfg.prompts)

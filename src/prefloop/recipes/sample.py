@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from prefloop.data import DataError, encode_prompt, iter_jsonl, left_pad, read_prompts, render_prompt, write_jsonl
-from prefloop.models import RewardScorer, load_causal_lm, load_reward_model, load_tokenizer, score_in_batches
+from prefloop.models import load_causal_lm, load_tokenizer, score_in_batches
+from prefloop.models.ensemble import EnsembleMode, load_reward_scorer
 from prefloop.rollout import SampleOutput, SamplingConfig, sample
 from prefloop.runtime import StepProgress, make_accelerator, seed_everything
 from prefloop.runtime.accel import Precision
@@ -30,12 +31,11 @@ RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 # -- rewards -------------------------------------------------------------------------------------------------
 
 
-def reward_model_scorer(spec: str, tokenizer) -> torch.nn.Module:
-    """A module whose forward(input_ids, attention_mask) returns (B,) scores, from a reward model directory.
-
-    The one place that loads a reward for the critic-free recipes and best-of-n; ensembles plug in here.
-    """
-    return RewardScorer(load_reward_model(spec, tokenizer)).eval().requires_grad_(False)
+def reward_model_scorer(spec: str, tokenizer, mode: EnsembleMode = "mean", lam: float = 1.0) -> torch.nn.Module:
+    """A frozen module whose forward(input_ids, attention_mask) returns (B,) scores: one reward model
+    directory, an ensemble directory or a comma list of directories, combined by `mode` (mean, min,
+    mean-std with `lam`)."""
+    return load_reward_scorer(spec, tokenizer, mode, lam)
 
 
 def _import_reward_fn(spec: str) -> RewardFn:
@@ -117,12 +117,14 @@ class RewardSource:
         return torch.tensor(scores, dtype=torch.float32)
 
 
-def load_reward_source(reward: str | None, reward_fn: str | None, tokenizer) -> RewardSource:
-    """The reward of `--reward DIR` or `--reward-fn SPEC` (exactly one of them)."""
+def load_reward_source(reward: str | None, reward_fn: str | None, tokenizer, ensemble_mode: EnsembleMode = "mean",
+                       ensemble_lambda: float = 1.0) -> RewardSource:
+    """The reward of `--reward DIR` (a reward model or an ensemble) or `--reward-fn SPEC` (exactly one)."""
     if reward and reward_fn:
         raise ConfigError("give either --reward or --reward-fn, not both")
     if reward:
-        return RewardSource(f"--reward {reward}", scorer=reward_model_scorer(reward, tokenizer))
+        return RewardSource(f"--reward {reward}", scorer=reward_model_scorer(reward, tokenizer, ensemble_mode,
+                                                                                 ensemble_lambda))
     if not reward_fn:
         raise ConfigError("missing option --reward (a reward model directory) or --reward-fn (module:function)")
     if reward_fn.startswith("world:"):
@@ -208,7 +210,12 @@ class SampleConfig:
     keep_all: bool = False
     """With --best-of: also write all N responses with their scores ("responses", "scores", "ended")."""
     reward: str | None = None
-    """Reward model directory that scores the samples."""
+    """Reward model directory that scores the samples (or an ensemble: a directory with ensemble.json, or
+    directories joined by commas)."""
+    ensemble_mode: EnsembleMode = "mean"
+    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
     """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
     -> list of floats; or world:DIR for a synthetic world's gold judge."""
@@ -255,7 +262,8 @@ def run_sample(cfg: SampleConfig) -> Path:
     texts = [render_prompt(tok, p.prompt) for p in prompts]
     reward = None
     if cfg.best_of is not None or cfg.reward or cfg.reward_fn:
-        reward = load_reward_source(cfg.reward, cfg.reward_fn, tok).to(acc.device)
+        reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
+        reward.to(acc.device)
         reward.check(texts, cfg.prompts)
     model = load_causal_lm(cfg.model, tok).to(acc.device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
