@@ -70,6 +70,13 @@ def test_judged_win_rate_from_meta_and_from_samples(tmp_path):
     src = source_map({"ppo": (["q1", "q2"], [["A1"], ["A2"]]), "sft": (["q1", "q2"], [["B1"], ["B2"]])})
     r = judged_win_rate(plain, "ppo", "sft", src)
     assert r["win_rate"] == 1.0 and r["n"] == 2 and r["skipped"] == 1
+    # A response both wrote: the side is the policy that did not write the other response.
+    both = source_map({"ppo": (["q"], [["same", "P"]]), "sft": (["q"], [["same", "S"]])})
+    recs = _write(tmp_path / "b.jsonl", [{"prompt": "q", "chosen": "same", "rejected": "S"},
+                                         {"prompt": "q", "chosen": "P", "rejected": "same"},
+                                         {"prompt": "q", "chosen": "same", "rejected": "same"}])
+    r = judged_win_rate(recs, "ppo", "sft", both)
+    assert r["n"] == 2 and r["skipped"] == 1 and r["win_rate"] == 1.0
     with pytest.raises(DataError, match="no judgment compares 'ppo' with 'base'"):
         judged_win_rate(plain, "ppo", "base", src, path="p.jsonl")
 

@@ -40,12 +40,13 @@ def _sides(rec, sources) -> tuple[str | None, str | None]:
         return str(meta["chosen_policy"]), str(meta["rejected_policy"])
     if sources is None:
         return None, None
-
-    def one(resp) -> str | None:
-        names = sources.get(_key(rec.prompt, resp), set())
-        return next(iter(names)) if len(names) == 1 else None
-
-    return one(rec.chosen), one(rec.rejected)
+    c = sources.get(_key(rec.prompt, rec.chosen), set())
+    r = sources.get(_key(rec.prompt, rec.rejected), set())
+    if len(c) == 1 and len(r) == 2 and c <= r:  # the other side was written by both: it is the other one
+        r = r - c
+    elif len(r) == 1 and len(c) == 2 and r <= c:
+        c = c - r
+    return (next(iter(c)) if len(c) == 1 else None), (next(iter(r)) if len(r) == 1 else None)
 
 
 def judged_win_rate(records: Sequence, policy: str, reference: str,
@@ -54,8 +55,9 @@ def judged_win_rate(records: Sequence, policy: str, reference: str,
     """Win rate of `policy` against `reference` over the judgments between the two, ties counted half,
     with the Wilson score interval (Wilson 1927; ties counted as half a win inside it too).
 
-    Judgments between other policies, or whose sides cannot be attributed (a response both policies
-    wrote, or one that is in neither's samples), are counted under `skipped`, not guessed."""
+    Judgments between other policies, or whose sides cannot be attributed (a response in neither's
+    samples, or both responses written by both policies), are counted under `skipped`, not guessed; when
+    only one side was written by both, it belongs to the policy that did not write the other side."""
     from prefloop.data import DataError
 
     wins, n, skipped = 0.0, 0, 0
