@@ -107,14 +107,16 @@ def collate(pairs: list[PromptedPair], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def pair_logprobs(fwd: nn.Module, pairs: list[PromptedPair], pad_id: int, device,
-                  batch_size: int) -> torch.Tensor:
-    """(N, 4) per pair: summed log-probs of chosen and rejected, then their response token counts."""
+def pair_logprobs(fwd: nn.Module, pairs: list[PromptedPair], pad_id: int, device, batch_size: int,
+                  autocast=nullcontext) -> torch.Tensor:
+    """(N, 4) per pair: summed log-probs of chosen and rejected, then their response token counts.
+    `autocast`: the training forward's precision context, so that policy and reference agree at step 0."""
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         ids, mask, resp = collate(chunk, pad_id)
-        s, n = fwd(ids.to(device), mask.to(device), resp.to(device))
+        with autocast():
+            s, n = fwd(ids.to(device), mask.to(device), resp.to(device))
         B = len(chunk)
         out.append(torch.stack([s[:B], s[B:], n[:B], n[B:]], 1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 4)
@@ -151,11 +153,11 @@ def run_dpo(cfg: DPOConfig) -> dict:
     # Reference: frozen; with precomputation one pass over every pair, then the model is freed.
     ref_fwd = SequenceLogprobs(load_causal_lm(cfg.reference or cfg.model, tok).eval().requires_grad_(False))
     ref_fwd.to(ctx.device)
-    chunk = cfg.micro_batch_size or cfg.batch_size
+    chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast
     ref_train = ref_held = None
     if cfg.precompute_reference:
-        ref_train = pair_logprobs(ref_fwd, enc, tok.pad_token_id, ctx.device, chunk)
-        ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk)
+        ref_train = pair_logprobs(ref_fwd, enc, tok.pad_token_id, ctx.device, chunk, amp)
+        ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk, amp)
         ref_fwd = None
     model = SequenceLogprobs(load_causal_lm(ctx.init_path("model", cfg.model), tok))
     model.train()
@@ -178,7 +180,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
             if ref_train is not None:
                 ref = ref_train[mb].to(ctx.device)
             else:
-                ref = pair_logprobs(ref_fwd, [enc[i] for i in mb], tok.pad_token_id, ctx.device, len(mb))
+                ref = pair_logprobs(ref_fwd, [enc[i] for i in mb], tok.pad_token_id, ctx.device, len(mb), amp)
                 ref = ref.to(ctx.device)
             with ctx.acc.no_sync(model) if j < len(mbs) - 1 else nullcontext(), ctx.acc.autocast():
                 s, n = model(ids, mask, resp)
@@ -204,8 +206,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     if enc_held:
         model.eval()
         if ref_held is None:
-            ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk)
-        pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk)
+            ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk, amp)
+        pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk, amp)
         _, stats = dpo_loss(cfg, pol, ref_held)
         final.update({f"eval/{k.split('/')[-1]}": float(stats[k]) for k in
                       ("rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected")})
