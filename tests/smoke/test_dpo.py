@@ -120,3 +120,21 @@ def test_sequence_logprobs_match_a_plain_forward(policy_dir, toy_data):
             lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:]).unsqueeze(1)).squeeze(1)
             assert got[i, j].item() == pytest.approx(lp[p.prompt_len - 1:].sum().item(), rel=1e-4, abs=1e-4)
             assert got[i, 2 + j].item() == len(seq) - p.prompt_len
+
+
+@pytest.mark.slow  # two processes through accelerate launch (~30 s)
+def test_dpo_two_processes_match_one(tmp_path, policy_dir, toy_data):
+    # The global batch is split over 2 processes and DDP averages their gradients: the same weights as one
+    # process on the whole batch.
+    from .test_distributed import launch
+    from .test_resume import assert_same, weights
+
+    args = ["--model", str(policy_dir), "--data", str(toy_data["pairs"]), "--max-steps", "3", "--batch-size", "8",
+            "--max-length", "64", "--lr", "1e-3", "--eval-fraction", "0"]
+    res = launch("dpo", *args, "--out", str(tmp_path / "ddp"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dpo(DPOConfig(model=str(policy_dir), data=toy_data["pairs"], max_steps=3, batch_size=8, max_length=64,
+                      lr=1e-3, eval_fraction=0.0, out=tmp_path / "one"))
+    assert_same(weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model"))
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["loss/dpo"] for r in two] == pytest.approx([r["loss/dpo"] for r in one], rel=1e-4)

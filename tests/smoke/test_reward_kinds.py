@@ -144,3 +144,24 @@ def test_bad_feedback_is_refused_with_file_and_line(tmp_path, world_feedback, po
     assert main(["reward", "--model", str(policy_dir), "--data", str(bad), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "rankings.jsonl:2" in err and "'ranking'" in err
+
+
+@pytest.mark.slow  # four runs, two of them with two processes through accelerate launch (~60 s)
+@pytest.mark.parametrize("data,flags", [("rankings", ["--ranking-loss", "plackett-luce"]),
+                                        ("ratings", ["--rating-loss", "ordinal"])])
+def test_two_processes_match_one(tmp_path, world_feedback, data, flags):
+    from .test_distributed import launch
+    from .test_resume import assert_same, weights
+
+    common = dict(model=str(world_feedback["policy"]), data=world_feedback[data], max_steps=3, batch_size=8,
+                  max_length=96, lr=3e-3, eval_fraction=0.2)
+    args = ["--model", common["model"], "--data", str(common["data"]), "--max-steps", "3", "--batch-size", "8",
+            "--max-length", "96", "--lr", "3e-3", "--eval-fraction", "0.2", *flags]
+    res = launch("reward", *args, "--out", str(tmp_path / "ddp"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    extra = {"ranking_loss": "plackett-luce"} if data == "rankings" else {"rating_loss": "ordinal"}
+    one = run_reward(RewardConfig(**common, **extra, out=tmp_path / "one"))
+    assert_same(weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model"))
+    two = json.loads((tmp_path / "ddp" / "prefloop.json").read_text())
+    if data == "ratings":
+        assert two["ordinal"]["thresholds"] == pytest.approx(one["ordinal"]["thresholds"], rel=1e-4)
