@@ -102,6 +102,9 @@ def test_ensemble_of_two_writes_manifest_and_members_load(tmp_path, policy_dir, 
     # Same held-out split for every member, so their held-out metrics are comparable.
     assert meta["metrics"]["members"][0]["eval_comparisons"] == meta["metrics"]["members"][1]["eval_comparisons"] > 0
     assert "eval/accuracy_member_mean" in meta["metrics"]
+    # Held-out accuracy of the combined score, in each mode the ensemble loader offers.
+    for mode in ("mean", "min", "mean-std"):
+        assert 0.0 <= meta["metrics"][f"ensemble_{mode}/accuracy"] <= 1.0
     # Different seeds give different members (head init and data order).
     heads = [AutoModelForSequenceClassification.from_pretrained(out / m).score.weight for m in manifest["members"]]
     assert not torch.allclose(heads[0], heads[1])
@@ -120,6 +123,17 @@ def test_ensemble_of_two_writes_manifest_and_members_load(tmp_path, policy_dir, 
     before = (out / "members" / "0" / "model" / "model.safetensors").stat().st_mtime_ns
     run_reward(RewardConfig(**{**cfg.__dict__, "resume": True}))
     assert (out / "members" / "0" / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_ensemble_of_ordinal_rating_models(tmp_path, world_feedback):
+    meta = train(world_feedback, tmp_path / "ens", "ratings", rating_loss="ordinal", ensemble_size=2, max_steps=2)
+    m = meta["metrics"]
+    assert all("eval/mae" in member and "eval/pair_accuracy" in member for member in m["members"])
+    assert 0.0 <= m["ensemble_mean/pair_accuracy"] <= 1.0
+    # Members have thresholds of their own, so the combined score has no rating scale: no MAE for it.
+    assert "ensemble_mean/mae" not in m
+    manifest = json.loads((tmp_path / "ens" / "ensemble.json").read_text())["members"]
+    assert all((tmp_path / "ens" / p / "model.safetensors").exists() for p in manifest)
 
 
 def test_bad_feedback_is_refused_with_file_and_line(tmp_path, world_feedback, policy_dir, toy_data, capsys):

@@ -287,23 +287,26 @@ class RatingTask:
     @torch.no_grad()
     def evaluate(self, model, device) -> dict:
         """Ordering accuracy over all held-out pairs with different ratings (on [-1, 1], so scales may differ)
-        and the mean absolute error of the predicted rating, in rating units."""
+        and the mean absolute error of the predicted rating, in rating units. `model` is the training module,
+        or any scorer (an ensemble); the MAE of an ordinal model needs its thresholds, so a plain scorer
+        gets the ordering accuracy only there."""
         if not self.held:
             return {}
-        s = score_rows(RewardScorer(model.rm), self.enc_held, self.pad, device)
+        s = score_rows(RewardScorer(model.rm) if hasattr(model, "rm") else model, self.enc_held, self.pad, device)
         rating = torch.tensor([r.rating for r in self.held])
         lo, hi = (torch.tensor([r.scale[j] for r in self.held]) for j in (0, 1))
         t = scale_ratings(rating, lo, hi)
         above = t.unsqueeze(1) > t.unsqueeze(0)
         acc = float(((s.unsqueeze(1) > s.unsqueeze(0)) & above).sum() / above.sum().clamp(min=1))
+        out = {"eval/pair_accuracy": acc, "eval/pairs": float(above.sum())}
+        if self.ordinal and not hasattr(model, "raw_thresholds"):
+            return out
         if self.ordinal:
-            th = ordered_thresholds(model.raw_thresholds.detach().float().cpu())
-            p = ordinal_probs(s, th)
+            p = ordinal_probs(s, ordered_thresholds(model.raw_thresholds.detach().float().cpu()))
             predicted = self.lo + (p * torch.arange(self.K, dtype=p.dtype)).sum(1)
         else:
             predicted = lo + (s.clamp(-1, 1) + 1) / 2 * (hi - lo)
-        return {"eval/pair_accuracy": acc, "eval/pairs": float(above.sum()),
-                "eval/mae": float((predicted - rating).abs().mean())}
+        return {**out, "eval/mae": float((predicted - rating).abs().mean())}
 
     def extra(self, model) -> dict:
         if not self.ordinal:
@@ -441,8 +444,29 @@ def run_ensemble(cfg: RewardConfig) -> dict:
         vals = [m.get(k) for m in per_member]
         if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
             metrics[f"{k}_member_mean"] = sum(vals) / len(vals)
+    state = PartialState()
+    if state.is_main_process:
+        metrics.update(evaluate_ensemble(cfg, [str(Path(cfg.out) / m) for m in manifest["members"]], state.device))
     meta = run_meta("reward", cfg, {"data": file_sha256(cfg.data)}, metrics, {"ensemble": manifest})
-    if PartialState().is_main_process:
+    if state.is_main_process:
         write_json(Path(cfg.out) / "prefloop.json", meta)
         write_json(Path(cfg.out) / ENSEMBLE_FILE, manifest)  # last: the manifest names only finished members
     return meta
+
+
+def evaluate_ensemble(cfg: RewardConfig, members: list[str], device) -> dict:
+    """Held-out metrics of the ensemble's combined score in each mode (Coste et al. 2023): keys
+    `ensemble_<mode>/<metric>`, e.g. `ensemble_mean/accuracy`, beside the members' own."""
+    from prefloop.models.ensemble import MODES, load_reward_scorer
+
+    tok = load_tokenizer(cfg.model)
+    kind, train, held = load_feedback(cfg, cfg.seed)
+    if not held:
+        return {}
+    task = TASKS[kind](cfg, tok, train, held)
+    out = {}
+    for mode in MODES:
+        scorer = load_reward_scorer(",".join(members), tok, mode).to(device)
+        for k, v in task.evaluate(scorer, device).items():
+            out[f"ensemble_{mode}/{k.split('/')[-1]}"] = v
+    return out
