@@ -45,12 +45,12 @@ def first_last(rows, key="rollout/score_mean", n=5):
 
 @pytest.mark.parametrize("cls,run", [(GRPOConfig, run_grpo), (RLOOConfig, run_rloo)])
 def test_toy_reward_rises(tmp_path, policy_dir, toy_data, toy_reward, cls, run):
-    cfg = config(cls, tmp_path, policy_dir, toy_data, reward_fn=toy_reward, max_steps=30)
+    cfg = config(cls, tmp_path, policy_dir, toy_data, reward_fn=toy_reward, max_steps=40)
     meta = run(cfg)
     rows = read_metrics(cfg.out / "metrics.jsonl")
-    assert len(rows) == 30
+    assert len(rows) == 40
     first, last = first_last(rows)
-    assert last > first + 2.0, (first, last)  # from about 0.2 letters 'o' per response to several
+    assert last > first + 3.0, (first, last)  # from about 0.2 letters "o" per response to more than 10
     # On-policy (one epoch, one minibatch): the ratio is exactly 1 and the sampler's log-probs are the
     # training forward's (PPO.md item 19).
     assert all(r["policy/ratio_mean"] == pytest.approx(1.0) and r["policy/clipfrac"] == 0.0 for r in rows)

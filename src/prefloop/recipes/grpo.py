@@ -40,7 +40,7 @@ from prefloop.rollout import sample
 from .common import CommonConfig, ConfigError, Timer, make_optimizer, make_scheduler, micro_batches, require
 from .context import RunContext
 from .ppo import GoldFn, _chunks, _decode, _sampling_config
-from .sample import load_reward_source
+from .sample import device_generator, load_reward_source
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 
@@ -178,12 +178,15 @@ class GroupTrainer:
         n_minibatches = cfg.rollout_batch_size // cfg.batch_size
         self.opt = make_optimizer(self.policy_fwd.parameters(), cfg)
         self.sched = make_scheduler(self.opt, cfg, cfg.max_steps * cfg.epochs_per_rollout * n_minibatches)
+        # Shuffles draw on the CPU; samples on the device the sampler runs on.
         self.gen = torch.Generator().manual_seed(ctx.process_seed)
+        self.sample_gen = device_generator(ctx.device, ctx.process_seed)
         self.state = ctx.ckpt.load_state() if ctx.resuming else None
         if self.state:
             self.opt.load_state_dict(self.state["optimizer"])
             self.sched.load_state_dict(self.state["scheduler"])
-            self.gen.set_state(self.state["generator"][ctx.rank])
+            self.gen.set_state(self.state["generator"][ctx.rank][0])
+            self.sample_gen.set_state(self.state["generator"][ctx.rank][1])
         self.policy_fwd, self.opt = ctx.acc.prepare(self.policy_fwd, self.opt)
         self.timer = Timer()
         self.loss_fn = pg_loss_token_mean if cfg.loss_aggregation == "token" else pg_loss_sequence_mean
@@ -199,12 +202,13 @@ class GroupTrainer:
                               per_rank, self.cfg.seed)
 
     def _state(self) -> dict:
-        gens = [None] * self.ctx.world
-        gens[self.ctx.rank] = self.gen.get_state()
+        mine = (self.gen.get_state(), self.sample_gen.get_state())
+        gens = [mine]
         if self.ctx.world > 1:
             import torch.distributed as dist
 
-            dist.all_gather_object(gens, self.gen.get_state())
+            gens = [None] * self.ctx.world
+            dist.all_gather_object(gens, mine)
         return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "generator": gens}
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -231,7 +235,8 @@ class GroupTrainer:
             policy = self._policy()
             policy.eval()
             q_ids, q_mask = left_pad([self.prompt_ids[i] for i in rows], self.tok.pad_token_id)
-            out = sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), self.sampling, generator=self.gen)
+            out = sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), self.sampling,
+                         generator=self.sample_gen)
         # 2. score, and the log-probs the update needs (reference; old policy when not on-policy)
         with self.timer.phase("score"):
             prompts = [self.prompt_texts[i] for i in rows]

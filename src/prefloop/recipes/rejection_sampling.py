@@ -20,8 +20,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
@@ -29,7 +27,7 @@ from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, run_meta, save_hf, seed_everything, write_json
 
 from .common import CommonConfig, ConfigError, require
-from .sample import RewardSource, load_reward_source, sample_and_score
+from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 
 
@@ -84,7 +82,7 @@ def _sample_policy(cfg, policy_dir: str, texts: list[str], reward: RewardSource,
     model = load_causal_lm(policy_dir, tok).to(device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    gen = torch.Generator().manual_seed(seed)
+    gen = device_generator(device, seed)
     max_prompt = max(1, cfg.max_length - cfg.max_new_tokens)
     return sample_and_score(model, tok, texts, cfg.num_samples, scfg, cfg.sample_batch_size, gen, max_prompt,
                             device, reward=reward, progress=True)

@@ -136,6 +136,12 @@ def load_reward_source(reward: str | None, reward_fn: str | None, tokenizer, ens
 # -- sampling ------------------------------------------------------------------------------------------------
 
 
+def device_generator(device, seed: int) -> torch.Generator:
+    """A seeded generator on the device the sampler draws on (torch.rand refuses a CPU generator for
+    CUDA tensors)."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
 @dataclass
 class Samples:
     """K samples for each of P prompts; every field is indexed [prompt][sample]."""
@@ -268,7 +274,7 @@ def run_sample(cfg: SampleConfig) -> Path:
     model = load_causal_lm(cfg.model, tok).to(acc.device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = device_generator(acc.device, cfg.seed)
     k = cfg.best_of if cfg.best_of is not None else cfg.num_samples
     s = sample_and_score(model, tok, texts, k, scfg, cfg.batch_size, gen, max(1, cfg.max_length - cfg.max_new_tokens),
                          acc.device, reward=reward, progress=True)
