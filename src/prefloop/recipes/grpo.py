@@ -57,8 +57,9 @@ class GroupPGConfig(CommonConfig):
     ensemble_lambda: float = 1.0
     """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
-    -> list of floats (e.g. a verifier); or world:DIR for a synthetic world's gold judge."""
+    """Scoring function instead of a reward model: package.module:function, called as
+    fn(prompts, responses) and returning one float per response (e.g. a verifier); or world:DIR for a
+    synthetic world's gold judge."""
     prompts: Path | None = None
     """Prompts JSONL: {"prompt": text or messages}."""
     reference: str | None = None

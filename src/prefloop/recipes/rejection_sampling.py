@@ -45,8 +45,9 @@ class RejectionSamplingConfig(CommonConfig):
     ensemble_lambda: float = 1.0
     """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
-    -> list of floats; or world:DIR for a synthetic world's gold judge."""
+    """Scoring function instead of a reward model: package.module:function, called as
+    fn(prompts, responses) and returning one float per response; or world:DIR for a synthetic world's
+    gold judge."""
     rounds: int = 3
     """Rounds of sample -> keep the best -> SFT."""
     num_samples: int = 8

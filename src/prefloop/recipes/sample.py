@@ -223,8 +223,9 @@ class SampleConfig:
     ensemble_lambda: float = 1.0
     """lambda of --ensemble-mode mean-std."""
     reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
-    -> list of floats; or world:DIR for a synthetic world's gold judge."""
+    """Scoring function instead of a reward model: package.module:function, called as
+    fn(prompts, responses) and returning one float per response; or world:DIR for a synthetic world's
+    gold judge."""
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
