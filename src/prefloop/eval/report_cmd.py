@@ -33,6 +33,7 @@ EXTRA_STAGE_COLUMNS = [
     ("redteam_needless_refusal_rate", "red team: needless refusals"),
 ]
 ALL_STAGE_COLUMNS = STAGE_COLUMNS + EXTRA_STAGE_COLUMNS
+SKIP_CURVE_KEYS = ("step", "time", "lr", "epoch")
 CURVE_KEYS = ("loss/total", "loss/policy", "loss/value", "loss/reward", "loss/lm", "loss", "rollout/score_mean",
               "kl/k1", "gold/mean", "accuracy", "eval/accuracy", "kl/coef", "policy/entropy")
 
@@ -66,7 +67,7 @@ def fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.4g}"
+        return f"{v:.3f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.3g}"
     return str(v)
 
 
@@ -292,7 +293,7 @@ def _curve_keys(rows: list[dict]) -> list[str]:
     counts: dict[str, int] = {}
     for r in rows:
         for k, v in r.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "time"):
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in SKIP_CURVE_KEYS:
                 counts[k] = counts.get(k, 0) + 1
     present = [k for k in counts if counts[k] >= max(2, len(rows) // 2)]
     ordered = [k for k in CURVE_KEYS if k in present] + sorted(k for k in present if k not in CURVE_KEYS)
@@ -319,8 +320,12 @@ def section_training(doc: Doc, run_dir: Path) -> None:
             shown = True
         name = f.parent.name if f.parent != run_dir else "run"
         plt = _plt()
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
-        for ax, k in zip(axes[0], keys):
+        cols = min(3, len(keys))
+        nrows = (len(keys) + cols - 1) // cols
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
+        for ax in axes.flat[len(keys):]:
+            ax.set_visible(False)
+        for ax, k in zip(axes.flat, keys):
             pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), int | float)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.1)
             ax.set_title(k, fontsize=9)
@@ -328,8 +333,8 @@ def section_training(doc: Doc, run_dir: Path) -> None:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         doc.figure(f"{name}_curves.png", fig, f"Training curves: {name}")
-        last = rows[-1]
-        doc.table(["metric", "first", "last"], [[k, _first(rows, k), last.get(k)] for k in keys], "training")
+        doc.table(["metric", "first", "last"], [[k, _first(rows, k), _first(rows[::-1], k)] for k in keys],
+                  "training")
         if {"kl/k1", "gold/mean", "rollout/score_mean"} <= set(keys) or {"kl/k1", "gold/mean"} <= set(keys):
             section_rl_overopt(doc, rows, name)
 
@@ -360,9 +365,9 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
                 f"{fmt(fit['peak_kl'])}." if fit else ""))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(kl, gold, marker="o", ms=3, lw=0.6, color="#c63", label="gold")
+    ax.plot(kl, gold, marker="o", ms=3, lw=0, color="#c63", label="gold")
     if all(p[2] is not None for p in pts):
-        ax.plot(kl, [p[2] for p in pts], marker="o", ms=3, lw=0.6, color="#36c", label="proxy (normalised)")
+        ax.plot(kl, [p[2] for p in pts], marker="o", ms=3, lw=0, color="#36c", label="proxy (normalised)")
     if fit:
         lo, hi = min(kl), max(kl)  # drawn over the logged range only: no extrapolation to d = 0
         dense = [lo + (hi - lo) * i / 60 for i in range(61)]
@@ -424,9 +429,12 @@ def section_summary(doc: Doc, m: dict) -> None:
         if v:
             bits.append(f"{k}: {v}.")
     doc.para(" ".join(bits))
+
+
+def section_settings(doc: Doc, m: dict) -> None:
     settings = m.get("settings")
     if isinstance(settings, dict) and settings:
-        doc.heading("Settings", 3)
+        doc.heading("Settings")
         doc.table(["setting", "value"], [[k, v if not isinstance(v, dict | list) else json.dumps(v)]
                                          for k, v in settings.items()], "settings")
 
@@ -469,6 +477,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if isinstance(m.get("seconds"), dict):
         doc.heading("Time")
         doc.table(["stage", "seconds"], [[k, v] for k, v in m["seconds"].items()], "time")
+    section_settings(doc, m)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
     _atomic_bytes(out / "report.md", ("\n".join(doc.md) + "\n").encode("utf-8"))
