@@ -98,6 +98,22 @@ def test_eval_policy_against_itself_spends_no_kl(setup, tmp_path):
     assert "gold_reward_mean" not in m["stages"]["policy"] and "redteam" not in m
 
 
+def test_eval_policy_with_a_judgments_file(setup, tmp_path):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b",
+             "meta": {"chosen_policy": "ppo" if i < 3 else "sft", "rejected_policy": "sft" if i < 3 else "ppo"}}
+            for i in range(4)]
+    f = tmp_path / "people.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _ = run("policy", "--model", setup["policy"], "--prompts", setup["prompts"], "--judge", "file",
+                  "--judge-file", f, "--name", "ppo", "--reference-name", "sft", "--k", "1", "--out", tmp_path / "o",
+                  *GEN)
+    assert code == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    wr = m["win_rates"]["ppo vs sft"]
+    assert wr["judge"] == "file" and wr["win_rate"] == 0.75 and wr["n"] == 4
+    assert m["stages"]["ppo"]["win_rate_vs_ref"] == 0.75
+
+
 def test_eval_sweep_over_policy_runs(setup, tmp_path, capsys):
     runs = []
     for name in ("policy", "ref"):  # two evaluated policies stand in for two KL coefficients

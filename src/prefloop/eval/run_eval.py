@@ -176,12 +176,12 @@ def word_vocab(world, prompts: list[str], responses: list[list[str]]) -> int:
 def judge_win_rate(cfg, gold: dict, rm: dict, samples: dict) -> dict | None:
     """Win rate of the policy against the reference under the named judge, with a Wilson interval."""
     name, ref = cfg.name, cfg.reference_name
-    if ref not in samples:
-        return None
-    if cfg.judge == "file":
+    if cfg.judge == "file":  # judgments of earlier samples (meta labels), or of these samples (texts)
         recs = read_comparisons(cfg.judge_file)
         src = source_map({k: (s.prompts, s.responses) for k, s in samples.items()})
         return judged_win_rate(recs, name, ref, src, path=cfg.judge_file)
+    if ref not in samples:
+        return None
     scores = gold if cfg.judge == "gold" else rm
     a = [x for r in scores[name] for x in r]
     b = [x for r in scores[ref] for x in r]
@@ -220,6 +220,8 @@ def eval_policy(cfg) -> dict:
     prompts = read_prompt_texts(cfg.prompts, tok, cfg.num_prompts)
     if world is not None:
         check_world_prompts(world, prompts, cfg.prompts)
+    if cfg.judge == "file":
+        read_comparisons(cfg.judge_file)  # bad judgments fail before any sampling
     red = redteam_setup(cfg, world)
     rm = load_rm(cfg.reward_model) if cfg.reward_model else None
     scfg = sampling(cfg, tok)
