@@ -217,3 +217,22 @@ def test_report_on_a_demo_layout(tmp_path, capsys):
     assert (run / "ppo_curves.png").stat().st_size > 3000 and (run / "frontier.png").exists()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_demo_samples_feed_the_report(tmp_path):
+    from prefloop.eval.policy import PolicySamples
+    from prefloop.eval.report_cmd import write_demo_samples, write_report
+
+    run = tmp_path / "demo"
+    _fake_demo(run)
+    prompts = ["User: What is 2 plus 2?\nAssistant:", "User: What is 3 plus 3?\nAssistant:"]
+    sft = PolicySamples(prompts, [[" 2 plus 2 is 4."], [" 3 plus 3 is 6."]], [[True], [True]], [[5], [5]],
+                        reward_model=[[0.5], [0.4]])
+    ppo = PolicySamples(prompts, [[" Sure! 2 plus 2 is 4."], [" 3 plus 3 is 7."]], [[True], [False]], [[6], [8]],
+                        reward_model=[[0.9], [0.8]])
+    write_demo_samples(run / "samples.jsonl", {"sft": (sft, [[2.9], [2.9]]), "ppo": (ppo, [[3.3], [-2.1]])})
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["gold"], r["reward_model"]) for r in rows] == [
+        ("sft", [2.9], [0.5]), ("sft", [2.9], [0.4]), ("ppo", [3.3], [0.9]), ("ppo", [-2.1], [0.8])]
+    md = Path(write_report(run)).with_suffix(".md").read_text()
+    assert "#### What is 3 plus 3?" in md and "| ppo | 3 plus 3 is 7. | -2.100 | 0.800 |" in md
