@@ -179,3 +179,22 @@ def test_two_processes_match_one(tmp_path, world_feedback, data, flags):
     two = json.loads((tmp_path / "ddp" / "prefloop.json").read_text())
     if data == "ratings":
         assert two["ordinal"]["thresholds"] == pytest.approx(one["ordinal"]["thresholds"], rel=1e-4)
+
+
+@pytest.mark.slow  # two runs in fresh processes (~15 s)
+def test_ordinal_resume_after_kill_restores_thresholds(tmp_path, world_feedback):
+    from .test_resume import assert_same, cli, weights
+
+    args = ["reward", "--model", str(world_feedback["policy"]), "--data", str(world_feedback["ratings"]),
+            "--rating-loss", "ordinal", "--max-steps", "6", "--batch-size", "8", "--max-length", "96", "--lr", "3e-3",
+            "--save-every", "3"]
+    full = run_reward(RewardConfig(model=str(world_feedback["policy"]), data=world_feedback["ratings"],
+                                   rating_loss="ordinal", max_steps=6, batch_size=8, max_length=96, lr=3e-3,
+                                   save_every=3, out=tmp_path / "full"))
+    killed = cli(args + ["--out", str(tmp_path / "k")], kill_after=3)
+    assert killed.returncode == -9
+    resumed = cli(args + ["--out", str(tmp_path / "k"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(weights(tmp_path / "full" / "model"), weights(tmp_path / "k" / "model"))
+    again = json.loads((tmp_path / "k" / "prefloop.json").read_text())
+    assert again["ordinal"]["thresholds"] == pytest.approx(full["ordinal"]["thresholds"], rel=1e-5)
