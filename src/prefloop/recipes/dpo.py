@@ -50,11 +50,12 @@ class DPOConfig(CommonConfig):
     eval_fraction: float = 0.1
     """Fraction of prompts held out for evaluation when --eval-data is not given (0 disables)."""
     reference: str | None = None
-    """Reference policy pi_ref (default: the initial policy, --model)."""
+    """Reference policy pi_ref (default: the initial policy, --model); it must share the policy's tokenizer."""
     loss: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
     """sigmoid: DPO; ipo: IPO on per-token average log-probs; cdpo: DPO with label smoothing."""
     beta: float = 0.1
-    """Strength of the implicit KL regularisation (IPO: the target gap is 1 / (2 beta))."""
+    """Strength of the implicit KL regularisation. IPO regresses the log-ratio gap to 1 / (2 beta) nats per
+    token, so it wants a larger beta (0.5-1) than DPO (0.1)."""
     label_smoothing: float = 0.1
     """cdpo: assumed probability that a preference label is flipped, in [0, 0.5)."""
     precompute_reference: bool = True
