@@ -182,6 +182,9 @@ class PairTask:
         c, r = score_pairs(model, self.enc_held, self.pad, device)
         return {"eval/accuracy": float((c > r).float().mean()), "eval/margin": float((c - r).mean())}
 
+    def extra(self, model) -> dict:
+        return {}
+
 
 class RankingTask:
     """K-way rankings: every response of a micro-batch of rankings in one forward, then the ranking loss."""
@@ -228,6 +231,9 @@ class RankingTask:
             correct, pairs, margin = correct + float(stats["reward/accuracy"]) * n, pairs + n, \
                 margin + float(stats["reward/margin"]) * n
         return {"eval/accuracy": correct / max(pairs, 1), "eval/margin": margin / max(pairs, 1), "eval/pairs": pairs}
+
+    def extra(self, model) -> dict:
+        return {}
 
 
 class OrdinalScorer(RewardScorer):
@@ -309,6 +315,7 @@ class RatingTask:
         return {**out, "eval/mae": float((predicted - rating).abs().mean())}
 
     def extra(self, model) -> dict:
+        """What prefloop.json records beside the metrics: the ordinal model's scale and thresholds."""
         if not self.ordinal:
             return {}
         th = ordered_thresholds(model.raw_thresholds.detach().float().cpu())
@@ -414,8 +421,7 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     if held_out:
         final.update(held_out)
         ctx.logger.log(step, final)
-    extra = task.extra(unwrapped) if hasattr(task, "extra") else None
-    return ctx.finish(unwrapped.rm, tok, final, {"data": file_sha256(cfg.data)}, extra=extra or None)
+    return ctx.finish(unwrapped.rm, tok, final, {"data": file_sha256(cfg.data)}, extra=task.extra(unwrapped) or None)
 
 
 def _extra_params(module) -> dict:
