@@ -19,7 +19,7 @@ from prefloop.data import DataError
 
 from . import service
 from .app import Principal, require_user
-from .db import AuditEvent, Item, User
+from .db import AuditEvent, User
 from .service import AppError
 
 router = APIRouter(prefix="/api")
@@ -70,9 +70,15 @@ def _project_json(p) -> dict:
             "overlap": p.overlap, "gold_rate": p.gold_rate, **p.config}
 
 
-def _project_for(s, pid: int, principal: Principal):
-    """The project, if the user may see it (admins: all; annotators: their projects; others: 404)."""
-    p = s.get(service.Project, pid)
+def _project_for(s, pid: int, principal: Principal, cache: dict | None = None):
+    """The project, if the user may see it (admins: all; annotators: their projects; others: 404).
+
+    Projects do not change after creation, so the hot paths pass the app's `cache` of them."""
+    p = cache.get(pid) if cache is not None else None
+    if p is None:
+        p = s.get(service.Project, pid)
+        if p is not None and cache is not None:
+            cache[pid] = p
     if p is None or not (principal.is_admin or service.is_member(s, p, principal.user)):
         raise service.not_found(f"project {pid}")
     return p
@@ -174,12 +180,12 @@ def next_assignment(request: Request, pid: int) -> dict:
     """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left."""
     principal = require_user(request)
     with request.app.state.db.write() as s:
-        p = _project_for(s, pid, principal)
+        p = _project_for(s, pid, principal, request.app.state.projects)
         a = service.next_assignment(s, p, principal.user, request.app.state.key)
         if a is None:
             s.commit()
             return {"assignment": None}
-        view = service.assignment_view(p, s.get(Item, a.item_id), a)
+        view = service.assignment_view(p, service.item_content(s, a.item_id), a)
         service.commit_or_conflict(s)
     return {"assignment": view}
 
@@ -190,7 +196,7 @@ def get_assignment(request: Request, aid: int) -> dict:
     with request.app.state.db.read() as s:
         a = service.assignment_of(s, aid, principal.user)
         p = s.get(service.Project, a.project_id)
-        return service.assignment_view(p, s.get(Item, a.item_id), a)
+        return service.assignment_view(p, service.item_content(s, a.item_id), a)
 
 
 @router.post("/assignments/{aid}/judgment")
@@ -200,10 +206,11 @@ def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> dict:
     principal = require_user(request)
     with request.app.state.db.write() as s:
         a = service.assignment_of(s, aid, principal.user)
-        p = s.get(service.Project, a.project_id)
-        j, dup = service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value, body.duration_ms)
+        p = request.app.state.projects.get(a.project_id) or s.get(service.Project, a.project_id)
+        jid, dup = service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value,
+                                           body.duration_ms)
         service.commit_or_conflict(s)
-    return {"judgment_id": j.id, "duplicate": dup}
+    return {"judgment_id": jid, "duplicate": dup}
 
 
 @router.get("/projects/{pid}/export")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.key = security.load_secret_key(data_dir)
     app.state.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                                       trim_blocks=True, lstrip_blocks=True)
+    app.state.token_cache = TokenCache()
+    app.state.projects = {}
     app.state.login_user_limiter = security.RateLimiter(settings.login_limit, settings.login_window)
     app.state.login_ip_limiter = security.RateLimiter(4 * settings.login_limit, settings.login_window)
     app.add_middleware(SecurityHeaders)
@@ -125,14 +129,46 @@ def render(request: Request, template: str, context: dict, status: int = 200) ->
     return HTMLResponse(html, status_code=status)
 
 
+class TokenCache:
+    """API token -> user for `ttl` seconds, so a script's every request does not look its token up again.
+    A user deactivated or a token revoked outside this process takes effect within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 10_000):
+        self.ttl, self.size = ttl, size
+        self._map: dict[str, tuple[float, User]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> User | None:
+        hit = self._map.get(token)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, token: str, user: User) -> None:
+        with self._lock:
+            if len(self._map) >= self.size:
+                self._map.clear()
+            self._map[token] = (time.monotonic() + self.ttl, user)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._map.clear()
+
+
 def authenticate(request: Request) -> Principal | None:
     """The user behind the request (bearer token or session cookie), or None."""
     db: Database = request.app.state.db
     auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+        cache: TokenCache = request.app.state.token_cache
+        user = cache.get(token)
+        if user is None:
+            with db.read() as s:
+                user = service.token_user(s, token)
+            if user is None:
+                return None
+            cache.put(token, user)
+        return Principal(user, "token")
     with db.read() as s:
-        if auth.lower().startswith("bearer "):
-            user = service.token_user(s, auth[7:].strip())
-            return Principal(user, "token") if user else None
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
             return None

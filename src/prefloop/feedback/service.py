@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Row, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ from .db import (
     Member,
     Project,
     User,
+    make_engine,
     normalise_url,
     utcnow,
 )
@@ -63,7 +64,7 @@ def not_found(what: str) -> AppError:
 # ---------------------------------------------------------------- schema
 
 def migrate(url: str) -> None:
-    """Create or upgrade the schema to the newest Alembic revision."""
+    """Create or upgrade the schema to the newest Alembic revision (SQLite: and switch the file to WAL)."""
     from alembic import command
     from alembic.config import Config
 
@@ -71,7 +72,14 @@ def migrate(url: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+    finally:
+        engine.dispose()
 
 
 def audit(s: Session, actor: str, action: str, target: str = "", **detail: Any) -> None:
@@ -213,7 +221,9 @@ def add_member(s: Session, project: Project, user: User, actor: str = "cli") -> 
 
 
 def is_member(s: Session, project: Project, user: User) -> bool:
-    return s.scalar(select(Member.id).where(Member.project_id == project.id, Member.user_id == user.id)) is not None
+    m = Member.__table__
+    return s.connection().execute(select(m.c.id).where(m.c.project_id == project.id,
+                                                       m.c.user_id == user.id)).first() is not None
 
 
 def projects_of(s: Session, user: User) -> list[Project]:
@@ -343,22 +353,29 @@ def _keyed_unit(key: bytes, *parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
-def open_assignment(s: Session, project: Project, user: User) -> Assignment | None:
-    return s.scalar(select(Assignment).where(Assignment.user_id == user.id, Assignment.project_id == project.id,
-                                             Assignment.done.is_(False)).order_by(Assignment.id).limit(1))
+# The hot path (next assignment, submit) uses SQLAlchemy Core on the session's connection: a few indexed
+# statements per request, without the ORM's unit of work (about 3x less CPU per judgment).
+A, I, J = Assignment.__table__, Item.__table__, Judgment.__table__
 
 
-def _pick_item(s: Session, project: Project, user: User, gold: bool) -> Item | None:
-    seen = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
-    q = select(Item).where(Item.project_id == project.id, Item.is_gold.is_(gold), ~seen)
+def open_assignment(s: Session, project: Project, user: User) -> Row | None:
+    """The user's oldest unjudged assignment in the project (a row with the columns of `Assignment`)."""
+    return s.connection().execute(
+        select(A).where(A.c.user_id == user.id, A.c.project_id == project.id, A.c.done.is_(False))
+        .order_by(A.c.id).limit(1)).first()
+
+
+def _pick_item(s: Session, project: Project, user: User, gold: bool) -> Row | None:
+    seen = exists().where(A.c.item_id == I.c.id, A.c.user_id == user.id)
+    q = select(I.c.id, I.c.responses).where(I.c.project_id == project.id, I.c.is_gold.is_(gold), ~seen)
     if gold:
-        q = q.order_by(Item.n_assigned, Item.id)
+        q = q.order_by(I.c.n_assigned, I.c.id)
     else:  # finish started items first, so complete items accumulate
-        q = q.where(Item.n_assigned < project.overlap).order_by(Item.n_assigned.desc(), Item.id)
-    return s.scalar(q.limit(1).with_for_update(skip_locked=True))
+        q = q.where(I.c.n_assigned < project.overlap).order_by(I.c.n_assigned.desc(), I.c.id)
+    return s.connection().execute(q.limit(1).with_for_update(skip_locked=True)).first()
 
 
-def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Assignment | None:
+def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Row | None:
     """The user's open assignment in the project, or a new one; None when nothing is left for them.
 
     Each regular item goes to at most `overlap` distinct annotators (the unique (item, user) constraint and
@@ -371,33 +388,39 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Ass
     current = open_assignment(s, project, user)
     if current is not None:
         return current
-    n_done = s.scalar(select(func.count(Assignment.id)).where(Assignment.user_id == user.id,
-                                                              Assignment.project_id == project.id)) or 0
+    conn = s.connection()
     item = None
-    if project.gold_rate > 0 and _keyed_unit(key, "gold", project.id, user.id, n_done) < project.gold_rate:
-        item = _pick_item(s, project, user, gold=True)
+    if project.gold_rate > 0:
+        n_done = conn.execute(select(func.count()).select_from(A).where(
+            A.c.user_id == user.id, A.c.project_id == project.id)).scalar() or 0
+        if _keyed_unit(key, "gold", project.id, user.id, n_done) < project.gold_rate:
+            item = _pick_item(s, project, user, gold=True)
     if item is None:
         item = _pick_item(s, project, user, gold=False)
     if item is None:
         return None
     n = len(item.responses)
     order = security.keyed_bit_order(key, n, "order", user.id, item.id) if n > 1 else list(range(n))
-    a = Assignment(project_id=project.id, item_id=item.id, user_id=user.id, order=order, done=False)
-    item.n_assigned = Item.n_assigned + 1
-    s.add(a)
-    s.flush()
-    return a
+    aid = conn.execute(A.insert().values(project_id=project.id, item_id=item.id, user_id=user.id, order=order,
+                                         done=False, created_at=utcnow())).inserted_primary_key[0]
+    conn.execute(I.update().where(I.c.id == item.id).values(n_assigned=I.c.n_assigned + 1))
+    return conn.execute(select(A).where(A.c.id == aid)).first()
 
 
-def assignment_of(s: Session, assignment_id: int, user: User) -> Assignment:
+def assignment_of(s: Session, assignment_id: int, user: User) -> Row:
     """The user's own assignment; another user's is reported as not found (its existence is not revealed)."""
-    a = s.get(Assignment, assignment_id)
+    a = s.connection().execute(select(A).where(A.c.id == assignment_id)).first()
     if a is None or a.user_id != user.id:
         raise not_found(f"assignment {assignment_id}")
     return a
 
 
-def assignment_view(project: Project, item: Item, a: Assignment) -> dict:
+def item_content(s: Session, item_id: int) -> Row:
+    """(prompt, responses) of an item."""
+    return s.connection().execute(select(I.c.prompt, I.c.responses).where(I.c.id == item_id)).one()
+
+
+def assignment_view(project: Project, item: Any, a: Any) -> dict:
     """What the annotator sees: the prompt and the responses in their display order, nothing else."""
     view = {"assignment_id": a.id, "project_id": project.id, "task_type": project.task_type,
             "prompt": item.prompt, "responses": [item.responses[i] for i in a.order], "done": a.done}
@@ -444,7 +467,7 @@ def _rating_value(project: Project, payload: dict) -> dict:
     return value
 
 
-def normalise_judgment(project: Project, a: Assignment, payload: Any) -> dict:
+def normalise_judgment(project: Project, a: Any, payload: Any) -> dict:
     """A payload in display positions -> the stored value in response indices.
 
     pairwise: `{"choice": 0 | 1 | "tie", "strength": 1..3}` -> `{"preferred": index | None, "strength"}`;
@@ -482,30 +505,34 @@ def normalise_judgment(project: Project, a: Assignment, payload: Any) -> dict:
     return {"text": text}
 
 
-def submit_judgment(s: Session, project: Project, a: Assignment, user: User, submission_id: str, payload: Any,
-                    duration_ms: int | None = None) -> tuple[Judgment, bool]:
-    """Store a judgment; returns (judgment, duplicate). A retry with the same submission id returns the stored
+def submit_judgment(s: Session, project: Project, a: Row, user: User, submission_id: str, payload: Any,
+                    duration_ms: int | None = None) -> tuple[int, bool]:
+    """Store a judgment; returns (judgment id, duplicate). A retry with the same submission id returns the stored
     judgment and changes nothing; a different submission for a judged assignment is a conflict."""
     if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
         raise AppError("'submission_id' must be a string of 8-64 characters (e.g. a UUID)", 422)
-    prior = s.scalar(select(Judgment).where(Judgment.user_id == user.id, Judgment.submission_id == submission_id))
+    conn = s.connection()
+    prior = conn.execute(select(J.c.id, J.c.assignment_id).where(J.c.user_id == user.id,
+                                                                 J.c.submission_id == submission_id)).first()
     if prior is not None:
         if prior.assignment_id != a.id:
             raise AppError("this submission id was already used for another assignment", 409)
-        return prior, True
+        return prior.id, True
     if a.done:
         raise AppError("this assignment already has a judgment", 409)
     value = normalise_judgment(project, a, payload)
+    now = utcnow()
     if duration_ms is not None:
         duration_ms = _int_in(duration_ms, 0, 7 * 24 * 3600 * 1000, "duration_ms")
     else:
-        duration_ms = max(0, int((utcnow() - a.created_at).total_seconds() * 1000))
-    j = Judgment(assignment_id=a.id, project_id=project.id, item_id=a.item_id, user_id=user.id,
-                 submission_id=submission_id, value=value, duration_ms=duration_ms)
-    a.done = True
-    s.add(j)
-    s.flush()
-    return j, False
+        duration_ms = max(0, int((now - a.created_at).total_seconds() * 1000))
+    jid = conn.execute(J.insert().values(assignment_id=a.id, project_id=project.id, item_id=a.item_id,
+                                         user_id=user.id, submission_id=submission_id, value=value,
+                                         duration_ms=duration_ms, created_at=now)).inserted_primary_key[0]
+    done = conn.execute(A.update().where(A.c.id == a.id, A.c.done.is_(False)).values(done=True))
+    if done.rowcount != 1:  # judged meanwhile (possible on PostgreSQL, where writers are not serialised)
+        raise AppError("this assignment already has a judgment", 409)
+    return jid, False
 
 
 def is_integrity_error(e: BaseException) -> bool:

@@ -117,7 +117,7 @@ def annotate_page(request: Request, pid: int) -> Response:
         if p is None or not service.is_member(s, p, principal.user):
             raise service.not_found(f"project {pid}")
         a = service.next_assignment(s, p, principal.user, request.app.state.key)
-        view = service.assignment_view(p, s.get(Item, a.item_id), a) if a else None
+        view = service.assignment_view(p, service.item_content(s, a.item_id), a) if a else None
         s.commit()
         progress = _progress(s, p, principal.user)
     ctx = {"project": p, "view": view, "progress": progress, "submission_id": uuid.uuid4().hex,

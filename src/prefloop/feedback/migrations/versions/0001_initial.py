@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("meta", sa.JSON, nullable=True),
         sa.Column("n_assigned", sa.Integer, nullable=False),
         sa.UniqueConstraint("project_id", "external_id"))
-    op.create_index("ix_items_next", "items", ["project_id", "is_gold", "n_assigned"])
+    op.create_index("ix_items_next", "items", ["project_id", "is_gold", "n_assigned", sa.text("id DESC")])
     op.create_table(
         "assignments", _id(),
         _fk("project_id", "projects", index=True),

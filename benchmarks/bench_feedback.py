@@ -1,0 +1,177 @@
+"""Load benchmark of the feedback app: N concurrent simulated annotators on loopback for a bounded time.
+
+    python benchmarks/bench_feedback.py                      # 32 annotators, 20 s, SQLite in a temp dir
+    python benchmarks/bench_feedback.py --seconds 60 --annotators 32 --json bench-out/feedback.json
+    python benchmarks/bench_feedback.py --db postgresql+psycopg://user@localhost/bench   # an empty database
+
+A real `prefloop annotate serve` process (one uvicorn worker) serves a pairwise project (overlap 3); each
+simulated annotator runs its own loop in one asyncio client process: GET /api/projects/{id}/next, then POST
+the judgment with a fresh submission id, as fast as the server answers (no think time: this measures the
+server, not people). Reported: judgments/s (acknowledged, i.e. committed, per second over the measured
+window after a warm-up) and the p50/p99 latency of each request kind and of the whole next+submit cycle.
+The server and the clients share the machine's cores; the load average is printed with the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed(db: str, n_annotators: int, n_items: int, overlap: int) -> tuple[list[str], int]:
+    """Schema, annotators with API tokens, and a pairwise project with `n_items` items; (tokens, project id)."""
+    from prefloop.feedback import service
+    from prefloop.feedback.db import Database
+
+    service.migrate(db)
+    d = Database(db)
+    tokens = []
+    with d.write() as s:
+        p = service.create_project(s, service.ProjectSpec("bench", "pairwise", overlap=overlap))
+        for i in range(n_annotators):
+            u = service.create_user(s, f"bench{i:02d}", uuid.uuid4().hex, "annotator", ["a", "b"][i % 2])
+            tokens.append(service.create_token(s, u, "bench"))
+            service.add_member(s, p, u)
+        items = [{"id": f"q{i}", "prompt": f"User: question {i}?\nAssistant:", "gold": None, "meta": None,
+                  "responses": [f" An answer of some length to question {i}.", f" Another answer to {i}."]}
+                 for i in range(n_items)]
+        service.import_items(s, p, items)
+        s.commit()
+        pid = p.id
+    d.dispose()
+    return tokens, pid
+
+
+def start_server(db: str, port: int, log: Path) -> subprocess.Popen:
+    code = ("import sys; from prefloop.feedback.cli import main; "
+            f"sys.exit(main(['serve', '--db', {db!r}, '--port', '{port}']))")
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start in 120 s")
+
+
+async def annotator(url: str, token: str, pid: int, t_start: float, t_end: float, out: dict) -> None:
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as c:
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            r = await c.get(f"/api/projects/{pid}/next")
+            t1 = time.monotonic()
+            view = r.json()["assignment"] if r.status_code == 200 else None
+            if view is None:
+                out["errors"].append(r.status_code if r.status_code != 200 else "exhausted")
+                return
+            body = {"submission_id": uuid.uuid4().hex, "value": {"choice": int(t0 * 1e6) % 2, "strength": 2}}
+            r = await c.post(f"/api/assignments/{view['assignment_id']}/judgment", json=body)
+            t2 = time.monotonic()
+            if r.status_code != 200:
+                out["errors"].append(r.status_code)
+                continue
+            if t0 >= t_start:  # after the warm-up
+                out["next"].append(t1 - t0)
+                out["submit"].append(t2 - t1)
+                out["cycle"].append(t2 - t0)
+                out["acked_at"].append(t2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux), nan elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def drive(url: str, tokens: list[str], pid: int, warmup: float, seconds: float) -> dict:
+    out = {"next": [], "submit": [], "cycle": [], "acked_at": [], "errors": []}
+    now = time.monotonic()
+    t_start, t_end = now + warmup, now + warmup + seconds
+    await asyncio.gather(*(annotator(url, t, pid, t_start, t_end, out) for t in tokens))
+    measured = [t for t in out["acked_at"] if t_start <= t <= t_end]
+    ms = {k: {"p50_ms": round(1000 * pct(out[k], 0.5), 1), "p99_ms": round(1000 * pct(out[k], 0.99), 1)}
+          for k in ("next", "submit", "cycle")}
+    return {"judgments": len(measured), "judgments_per_s": round(len(measured) / seconds, 1),
+            "latency": ms, "errors": len(out["errors"]), "error_kinds": sorted(set(map(str, out["errors"])))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--annotators", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured time (after the warm-up)")
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--items", type=int, default=6000)
+    ap.add_argument("--overlap", type=int, default=3)
+    ap.add_argument("--db", help="database URL (default: a fresh SQLite file in a temp dir)")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or str(Path(tmp) / "bench.db")
+        t0 = time.monotonic()
+        tokens, pid = seed(db, args.annotators, args.items, args.overlap)
+        print(f"seeded {args.items} items, {args.annotators} annotators in {time.monotonic() - t0:.1f} s", flush=True)
+        port = free_port()
+        proc = start_server(db, port, Path(tmp) / "server.log")
+        try:
+            cpu0 = cpu_seconds(proc.pid)
+            res = asyncio.run(drive(f"http://127.0.0.1:{port}", tokens, pid, args.warmup, args.seconds))
+            cpu = cpu_seconds(proc.pid) - cpu0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    total = res["judgments"] * (args.seconds + args.warmup) / args.seconds  # about, warm-up included
+    res["server_cpu_ms_per_judgment"] = round(1000 * cpu / total, 2) if total and cpu == cpu else None
+    res |= {"annotators": args.annotators, "seconds": args.seconds, "database": "sqlite" if not args.db else "url",
+            "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    lat = res["latency"]
+    print(f"{res['judgments_per_s']} judgments/s over {args.seconds:.0f} s with {args.annotators} annotators; "
+          f"submit p50 {lat['submit']['p50_ms']} ms, p99 {lat['submit']['p99_ms']} ms; "
+          f"next p50 {lat['next']['p50_ms']} ms, p99 {lat['next']['p99_ms']} ms; "
+          f"cycle p99 {lat['cycle']['p99_ms']} ms; errors {res['errors']}; "
+          f"server CPU {res['server_cpu_ms_per_judgment']} ms per judgment; "
+          f"load average {res['loadavg_1m']} on {res['cpus']} CPUs")
+    print(json.dumps(res))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
