@@ -127,7 +127,8 @@ def test_fleiss_textbook_example():
 
 
 def test_cohen_kappa_two_by_two_table():
-    # 50 items, yes/yes 20, yes/no 5, no/yes 10, no/no 15: p_o = 0.70, p_e = 0.5*0.6 + 0.5*0.4 = 0.50, kappa = 0.40
+    # the worked example of the Wikipedia article "Cohen's kappa" (50 proposals, two readers):
+    # yes/yes 20, yes/no 5, no/yes 10, no/no 15: p_o = 0.70, p_e = 0.5*0.6 + 0.5*0.4 = 0.50, kappa = 0.40
     a, b = _pairs_from_table({("yes", "yes"): 20, ("yes", "no"): 5, ("no", "yes"): 10, ("no", "no"): 15})
     assert cohen_kappa(a, b) == pytest.approx(0.40)
 
