@@ -4,6 +4,7 @@ simulated annotators through the REST API, and SQLite backup / restore."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import sqlite3
 
@@ -139,3 +140,25 @@ def test_backup_while_serving_and_restore(server, tmp_path, capsys):
 def test_help_exits_zero(argv, capsys):
     assert main(argv) == 0
     assert "usage: prefloop annotate" in capsys.readouterr().out
+
+
+def test_sample_from_a_checkpoint_and_import_sample_output(tmp_path, capsys, policy_dir):
+    db = str(tmp_path / "s.db")
+    prompts = tmp_path / "prompts.jsonl"
+    rng = random.Random(0)
+    prompts.write_text("".join(json.dumps({"prompt": question(rng)}) + "\n" for _ in range(6)))
+    assert run(["create-project", "--db", db, "--name", "sampled", "--task", "ranking"], capsys)[0] == 0
+    code, out, err = run(["sample", "--db", db, "--project", "sampled", "--model", str(policy_dir), "--prompts",
+                          str(prompts), "--num-samples", "3", "--max-new-tokens", "6"], capsys)
+    assert code == 0, err
+    n = int(out.split()[1])
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT responses, meta FROM items").fetchall()
+    assert len(rows) == n >= 1 and all(2 <= len(json.loads(r)) <= 3 for r, _ in rows)
+    assert json.loads(rows[0][1])["model"] == str(policy_dir)
+    # `prefloop sample` output ({"prompt", "responses", "ended"}) imports as it is
+    sample_out = tmp_path / "samples.jsonl"
+    sample_out.write_text(json.dumps({"prompt": "User: hi\nAssistant:", "responses": [" a", " b", " c"],
+                                      "ended": [True, True, False]}) + "\n")
+    code, out, _ = run(["import", "--db", db, "--project", "sampled", str(sample_out)], capsys)
+    assert code == 0 and out.strip() == "imported 1 items"

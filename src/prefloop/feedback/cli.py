@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("import", "import items from a JSONL file (or `prefloop sample` output)")
     c.add_argument("--project", required=True, help="project name or id")
     c.add_argument("file", type=Path)
+    c = cmd("sample", "sample responses from a model checkpoint (`prefloop sample`) and import them as items")
+    c.add_argument("--project", required=True)
+    c.add_argument("--model", required=True, help="a checkpoint directory (or hub id available offline)")
+    c.add_argument("--prompts", type=Path, required=True, help="a prompts JSONL file")
+    c.add_argument("--num-samples", type=int, help="responses per prompt (default: 2 pairwise, 4 ranking, else 1)")
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=0)
     c = cmd("export", "export judgments as JSONL records the trainers read")
     c.add_argument("--project", required=True)
     c.add_argument("--out", type=Path, required=True)
@@ -166,6 +174,58 @@ def _cmd_import(args) -> None:
         return service.import_items(s, p, service.read_items(args.file, p), source=str(args.file))
 
     print(f"imported {_with_db(args, go)} items")
+
+
+def _usable(task_type: str, responses: list, k: int) -> list | None:
+    """The responses of a sampled prompt an item can use (distinct, non-empty), or None if too few."""
+    out = []
+    for r in responses:
+        if isinstance(r, str) and r.strip() and r not in out:
+            out.append(r)
+    if task_type in ("pairwise", "ranking"):
+        return out[:2 if task_type == "pairwise" else k] if len(out) >= 2 else None
+    if task_type == "demonstration":
+        return out[:1]
+    return out or None  # rating: one item per response
+
+
+def _cmd_sample(args) -> None:
+    import tempfile
+
+    from prefloop.data.jsonl import iter_jsonl, write_jsonl
+    from prefloop.recipes.sample import SampleConfig, run_sample
+
+    from . import service
+
+    def project_type(s):
+        return service.project_by_ref(s, args.project).task_type
+
+    task_type = _with_db(args, project_type)
+    k = args.num_samples or {"pairwise": 2, "ranking": 4}.get(task_type, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "samples.jsonl"
+        run_sample(SampleConfig(model=args.model, prompts=args.prompts, out=out, num_samples=k,
+                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed))
+        rows, skipped = [], 0
+        for line_no, d in iter_jsonl(out):
+            responses = _usable(task_type, d["responses"], k)
+            if responses is None:
+                skipped += 1
+                continue
+            rows.append({"id": f"{args.prompts.stem}:{line_no}", "prompt": d["prompt"], "responses": responses,
+                         "meta": {"model": args.model, "source": "prefloop sample"}})
+        if not rows:
+            raise CLIError(f"the model gave no usable responses (empty or identical) for the {skipped} prompts")
+        items = Path(tmp) / "items.jsonl"
+        write_jsonl(items, rows)
+
+        def go(s):
+            p = service.project_by_ref(s, args.project)
+            return service.import_items(s, p, service.read_items(items, p), source=f"sample:{args.model}")
+
+        n = _with_db(args, go)
+    print(f"imported {n} items sampled from {args.model}" + (f"; skipped {skipped} prompts with too few "
+                                                               "distinct non-empty responses" if skipped else ""))
 
 
 def _cmd_export(args) -> None:
@@ -299,8 +359,9 @@ def _run(args) -> None:
         print(json.dumps(_with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project))),
                          indent=2))
     else:
-        {"import": _cmd_import, "export": _cmd_export, "backup": _cmd_backup, "restore": _cmd_restore,
-         "serve": _cmd_serve, "simulate": _cmd_simulate}[c](args)
+        commands = {"import": _cmd_import, "sample": _cmd_sample, "export": _cmd_export, "backup": _cmd_backup,
+                    "restore": _cmd_restore, "serve": _cmd_serve, "simulate": _cmd_simulate}
+        commands[c](args)
 
 
 def main(argv: list[str]) -> int:
