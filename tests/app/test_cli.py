@@ -47,6 +47,11 @@ def test_accounts_projects_and_import_errors(tmp_path, capsys, monkeypatch):
     code, _, err = run(["create-admin", "--db", db, "--username", "weak", "--password-stdin"], capsys, "short\n",
                        monkeypatch)
     assert code == 2 and "at least 10 characters" in err
+    code, out, _ = run(["set-password", "--db", db, "--username", "ann", "--password-stdin"], capsys,
+                       "new-password-2\n", monkeypatch)
+    assert code == 0 and out.strip() == "password set: ann"
+    code, _, err = run(["deactivate", "--db", db, "--username", "ghost"], capsys)
+    assert code == 2 and err.strip() == "error: no user 'ghost'"
     code, out, _ = run(["create-project", "--db", db, "--name", "p", "--task", "ranking", "--members", "ann"], capsys)
     assert code == 0
     bad = tmp_path / "items.jsonl"
@@ -66,7 +71,19 @@ def test_accounts_projects_and_import_errors(tmp_path, capsys, monkeypatch):
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0  # nothing half-imported
         actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE actor = 'cli'")]
-    assert actions[:3] == ["user.create", "user.create", "project.create"]
+    assert actions[:4] == ["user.create", "user.create", "user.password", "project.create"]
+    from prefloop.feedback import service
+    from prefloop.feedback.db import Database
+
+    d = Database(db)
+    with d.write() as s:
+        assert service.authenticate(s, "ann", "new-password-2") is not None
+        token = service.create_token(s, service.user_by_name(s, "ann"))
+        s.commit()
+    assert run(["deactivate", "--db", db, "--username", "ann"], capsys)[0] == 0
+    with d.read() as s:
+        assert service.authenticate(s, "ann", "new-password-2") is None and service.token_user(s, token) is None
+    d.dispose()
 
 
 class ToyGold:

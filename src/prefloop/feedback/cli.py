@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "add-user":
             c.add_argument("--role", default="annotator", choices=["annotator", "admin"])
         c.add_argument("--pool", default="default", help="the annotator pool / group label")
+    c = cmd("set-password", "set a user's password (their sessions end)")
+    c.add_argument("--username", required=True)
+    c.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    c = cmd("deactivate", "deactivate a user: no login, sessions and API tokens stop working")
+    c.add_argument("--username", required=True)
     c = cmd("token", "create an API token for a user (printed once)")
     c.add_argument("--username", required=True)
     c.add_argument("--name", default="cli")
@@ -132,6 +137,26 @@ def _cmd_user(args) -> None:
     role = "admin" if args.command == "create-admin" else args.role
     _with_db(args, lambda s: service.create_user(s, args.username, pw, role, args.pool))
     print(f"created {role} {args.username!r} (pool {args.pool})")
+    if generated:
+        print(f"password: {pw}")
+
+
+def _cmd_account(args) -> None:
+    from . import service
+
+    pw, generated = _password(args) if args.command == "set-password" else (None, False)
+
+    def go(s):
+        u = service.user_by_name(s, args.username)
+        if u is None:
+            raise CLIError(f"no user {args.username!r}")
+        if pw is not None:
+            service.set_password(s, u, pw, "cli")
+        else:
+            service.deactivate_user(s, u, "cli")
+
+    _with_db(args, go)
+    print(f"{'password set' if pw is not None else 'deactivated'}: {args.username}")
     if generated:
         print(f"password: {pw}")
 
@@ -342,6 +367,8 @@ def _run(args) -> None:
     elif c == "init":
         service.migrate(args.db)
         print("database is at the newest schema")
+    elif c in ("set-password", "deactivate"):
+        _cmd_account(args)
     elif c == "token":
         def go(s):
             u = service.user_by_name(s, args.username)

@@ -121,6 +121,13 @@ def set_password(s: Session, user: User, password: str, actor: str) -> None:
     audit(s, actor, "user.password", user.username)
 
 
+def deactivate_user(s: Session, user: User, actor: str) -> None:
+    user.active = False
+    s.execute(LoginSession.__table__.delete().where(LoginSession.user_id == user.id))
+    s.execute(ApiToken.__table__.update().where(ApiToken.user_id == user.id).values(revoked=True))
+    audit(s, actor, "user.deactivate", user.username)
+
+
 def authenticate(s: Session, username: str, password: str) -> User | None:
     user = user_by_name(s, username)
     ok = security.verify_password(user.password_hash if user else None, password)
