@@ -179,3 +179,39 @@ def test_sample_from_a_checkpoint_and_import_sample_output(tmp_path, capsys, pol
                                       "ended": [True, True, False]}) + "\n")
     code, out, _ = run(["import", "--db", db, "--project", "sampled", str(sample_out)], capsys)
     assert code == 0 and out.strip() == "imported 1 items"
+
+
+def test_simulate_command_annotates_a_world_through_the_api(server, tmp_path, capsys):
+    from prefloop.world.world import WorldConfig, build_world, write_world
+
+    world = build_world(WorldConfig.preset("tiny"))
+    write_world(world, tmp_path / "world")
+    pairs = [json.loads(x) for x in (tmp_path / "world" / "comparisons.jsonl").read_text().splitlines()[:40]]
+    items = [{"id": f"w{i}", "prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
+             for i, r in enumerate(pairs)]
+    pid = make_project(server, "world", "pairwise", items, members=["ann2"])
+    code, out, err = run(["simulate", "--url", server.url, "--token", server.tokens["ann2"], "--project", str(pid),
+                          "--world", str(tmp_path / "world"), "--annotator", "a00"], capsys)
+    assert code == 0 and out.strip() == "a00 submitted 40 judgments", err
+    export = tmp_path / "world.jsonl"
+    assert run(["export", "--db", str(server.db), "--project", "world", "--out", str(export)], capsys)[0] == 0
+    records = read_comparisons(export)
+    gold = world.gold
+    agree = [gold.score(r.prompt, r.chosen) > gold.score(r.prompt, r.rejected) for r in records
+             if gold.score(r.prompt, r.chosen) != gold.score(r.prompt, r.rejected)]
+    assert len(agree) >= 20 and sum(agree) / len(agree) >= 0.6  # a noisy but informed annotator
+    code, _, err = run(["simulate", "--url", server.url, "--token", server.tokens["ann2"], "--project", str(pid),
+                        "--world", str(tmp_path / "world"), "--annotator", "nobody"], capsys)
+    assert code == 2 and "no annotator 'nobody'" in err
+
+
+def test_simulate_reports_an_unreachable_server(tmp_path, capsys):
+    from prefloop.world.world import WorldConfig, build_world, write_world
+
+    from .conftest import free_port
+
+    write_world(build_world(WorldConfig.preset("tiny")), tmp_path / "world")
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(["simulate", "--url", url, "--token", "plt_x", "--project", "1", "--world",
+                        str(tmp_path / "world"), "--retries", "1"], capsys)
+    assert code == 2 and err.startswith(f"error: GET {url}/api/projects/1/next: ")

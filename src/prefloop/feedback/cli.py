@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--world", type=Path, required=True, help="a world directory (`prefloop world` output)")
     c.add_argument("--annotator", default="a00", help="id of one of the world's simulated annotators")
     c.add_argument("--max-items", type=int)
+    c.add_argument("--retries", type=int, default=5, help="resends after a network error or a 5xx answer")
     return p
 
 
@@ -350,7 +351,7 @@ def _cmd_simulate(args) -> None:
     by_id = {a.id: a for a in world.annotators}
     if args.annotator not in by_id:
         raise CLIError(f"no annotator {args.annotator!r} in {args.world}; known: {', '.join(sorted(by_id))}")
-    client = FeedbackClient(args.url, args.token)
+    client = FeedbackClient(args.url, args.token, retries=max(0, args.retries))
     try:
         n = simulate(client, args.project, by_id[args.annotator], args.max_items)
     finally:

@@ -33,6 +33,7 @@ class FeedbackClient:
     token: str
     timeout: float = 30.0
     retries: int = 5
+    """Resends after a network error or a 5xx answer, with backoff from 0.2 s."""
     _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -49,9 +50,9 @@ class FeedbackClient:
                 r = self._http.request(method, path, **kw)
                 if r.status_code < 500 or attempt == self.retries:
                     break
-            except httpx.TransportError:
+            except httpx.TransportError as e:
                 if attempt == self.retries:
-                    raise
+                    raise FeedbackError(f"{method} {self.url}{path}: {e or type(e).__name__}") from None
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
         if r.status_code >= 400:
