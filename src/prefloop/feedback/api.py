@@ -70,18 +70,31 @@ def _project_json(p) -> dict:
             "overlap": p.overlap, "gold_rate": p.gold_rate, **p.config}
 
 
-def _project_for(s, pid: int, principal: Principal, cache: dict | None = None):
+def _project_for(s, pid: int, principal: Principal, state=None):
     """The project, if the user may see it (admins: all; annotators: their projects; others: 404).
 
-    Projects do not change after creation, so the hot paths pass the app's `cache` of them."""
-    p = cache.get(pid) if cache is not None else None
+    Projects do not change after creation and members are never removed, so the hot paths pass the app's
+    `state`, whose caches of both spare a query or two per request."""
+    p = state.projects.get(pid) if state is not None else None
     if p is None:
         p = s.get(service.Project, pid)
-        if p is not None and cache is not None:
-            cache[pid] = p
-    if p is None or not (principal.is_admin or service.is_member(s, p, principal.user)):
+        if p is not None and state is not None:
+            state.projects[pid] = p
+    if p is None:
+        raise service.not_found(f"project {pid}")
+    if not principal.is_admin and not _member(s, p, principal, state):
         raise service.not_found(f"project {pid}")
     return p
+
+
+def _member(s, p, principal: Principal, state=None) -> bool:
+    key = (p.id, principal.user.id)
+    if state is not None and key in state.members:
+        return True
+    ok = service.is_member(s, p, principal.user)
+    if ok and state is not None:
+        state.members.add(key)
+    return ok
 
 
 @router.get("/me")
@@ -180,8 +193,11 @@ def next_assignment(request: Request, pid: int) -> dict:
     """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left."""
     principal = require_user(request)
     with request.app.state.db.write() as s:
-        p = _project_for(s, pid, principal, request.app.state.projects)
-        a = service.next_assignment(s, p, principal.user, request.app.state.key)
+        p = _project_for(s, pid, principal, request.app.state)
+        checked = _member(s, p, principal, request.app.state)
+        if not checked:
+            raise AppError(f"you are not a member of project {p.name!r}", 403)
+        a = service.next_assignment(s, p, principal.user, request.app.state.key, member_checked=True)
         if a is None:
             s.commit()
             return {"assignment": None}

@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
                                       trim_blocks=True, lstrip_blocks=True)
     app.state.token_cache = TokenCache()
     app.state.projects = {}
+    app.state.members = set()
     app.state.login_user_limiter = security.RateLimiter(settings.login_limit, settings.login_window)
     app.state.login_ip_limiter = security.RateLimiter(4 * settings.login_limit, settings.login_window)
     app.add_middleware(SecurityHeaders)

@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, exists, func, select
+from sqlalchemy import Row, bindparam, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,29 @@ SESSION_LIFETIME = timedelta(hours=12)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_RESPONSES = 9
 DEFAULT_SCALE = (1, 3)
+
+
+# The hot path (next assignment, submit) runs SQLAlchemy Core statements built once here, on the session's
+# connection: a few indexed statements per request, without the ORM's unit of work or rebuilding statements
+# (about 4x less CPU per judgment than the ORM).
+A, I, J, M = Assignment.__table__, Item.__table__, Judgment.__table__, Member.__table__
+_B = bindparam
+_IS_MEMBER = select(M.c.id).where(M.c.project_id == _B("pid"), M.c.user_id == _B("uid"))
+_OPEN = (select(A).where(A.c.user_id == _B("uid"), A.c.project_id == _B("pid"), A.c.done.is_(False))
+         .order_by(A.c.id).limit(1))
+_N_TAKEN = select(func.count()).select_from(A).where(A.c.user_id == _B("uid"), A.c.project_id == _B("pid"))
+_UNSEEN = ~exists().where(A.c.item_id == I.c.id, A.c.user_id == _B("uid"))
+_PICK_GOLD = (select(I.c.id, I.c.responses).where(I.c.project_id == _B("pid"), I.c.is_gold.is_(True), _UNSEEN)
+              .order_by(I.c.n_assigned, I.c.id).limit(1).with_for_update(skip_locked=True))
+# finish started items first, so complete items accumulate
+_PICK = (select(I.c.id, I.c.responses).where(I.c.project_id == _B("pid"), I.c.is_gold.is_(False), _UNSEEN,
+                                             I.c.n_assigned < _B("overlap"))
+         .order_by(I.c.n_assigned.desc(), I.c.id).limit(1).with_for_update(skip_locked=True))
+_TAKE = I.update().where(I.c.id == _B("iid")).values(n_assigned=I.c.n_assigned + 1)
+_ASSIGNMENT = select(A).where(A.c.id == _B("aid"))
+_CONTENT = select(I.c.prompt, I.c.responses).where(I.c.id == _B("iid"))
+_PRIOR = select(J.c.id, J.c.assignment_id).where(J.c.user_id == _B("uid"), J.c.submission_id == _B("sid"))
+_MARK_DONE = A.update().where(A.c.id == _B("aid"), A.c.done.is_(False)).values(done=True)
 
 
 class AppError(ValueError):
@@ -228,9 +251,7 @@ def add_member(s: Session, project: Project, user: User, actor: str = "cli") -> 
 
 
 def is_member(s: Session, project: Project, user: User) -> bool:
-    m = Member.__table__
-    return s.connection().execute(select(m.c.id).where(m.c.project_id == project.id,
-                                                       m.c.user_id == user.id)).first() is not None
+    return s.connection().execute(_IS_MEMBER, {"pid": project.id, "uid": user.id}).first() is not None
 
 
 def projects_of(s: Session, user: User) -> list[Project]:
@@ -360,29 +381,18 @@ def _keyed_unit(key: bytes, *parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
-# The hot path (next assignment, submit) uses SQLAlchemy Core on the session's connection: a few indexed
-# statements per request, without the ORM's unit of work (about 3x less CPU per judgment).
-A, I, J = Assignment.__table__, Item.__table__, Judgment.__table__
-
-
 def open_assignment(s: Session, project: Project, user: User) -> Row | None:
     """The user's oldest unjudged assignment in the project (a row with the columns of `Assignment`)."""
-    return s.connection().execute(
-        select(A).where(A.c.user_id == user.id, A.c.project_id == project.id, A.c.done.is_(False))
-        .order_by(A.c.id).limit(1)).first()
+    return s.connection().execute(_OPEN, {"uid": user.id, "pid": project.id}).first()
 
 
 def _pick_item(s: Session, project: Project, user: User, gold: bool) -> Row | None:
-    seen = exists().where(A.c.item_id == I.c.id, A.c.user_id == user.id)
-    q = select(I.c.id, I.c.responses).where(I.c.project_id == project.id, I.c.is_gold.is_(gold), ~seen)
-    if gold:
-        q = q.order_by(I.c.n_assigned, I.c.id)
-    else:  # finish started items first, so complete items accumulate
-        q = q.where(I.c.n_assigned < project.overlap).order_by(I.c.n_assigned.desc(), I.c.id)
-    return s.connection().execute(q.limit(1).with_for_update(skip_locked=True)).first()
+    params = {"pid": project.id, "uid": user.id, "overlap": project.overlap}
+    return s.connection().execute(_PICK_GOLD if gold else _PICK, params).first()
 
 
-def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Row | None:
+def next_assignment(s: Session, project: Project, user: User, key: bytes, member_checked: bool = False
+                    ) -> Row | None:
     """The user's open assignment in the project, or a new one; None when nothing is left for them.
 
     Each regular item goes to at most `overlap` distinct annotators (the unique (item, user) constraint and
@@ -390,7 +400,7 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Row
     probability `gold_rate`, decided by a keyed hash so it is unpredictable but reproducible. The display
     order of the responses is a keyed permutation per (user, item): stable across reloads, hidden from others.
     """
-    if not is_member(s, project, user):
+    if not member_checked and not is_member(s, project, user):
         raise AppError(f"you are not a member of project {project.name!r}", 403)
     current = open_assignment(s, project, user)
     if current is not None:
@@ -398,8 +408,7 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Row
     conn = s.connection()
     item = None
     if project.gold_rate > 0:
-        n_done = conn.execute(select(func.count()).select_from(A).where(
-            A.c.user_id == user.id, A.c.project_id == project.id)).scalar() or 0
+        n_done = conn.execute(_N_TAKEN, {"uid": user.id, "pid": project.id}).scalar() or 0
         if _keyed_unit(key, "gold", project.id, user.id, n_done) < project.gold_rate:
             item = _pick_item(s, project, user, gold=True)
     if item is None:
@@ -410,13 +419,13 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes) -> Row
     order = security.keyed_bit_order(key, n, "order", user.id, item.id) if n > 1 else list(range(n))
     aid = conn.execute(A.insert().values(project_id=project.id, item_id=item.id, user_id=user.id, order=order,
                                          done=False, created_at=utcnow())).inserted_primary_key[0]
-    conn.execute(I.update().where(I.c.id == item.id).values(n_assigned=I.c.n_assigned + 1))
-    return conn.execute(select(A).where(A.c.id == aid)).first()
+    conn.execute(_TAKE, {"iid": item.id})
+    return conn.execute(_ASSIGNMENT, {"aid": aid}).first()
 
 
 def assignment_of(s: Session, assignment_id: int, user: User) -> Row:
     """The user's own assignment; another user's is reported as not found (its existence is not revealed)."""
-    a = s.connection().execute(select(A).where(A.c.id == assignment_id)).first()
+    a = s.connection().execute(_ASSIGNMENT, {"aid": assignment_id}).first()
     if a is None or a.user_id != user.id:
         raise not_found(f"assignment {assignment_id}")
     return a
@@ -424,7 +433,7 @@ def assignment_of(s: Session, assignment_id: int, user: User) -> Row:
 
 def item_content(s: Session, item_id: int) -> Row:
     """(prompt, responses) of an item."""
-    return s.connection().execute(select(I.c.prompt, I.c.responses).where(I.c.id == item_id)).one()
+    return s.connection().execute(_CONTENT, {"iid": item_id}).one()
 
 
 def assignment_view(project: Project, item: Any, a: Any) -> dict:
@@ -519,8 +528,7 @@ def submit_judgment(s: Session, project: Project, a: Row, user: User, submission
     if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
         raise AppError("'submission_id' must be a string of 8-64 characters (e.g. a UUID)", 422)
     conn = s.connection()
-    prior = conn.execute(select(J.c.id, J.c.assignment_id).where(J.c.user_id == user.id,
-                                                                 J.c.submission_id == submission_id)).first()
+    prior = conn.execute(_PRIOR, {"uid": user.id, "sid": submission_id}).first()
     if prior is not None:
         if prior.assignment_id != a.id:
             raise AppError("this submission id was already used for another assignment", 409)
@@ -536,7 +544,7 @@ def submit_judgment(s: Session, project: Project, a: Row, user: User, submission
     jid = conn.execute(J.insert().values(assignment_id=a.id, project_id=project.id, item_id=a.item_id,
                                          user_id=user.id, submission_id=submission_id, value=value,
                                          duration_ms=duration_ms, created_at=now)).inserted_primary_key[0]
-    done = conn.execute(A.update().where(A.c.id == a.id, A.c.done.is_(False)).values(done=True))
+    done = conn.execute(_MARK_DONE, {"aid": a.id})
     if done.rowcount != 1:  # judged meanwhile (possible on PostgreSQL, where writers are not serialised)
         raise AppError("this assignment already has a judgment", 409)
     return jid, False
