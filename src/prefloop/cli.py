@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "train a BPE tokenizer and a small causal LM from scratch on a text corpus"),
     "sft": ("prefloop.recipes.sft", "SFTConfig", "run_sft", "supervised fine-tuning on demonstrations"),
     "reward": ("prefloop.recipes.reward", "RewardConfig", "run_reward",
-               "train a reward model on preference comparisons (Bradley-Terry)"),
+               "train a reward model on comparisons, K-way rankings or ratings; --ensemble-size N for an ensemble"),
     "ppo": ("prefloop.recipes.ppo", "PPOConfig", "run_ppo", "PPO against a reward model with a KL penalty"),
     "sample": ("prefloop.recipes.sample", "SampleConfig", "run_sample", "sample K completions per prompt to JSONL"),
     "demo": ("prefloop.recipes.demo", "DemoConfig", "run_demo",
@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                            "run_rejection_sampling", "rounds of best-of-n sampling under a reward model, then SFT"),
     "loop": ("prefloop.recipes.loop", "LoopConfig", "run_loop",
              "iterated RLHF: rounds of sample -> feedback -> refit reward model -> RL -> evaluate"),
+    "convert": ("prefloop.data.convert", "ConvertConfig", "run_convert",
+                "convert public human-feedback data (HH-RLHF, summarize, SHP, VADER) to prefloop JSONL"),
     "report": ("prefloop.eval.report_cmd", "ReportConfig", "run_report",
                "HTML + Markdown report of a run directory (demo, loop or eval)"),
 }

@@ -30,11 +30,18 @@ def test_top_level_help_lists_commands(capsys):
 @pytest.mark.parametrize("command,flags", [
     ("sft", ["--model", "--data", "--out", "--seed", "--max-steps", "--batch-size", "--max-length", "--lr",
              "--config", "--resume", "--save-every"]),
-    ("reward", ["--model", "--data", "--eval-data", "--use-margin", "--batch-size"]),
+    ("reward", ["--model", "--data", "--eval-data", "--use-margin", "--batch-size", "--data-kind", "--ranking-loss",
+                "--rating-loss", "--ensemble-size"]),
     ("ppo", ["--policy", "--reward", "--prompts", "--max-new-tokens", "--rollout-batch-size", "--kl-coef",
-             "--kl-target", "--critic", "--temperature", "--no-eos-penalty", "--truncate-token"]),
+             "--kl-target", "--critic", "--temperature", "--no-eos-penalty", "--truncate-token", "--ensemble-mode"]),
     ("pretrain", ["--data", "--vocab-size", "--size", "--arch"]),
-    ("sample", ["--model", "--prompts", "--num-samples"]),
+    ("sample", ["--model", "--prompts", "--num-samples", "--best-of", "--reward", "--reward-fn"]),
+    ("dpo", ["--model", "--data", "--loss", "--beta", "--label-smoothing", "--reference", "--precompute-reference"]),
+    ("grpo", ["--policy", "--reward", "--reward-fn", "--num-generations", "--kl-coef", "--kl-in-reward"]),
+    ("rloo", ["--policy", "--reward", "--reward-fn", "--num-generations", "--kl-coef"]),
+    ("rejection-sampling", ["--policy", "--reward", "--rounds", "--num-samples"]),
+    ("loop", ["--world", "--policy", "--rounds", "--comparisons", "--feedback", "--method", "--simulate"]),
+    ("convert", ["--format", "--input", "--out", "--margin"]),
     ("demo", ["--preset", "--out"]),
     ("world", ["--out", "--preset"]),
 ])
@@ -103,3 +110,22 @@ def test_config_file_supplies_options_and_cli_overrides(tmp_path, policy_dir, to
     cfg.write_text("modle: x\n")
     line = one_error_line(run_cli("sft", "--config", str(cfg)))
     assert "sft.yaml" in line and "unknown option 'modle'" in line
+
+
+def _exit_code(fn, *args) -> int:
+    try:
+        return fn(*args)
+    except SystemExit as e:  # argparse's --help and usage errors
+        return e.code
+
+
+@pytest.mark.parametrize("group,sub", [("annotate", "serve"), ("eval", "reward")])
+def test_command_groups_dispatch_to_their_subcommands(group, sub, capsys):
+    from prefloop.cli import main
+
+    assert main([]) == 0
+    assert group in capsys.readouterr().out
+    assert _exit_code(main, [group, "--help"]) == 0
+    assert sub in capsys.readouterr().out
+    assert _exit_code(main, [group, "no-such-subcommand"]) == 2
+    assert "no-such-subcommand" in capsys.readouterr().err
