@@ -28,7 +28,7 @@ from app.conftest import ADMIN_PW, ANN_PW, seed, start_server  # noqa: E402
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from prefloop.feedback import service
+    from prefloop.feedback import exchange, service
     from prefloop.feedback.db import Database
 
     db = tmp_path_factory.mktemp("browser") / "ui.db"
@@ -49,7 +49,7 @@ def site(tmp_path_factory):
         ):
             p = service.create_project(s, service.ProjectSpec(name, task, guidelines="Be careful.", **extra))
             service.add_member(s, p, ann)
-            service.import_items(s, p, [{"id": it["id"], "prompt": it["prompt"],
+            exchange.import_items(s, p, [{"id": it["id"], "prompt": it["prompt"],
                                          "responses": it.get("responses") or [it["response"]],
                                          "gold": None, "meta": None} for it in items])
             ids[name] = p.id

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from prefloop.data import DataError
 
-from . import service
+from . import exchange, service
 from .app import Principal, require_user
 from .db import AuditEvent, User
 from .service import AppError
@@ -178,12 +178,12 @@ def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
             for i, d in enumerate(body.items):
                 if not isinstance(d, dict):
                     raise DataError(f"items[{i}]: expected a JSON object")
-                for it in service.validate_item(p.task_type, d, scale, f"items[{i}]"):
+                for it in exchange.validate_item(p.task_type, d, scale, f"items[{i}]"):
                     it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
                     items.append(it)
         except DataError as e:
             raise AppError(str(e), 422) from None
-        n = service.import_items(s, p, items, principal.user.username, source="api")
+        n = exchange.import_items(s, p, items, principal.user.username, source="api")
         service.commit_or_conflict(s)
     return {"imported": n}
 
@@ -236,7 +236,7 @@ def export(request: Request, pid: int, kind: str | None = None, ties: str = "dro
     principal = require_user(request, admin=True)
     with request.app.state.db.write() as s:
         p = _project_for(s, pid, principal)
-        records = service.export_records(s, p, kind, ties, include_gold)
+        records = exchange.export_records(s, p, kind, ties, include_gold)
         service.audit(s, principal.user.username, "project.export", p.name, kind=kind, records=len(records))
         s.commit()
     body = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)

@@ -193,11 +193,11 @@ def _add_members(s, project, names: list[str]) -> None:
 
 
 def _cmd_import(args) -> None:
-    from . import service
+    from . import exchange, service
 
     def go(s):
         p = service.project_by_ref(s, args.project)
-        return service.import_items(s, p, service.read_items(args.file, p), source=str(args.file))
+        return exchange.import_items(s, p, exchange.read_items(args.file, p), source=str(args.file))
 
     print(f"imported {_with_db(args, go)} items")
 
@@ -221,7 +221,7 @@ def _cmd_sample(args) -> None:
     from prefloop.data.jsonl import iter_jsonl, write_jsonl
     from prefloop.recipes.sample import SampleConfig, run_sample
 
-    from . import service
+    from . import exchange, service
 
     def project_type(s):
         return service.project_by_ref(s, args.project).task_type
@@ -247,7 +247,7 @@ def _cmd_sample(args) -> None:
 
         def go(s):
             p = service.project_by_ref(s, args.project)
-            return service.import_items(s, p, service.read_items(items, p), source=f"sample:{args.model}")
+            return exchange.import_items(s, p, exchange.read_items(items, p), source=f"sample:{args.model}")
 
         n = _with_db(args, go)
     print(f"imported {n} items sampled from {args.model}" + (f"; skipped {skipped} prompts with too few "
@@ -255,16 +255,16 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from . import service
+    from . import exchange, service
 
     def go(s):
         p = service.project_by_ref(s, args.project)
-        records = service.export_records(s, p, args.kind, args.ties, args.include_gold)
+        records = exchange.export_records(s, p, args.kind, args.ties, args.include_gold)
         service.audit(s, "cli", "project.export", p.name, kind=args.kind, records=len(records), out=str(args.out))
         return records
 
     records = _with_db(args, go)
-    n = service.write_export(args.out, records)
+    n = exchange.write_export(args.out, records)
     print(f"wrote {n} records to {args.out}")
 
 

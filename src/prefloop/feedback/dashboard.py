@@ -96,7 +96,7 @@ def _mean_cohen(units: dict[int, dict[str, Any]]) -> float | None:
     return _num(statistics.fmean(kappas)) if kappas else None
 
 
-def _annotator_rows(task_type: str, units: dict[int, dict[str, Any]], gold_units: dict[int, dict[str, Any]],
+def _annotator_rows(units: dict[int, dict[str, Any]], gold_units: dict[int, dict[str, Any]],
                     gold_ref: dict[int, Any], users: dict[str, User], times: dict[str, list[int]]) -> list[dict]:
     rows = []
     for name, user in sorted(users.items()):
@@ -146,7 +146,7 @@ def project_stats(s: Session, project: Project) -> dict:
     n_judgments = sum(len(u) for u in units.values())
     target = n_items * project.overlap
     all_times = [x for ts in times.values() for x in ts]
-    annotators = _annotator_rows(t, units, gold_units, gold_ref, users, times)
+    annotators = _annotator_rows(units, gold_units, gold_ref, users, times)
     pools = {}
     for pool in sorted({u.pool for u in users.values()}):
         members = {n for n, u in users.items() if u.pool == pool}

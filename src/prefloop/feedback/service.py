@@ -1,4 +1,4 @@
-"""The feedback app's logic, independent of HTTP: users, projects, import, assignment, judgments, export.
+"""The feedback app's logic, independent of HTTP: users, sessions, tokens, projects, assignment, judgments.
 
 Every function takes an open SQLAlchemy session and leaves committing to the caller (the web app commits
 before it acknowledges; the CLI commits at the end of a command). Errors are `AppError`s with the HTTP status
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,10 +19,6 @@ from typing import Any
 from sqlalchemy import Row, bindparam, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-
-from prefloop.data import DataError
-from prefloop.data.jsonl import iter_jsonl
-from prefloop.data.records import Comparison, Demonstration, Prompt, Ranking, Rating
 
 from . import security
 from .db import (
@@ -261,119 +256,6 @@ def projects_of(s: Session, user: User) -> list[Project]:
                           .where(Member.user_id == user.id).order_by(Project.id)))
 
 
-# ---------------------------------------------------------------- import
-
-def _responses_of(d: dict) -> list:
-    if "responses" in d:
-        r = d["responses"]
-        if not isinstance(r, list):
-            raise DataError(f"field 'responses' must be a list, got {type(r).__name__}")
-        return r
-    if "response" in d:
-        return [d["response"]]
-    if "chosen" in d and "rejected" in d:
-        return [d["chosen"], d["rejected"]]
-    return []
-
-
-def _check_gold(task_type: str, gold: Any, n: int, scale: tuple[int, int]) -> dict:
-    if not isinstance(gold, dict):
-        raise DataError(f"field 'gold' must be an object, got {type(gold).__name__}")
-    if task_type == "pairwise":
-        pref = gold.get("preferred", "missing")
-        if pref is not None and pref not in (0, 1):
-            raise DataError("gold of a pairwise item needs 'preferred': 0, 1 or null (a tie)")
-        return {"preferred": pref}
-    if task_type == "ranking":
-        ranks = gold.get("ranks")
-        if ranks is None and "ranking" in gold:
-            ranks = ranks_from_order(gold["ranking"], n)
-        if not _valid_ranks(ranks, n):
-            raise DataError(f"gold of a ranking item needs 'ranking' (a permutation of 0..{n - 1}) or "
-                            f"'ranks' ({n} ranks from 1)")
-        return {"ranks": ranks}
-    if task_type == "rating":
-        r = gold.get("rating")
-        if not isinstance(r, int) or isinstance(r, bool) or not scale[0] <= r <= scale[1]:
-            raise DataError(f"gold of a rating item needs an integer 'rating' in {scale[0]}..{scale[1]}")
-        return {"rating": r}
-    raise DataError("demonstration items cannot be gold items")
-
-
-def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -> list[dict]:
-    """The item(s) one import line makes (a rating line with K responses makes K items)."""
-    try:
-        prompt = Prompt.from_json({k: d[k] for k in ("prompt", "messages") if k in d}, where).prompt
-        responses = _responses_of(d)
-        if task_type == "pairwise" and len(responses) != 2:
-            raise DataError(f"a pairwise item needs exactly 2 responses, got {len(responses)}")
-        if task_type == "ranking" and not 2 <= len(responses) <= MAX_RESPONSES:
-            raise DataError(f"a ranking item needs 2..{MAX_RESPONSES} responses, got {len(responses)}")
-        if task_type == "rating" and not responses:
-            raise DataError("a rating item needs 'response' or 'responses'")
-        if task_type == "demonstration" and len(responses) > 1:
-            raise DataError("a demonstration item takes at most one draft response")
-        if task_type == "ranking" or task_type == "pairwise":
-            Ranking.from_json({"prompt": prompt, "responses": responses, "ranking": list(range(len(responses)))},
-                              where)
-        elif task_type == "rating":
-            for r in responses:
-                Rating.from_json({"prompt": prompt, "response": r, "rating": scale[0], "scale": list(scale)}, where)
-        elif responses:
-            Demonstration.from_json({"prompt": prompt, "completion": responses[0]}, where)
-        gold = _check_gold(task_type, d["gold"], len(responses), scale) if d.get("gold") is not None else None
-        meta = d.get("meta")
-        if meta is not None and not isinstance(meta, dict):
-            raise DataError(f"field 'meta' must be an object, got {type(meta).__name__}")
-        ext = d.get("id")
-        if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int))):
-            raise DataError("field 'id' must be a string or an integer")
-    except DataError as e:
-        msg = str(e)
-        raise DataError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-    base = {"prompt": prompt, "gold": gold, "meta": meta, "id": None if ext is None else str(ext)}
-    if task_type == "rating" and len(responses) > 1:
-        return [{**base, "responses": [r], "suffix": f"#{i}"} for i, r in enumerate(responses)]
-    return [{**base, "responses": responses, "suffix": ""}]
-
-
-def read_items(path: str | os.PathLike, project: Project) -> list[dict]:
-    """Validated items of a JSONL file (see docs/FEEDBACK_APP.md, "Import format"); `DataError` names the line.
-
-    Accepts `prefloop sample` output (`{"prompt", "responses", "ended"}`) as it is.
-    """
-    scale = tuple(project.config.get("scale", DEFAULT_SCALE))
-    out = []
-    seen: dict[str, int] = {}
-    for line_no, d in iter_jsonl(path):
-        where = f"{path}:{line_no}"
-        for item in validate_item(project.task_type, d, scale, where):
-            ext = (item["id"] if item["id"] is not None else f"line{line_no}") + item.pop("suffix")
-            if ext in seen:
-                raise DataError(f"{where}: duplicate item id {ext!r} (first on line {seen[ext]})")
-            seen[ext] = line_no
-            item["id"] = ext
-            out.append(item)
-    return out
-
-
-def import_items(s: Session, project: Project, items: list[dict], actor: str = "cli", source: str = "") -> int:
-    """Add validated items (from `read_items`); an id already in the project is an error and nothing is added."""
-    ids = [it["id"] for it in items]
-    existing = set()
-    for i in range(0, len(ids), 500):
-        existing.update(s.scalars(select(Item.external_id).where(Item.project_id == project.id,
-                                                                 Item.external_id.in_(ids[i:i + 500]))))
-    if existing:
-        raise AppError(f"{len(existing)} item id(s) already in project {project.name!r}, "
-                       f"e.g. {sorted(existing)[0]!r}; nothing imported", 409)
-    s.add_all(Item(project_id=project.id, external_id=it["id"], prompt=it["prompt"], responses=it["responses"],
-                   is_gold=it["gold"] is not None, gold=it["gold"], meta=it["meta"], n_assigned=0) for it in items)
-    audit(s, actor, "project.import", project.name, items=len(items), source=source,
-          gold=sum(it["gold"] is not None for it in items))
-    return len(items)
-
-
 # ---------------------------------------------------------------- assignment
 
 def _keyed_unit(key: bytes, *parts: object) -> float:
@@ -458,7 +340,7 @@ def ranks_from_order(order: Any, n: int) -> list[int] | None:
     return ranks
 
 
-def _valid_ranks(ranks: Any, n: int) -> bool:
+def valid_ranks(ranks: Any, n: int) -> bool:
     return (isinstance(ranks, list) and len(ranks) == n
             and all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n for r in ranks))
 
@@ -504,7 +386,7 @@ def normalise_judgment(project: Project, a: Any, payload: Any) -> dict:
         ranks = payload.get("ranks")
         if ranks is None and "ranking" in payload:
             ranks = ranks_from_order(payload["ranking"], n)
-        if not _valid_ranks(ranks, n):
+        if not valid_ranks(ranks, n):
             raise AppError(f"give 'ranks' ({n} ranks from 1, equal ranks for ties) or 'ranking' "
                            f"(a permutation of 0..{n - 1}, best first)", 422)
         by_index = [0] * n
@@ -548,100 +430,6 @@ def submit_judgment(s: Session, project: Project, a: Row, user: User, submission
     if done.rowcount != 1:  # judged meanwhile (possible on PostgreSQL, where writers are not serialised)
         raise AppError("this assignment already has a judgment", 409)
     return jid, False
-
-
-def is_integrity_error(e: BaseException) -> bool:
-    return isinstance(e, IntegrityError)
-
-
-# ---------------------------------------------------------------- export
-
-EXPORT_KINDS = ("comparisons", "rankings", "ratings", "demonstrations")
-
-
-def default_export_kind(task_type: str) -> str:
-    return {"pairwise": "comparisons", "ranking": "comparisons", "rating": "ratings",
-            "demonstration": "demonstrations"}[task_type]
-
-
-def _judgment_rows(s: Session, project: Project, include_gold: bool):
-    q = (select(Judgment, Item, User).join(Item, Item.id == Judgment.item_id).join(User, User.id == Judgment.user_id)
-         .where(Judgment.project_id == project.id).order_by(Judgment.id))
-    if not include_gold:
-        q = q.where(Item.is_gold.is_(False))
-    return s.execute(q)
-
-
-def _pairs(value: dict, task_type: str) -> list[tuple[int, int, float | None, bool]]:
-    """(better, worse, margin, tie) pairs of a judgment: a ranking gives all C(K, 2) pairs."""
-    if task_type == "pairwise":
-        if value["preferred"] is None:
-            return [(0, 1, 0.0, True)]
-        p = value["preferred"]
-        return [(p, 1 - p, float(value["strength"]), False)]
-    ranks, out = value["ranks"], []
-    for i in range(len(ranks)):
-        for j in range(i + 1, len(ranks)):
-            if ranks[i] == ranks[j]:
-                out.append((i, j, 0.0, True))
-            else:
-                a, b = (i, j) if ranks[i] < ranks[j] else (j, i)
-                out.append((a, b, None, False))
-    return out
-
-
-def export_records(s: Session, project: Project, kind: str | None = None, ties: str = "drop",
-                   include_gold: bool = False) -> list:
-    """Records (`prefloop.data.records`) of the project's judgments, each with `annotator` and `pool`.
-
-    comparisons: pairwise judgments (strength 1..3 as `margin`) and rankings expanded to their C(K, 2)
-    pairs; tied pairs are dropped, or kept with `margin` 0 and `meta.tie` when `ties="keep"`.
-    rankings: rankings without ties (a tie is not representable in a `Ranking`). ratings, demonstrations.
-    """
-    kind = kind or default_export_kind(project.task_type)
-    allowed = {"pairwise": ("comparisons",), "ranking": ("comparisons", "rankings"), "rating": ("ratings",),
-               "demonstration": ("demonstrations",)}[project.task_type]
-    if kind not in allowed:
-        raise AppError(f"a {project.task_type} project exports {' or '.join(allowed)}, not {kind!r}")
-    if ties not in ("drop", "keep"):
-        raise AppError(f"ties must be 'drop' or 'keep', got {ties!r}")
-    out: list = []
-    for j, item, user in _judgment_rows(s, project, include_gold):
-        common = {"annotator": user.username, "pool": user.pool, "id": f"{item.external_id}/{user.username}",
-                  "meta": {"project": project.name, "item": item.external_id, "duration_ms": j.duration_ms,
-                           **({"gold": True} if item.is_gold else {})}}
-        where = f"judgment {j.id}"
-        p, rs, v = item.prompt, item.responses, j.value
-        if kind == "comparisons":
-            for a, b, margin, tie in _pairs(v, project.task_type):
-                if tie and ties == "drop":
-                    continue
-                rec = {"prompt": p, "chosen": rs[a], "rejected": rs[b], **common}
-                if margin is not None:
-                    rec["margin"] = margin
-                if tie:
-                    rec["meta"] = {**common["meta"], "tie": True}
-                if len(rs) > 2:
-                    rec["id"] = f"{common['id']}/{a}>{b}"
-                out.append(Comparison.from_json(rec, where))
-        elif kind == "rankings":
-            ranks = v["ranks"]
-            if len(set(ranks)) == len(ranks):
-                order = sorted(range(len(ranks)), key=lambda i: ranks[i])
-                out.append(Ranking.from_json({"prompt": p, "responses": rs, "ranking": order, **common}, where))
-        elif kind == "ratings":
-            meta = {**common["meta"], "criteria": v["criteria"], "flags": v["flags"]}
-            out.append(Rating.from_json({"prompt": p, "response": rs[0], "rating": v["rating"],
-                                         "scale": project.config["scale"], **common, "meta": meta}, where))
-        else:
-            out.append(Demonstration.from_json({"prompt": p, "completion": v["text"], **common}, where))
-    return out
-
-
-def write_export(path: str | os.PathLike, records: list) -> int:
-    from prefloop.data.jsonl import write_jsonl
-
-    return write_jsonl(path, records)
 
 
 def commit_or_conflict(s: Session) -> None:

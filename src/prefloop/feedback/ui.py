@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from prefloop.data import DataError
 
-from . import service
+from . import exchange, service
 from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
 from .db import Assignment, Item, Judgment, User
 from .service import AppError
@@ -243,10 +243,10 @@ def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # no
         with request.app.state.db.write() as s:
             p = service.project_by_ref(s, pid)
             try:
-                items = service.read_items(path, p)
+                items = exchange.read_items(path, p)
             except DataError as e:
                 raise AppError(str(e).replace(str(Path(tmp)) + "/", ""), 422) from None
-            service.import_items(s, p, items, principal.user.username, source=path.name)
+            exchange.import_items(s, p, items, principal.user.username, source=path.name)
             service.commit_or_conflict(s)
     return _redirect(f"/admin/projects/{pid}")
 
@@ -269,4 +269,4 @@ def admin_project(request: Request, pid: int) -> Response:
 
 
 def _export_kinds(task_type: str) -> list[str]:
-    return {"ranking": ["comparisons", "rankings"]}.get(task_type, [service.default_export_kind(task_type)])
+    return {"ranking": ["comparisons", "rankings"]}.get(task_type, [exchange.default_export_kind(task_type)])
