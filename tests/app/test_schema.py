@@ -52,6 +52,10 @@ def test_postgresql_migration_renders(capsys):
     sql = capsys.readouterr().out + cfg.stdout.getvalue()
     assert "CREATE TABLE judgments" in sql and "UNIQUE (user_id, submission_id)" in sql
     assert "CREATE INDEX ix_items_next ON items (project_id, is_gold, n_assigned, id DESC)" in sql
+    from sqlalchemy.dialects import postgresql
+
+    pick = str(service._PICK.compile(dialect=postgresql.dialect()))
+    assert pick.endswith("FOR UPDATE SKIP LOCKED")  # concurrent writers take different items on PostgreSQL
 
 
 def test_secret_key_from_environment_or_generated_private_file(tmp_path, monkeypatch):

@@ -38,9 +38,9 @@ def _redirect(url: str) -> RedirectResponse:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, error: str = "") -> Response:
+def login_page(request: Request) -> Response:
     token = secrets.token_urlsafe(32)
-    resp = render(request, "login.html", {"login_csrf": token, "error": error[:200]})
+    resp = render(request, "login.html", {"login_csrf": token, "error": ""})
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
                     secure=request.app.state.settings.secure_cookies, path="/login")
     return resp
