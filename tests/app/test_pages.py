@@ -53,7 +53,7 @@ def test_admin_forms_upload_and_an_idempotent_annotation_form(server, tmp_path):
     form_other = {**form, "csrf_token": other.csrf, "submission_id": "other-0001"}
     assert other.post(action, data=form_other).status_code == 404
     dash = admin.get(f"/admin/projects/{pid}").text
-    assert "1 of 1 judgments" in dash and "pageann" in dash
+    assert "1 of 1 judgments" in dash and "1 of 1 items complete" in dash and "pageann" in dash
 
 
 def test_openapi_describes_the_api(server):
