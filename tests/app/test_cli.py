@@ -215,3 +215,14 @@ def test_simulate_reports_an_unreachable_server(tmp_path, capsys):
     code, _, err = run(["simulate", "--url", url, "--token", "plt_x", "--project", "1", "--world",
                         str(tmp_path / "world"), "--retries", "1"], capsys)
     assert code == 2 and err.startswith(f"error: GET {url}/api/projects/1/next: ")
+
+
+def test_database_problems_are_one_line_errors(tmp_path, capsys):
+    code, _, err = run(["init", "--db", str(tmp_path / "missing" / "dir" / "x.db")], capsys)
+    assert code == 2 and err.strip().endswith("database error (unable to open database file)")
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("hello " * 1000)
+    code, _, err = run(["init", "--db", str(not_db)], capsys)
+    assert code == 2 and err.strip() == f"error: {not_db}: database error (file is not a database)"
+    code, _, err = run(["init", "--db", "postgresql+nodriver://u:secret@127.0.0.1:1/x"], capsys)
+    assert code == 2 and "secret" not in err and err.startswith("error: postgresql+nodriver://u:***@")

@@ -19,6 +19,9 @@ from prefloop.data import DataError
 DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://user@host/db)"
 
 
+_DRIVERS = {"psycopg", "psycopg2", "asyncpg", "pg8000", "pymysql", "MySQLdb"}
+
+
 class CLIError(ValueError):
     pass
 
@@ -392,12 +395,26 @@ def _run(args) -> None:
         commands[c](args)
 
 
+def _shown(db: str) -> str:
+    """The database URL without its password, for messages."""
+    if "://" not in db:
+        return db
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: show only its scheme
+        return db.split("://", 1)[0] + "://..."
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `prefloop annotate`; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .client import FeedbackError
     from .service import AppError
 
@@ -406,6 +423,15 @@ def main(argv: list[str]) -> int:
     except (AppError, DataError, CLIError, FeedbackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SQLAlchemyError as e:  # cannot open or use the database: say which and why, in one line
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        print(f"error: {_shown(getattr(args, 'db', ''))}: database error ({reason})", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if getattr(args, "db", "").count("://") and e.name and e.name.split(".")[0] in _DRIVERS:
+            print(f"error: {_shown(args.db)}: the database driver is not installed ({e})", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
     return 0
