@@ -226,3 +226,22 @@ def test_database_problems_are_one_line_errors(tmp_path, capsys):
     assert code == 2 and err.strip() == f"error: {not_db}: database error (file is not a database)"
     code, _, err = run(["init", "--db", "postgresql+nodriver://u:secret@127.0.0.1:1/x"], capsys)
     assert code == 2 and "secret" not in err and err.startswith("error: postgresql+nodriver://u:***@")
+
+
+def test_release_gives_an_abandoned_item_to_someone_else(server, capsys):
+    pid = make_project(server, "release", "pairwise", [{"id": "only", "prompt": "p", "responses": ["x", "y"]}],
+                       members=["ann1", "ann2"])
+    with server.client("ann1") as c1, server.client("ann2") as c2:
+        a1 = c1.get(f"/api/projects/{pid}/next").json()["assignment"]
+        assert c2.get(f"/api/projects/{pid}/next").json()["assignment"] is None  # overlap 1: taken
+        code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "60"], capsys)
+        assert code == 0 and out.strip() == "released 0 assignments"  # not stale yet
+        code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "0"], capsys)
+        assert code == 0 and out.strip() == "released 1 assignments"
+        a2 = c2.get(f"/api/projects/{pid}/next").json()["assignment"]
+        assert a2 is not None and a2["prompt"] == "p"
+        late = c1.post(f"/api/assignments/{a1['assignment_id']}/judgment",
+                       json={"submission_id": "late-0001", "value": {"choice": 0}})
+        assert late.status_code == 404  # the released assignment is gone
+        assert c2.post(f"/api/assignments/{a2['assignment_id']}/judgment",
+                       json={"submission_id": "now-0001", "value": {"choice": 1}}).status_code == 200

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--kind", choices=["comparisons", "rankings", "ratings", "demonstrations"])
     c.add_argument("--ties", choices=["drop", "keep"], default="drop")
     c.add_argument("--include-gold", action="store_true")
+    c = cmd("release", "take back unjudged assignments older than some minutes, so others get their items")
+    c.add_argument("--project", required=True)
+    c.add_argument("--older-than", type=float, required=True, metavar="MINUTES")
     c = cmd("stats", "print the dashboard statistics of a project as JSON")
     c.add_argument("--project", required=True)
     c = cmd("backup", "copy a SQLite database with the online backup API (safe while serving)")
@@ -385,6 +388,14 @@ def _run(args) -> None:
     elif c == "add-members":
         _with_db(args, lambda s: _add_members(s, service.project_by_ref(s, args.project), _names(args.users)))
         print("added")
+    elif c == "release":
+        from datetime import timedelta
+
+        if args.older_than < 0:
+            raise CLIError("--older-than must be >= 0 minutes")
+        n = _with_db(args, lambda s: service.release_stale(s, service.project_by_ref(s, args.project),
+                                                              timedelta(minutes=args.older_than)))
+        print(f"released {n} assignments")
     elif c == "stats":
         from .dashboard import project_stats
         print(json.dumps(_with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project))),

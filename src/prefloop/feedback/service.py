@@ -305,6 +305,20 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes, member
     return conn.execute(_ASSIGNMENT, {"aid": aid}).first()
 
 
+def release_stale(s: Session, project: Project, older_than: timedelta, actor: str = "cli") -> int:
+    """Take back unjudged assignments older than `older_than` (an annotator who left), so their items go to
+    someone else; returns how many. The released annotator's page then gets a new assignment."""
+    cutoff = utcnow() - older_than
+    stale = s.connection().execute(select(A.c.id, A.c.item_id).where(
+        A.c.project_id == project.id, A.c.done.is_(False), A.c.created_at < cutoff)).all()
+    for aid, item_id in stale:
+        s.connection().execute(A.delete().where(A.c.id == aid, A.c.done.is_(False)))
+        s.connection().execute(I.update().where(I.c.id == item_id).values(n_assigned=I.c.n_assigned - 1))
+    audit(s, actor, "project.release", project.name, assignments=len(stale),
+          older_than_minutes=older_than.total_seconds() / 60)
+    return len(stale)
+
+
 def assignment_of(s: Session, assignment_id: int, user: User) -> Row:
     """The user's own assignment; another user's is reported as not found (its existence is not revealed)."""
     a = s.connection().execute(_ASSIGNMENT, {"aid": assignment_id}).first()
