@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def seed(db: str, n_annotators: int, n_items: int, overlap: int) -> tuple[list[str], int]:
     """Schema, annotators with API tokens, and a pairwise project with `n_items` items; (tokens, project id)."""
-    from prefloop.feedback import service
+    from prefloop.feedback import exchange, service
     from prefloop.feedback.db import Database
 
     service.migrate(db)
@@ -54,7 +54,7 @@ def seed(db: str, n_annotators: int, n_items: int, overlap: int) -> tuple[list[s
         items = [{"id": f"q{i}", "prompt": f"User: question {i}?\nAssistant:", "gold": None, "meta": None,
                   "responses": [f" An answer of some length to question {i}.", f" Another answer to {i}."]}
                  for i in range(n_items)]
-        service.import_items(s, p, items)
+        exchange.import_items(s, p, items)
         s.commit()
         pid = p.id
     d.dispose()

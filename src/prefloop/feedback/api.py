@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -189,7 +189,7 @@ def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
 
 
 @router.get("/projects/{pid}/next")
-def next_assignment(request: Request, pid: int) -> dict:
+def next_assignment(request: Request, pid: int) -> JSONResponse:
     """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left."""
     principal = require_user(request)
     with request.app.state.db.write() as s:
@@ -200,10 +200,10 @@ def next_assignment(request: Request, pid: int) -> dict:
         a = service.next_assignment(s, p, principal.user, request.app.state.key, member_checked=True)
         if a is None:
             s.commit()
-            return {"assignment": None}
+            return JSONResponse({"assignment": None})
         view = service.assignment_view(p, service.item_content(s, a.item_id), a)
         service.commit_or_conflict(s)
-    return {"assignment": view}
+    return JSONResponse({"assignment": view})  # plain JSON values: no response-model pass needed
 
 
 @router.get("/assignments/{aid}")
@@ -216,7 +216,7 @@ def get_assignment(request: Request, aid: int) -> dict:
 
 
 @router.post("/assignments/{aid}/judgment")
-def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> dict:
+def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> JSONResponse:
     """Submit a judgment (in display positions; see `service.normalise_judgment`). The answer comes only after
     the commit; resending the same `submission_id` returns the stored judgment with `duplicate: true`."""
     principal = require_user(request)
@@ -226,7 +226,7 @@ def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> dict:
         jid, dup = service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value,
                                            body.duration_ms)
         service.commit_or_conflict(s)
-    return {"judgment_id": jid, "duplicate": dup}
+    return JSONResponse({"judgment_id": jid, "duplicate": dup})
 
 
 @router.get("/projects/{pid}/export")
