@@ -63,3 +63,46 @@ def test_openapi_describes_the_api(server):
     assert {"/api/projects/{pid}/next", "/api/assignments/{aid}/judgment", "/api/projects/{pid}/export"} <= set(
         spec["paths"])
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def _post_form(client, pid: int, fields: dict) -> tuple[int, str]:
+    page = client.get(f"/projects/{pid}").text
+    action = re.search(r'action="(/projects/\d+/assignments/\d+)"', page).group(1)
+    form = {"csrf_token": hidden(page, "csrf_token"), "submission_id": hidden(page, "submission_id"), **fields}
+    r = client.post(action, data=form)
+    return r.status_code, page
+
+
+def test_rating_ranking_and_demonstration_forms(server):
+    from .conftest import make_project
+
+    rate = make_project(server, "form-rate", "rating", [{"id": "r", "prompt": "p", "response": "resp"}],
+                        members=["ann3"], scale=[1, 5], criteria=["honest"], flags=["made-up fact", "rude"])
+    rank = make_project(server, "form-rank", "ranking", [{"id": "k", "prompt": "p", "responses": ["a", "b", "c"]}],
+                        members=["ann3"])
+    demo = make_project(server, "form-demo", "demonstration", [{"id": "d", "prompt": "write", "response": "draft"}],
+                        members=["ann3"])
+    c = login(server, "ann3", ANN_PW)
+    code, page = _post_form(c, rate, {"rating": "9"})
+    assert code == 422 and 'data-key="q"' in page and "made-up fact" in page
+    code, _ = _post_form(c, rate, {"rating": "4", "criterion:honest": "5", "flags": ["rude", "made-up fact"]})
+    assert code == 303
+    code, _ = _post_form(c, rank, {"rank0": "1", "rank1": ""})
+    assert code == 422
+    code, page = _post_form(c, rank, {"rank0": "2", "rank1": "1", "rank2": "2"})  # positions 0 and 2 tied
+    assert code == 303
+    shown = re.findall(r'<div class="text">([^<]*)</div>', page)[1:]  # display order of the responses
+    code, page = _post_form(c, demo, {"text": "line one\r\nline two"})
+    assert code == 303 and ">draft</textarea>" in page
+    with server.client("admin") as a:
+        rating = json.loads(a.get(f"/api/projects/{rate}/export").text)
+        pairs = [json.loads(x) for x in
+                 a.get(f"/api/projects/{rank}/export", params={"ties": "keep"}).text.splitlines()]
+        demo_rec = json.loads(a.get(f"/api/projects/{demo}/export").text)
+    assert rating["rating"] == 4 and rating["meta"]["criteria"] == {"honest": 5}
+    assert rating["meta"]["flags"] == ["made-up fact", "rude"]
+    wins = sorted((p["chosen"], p["rejected"]) for p in pairs if not p.get("meta", {}).get("tie"))
+    ties = [{p["chosen"], p["rejected"]} for p in pairs if p.get("meta", {}).get("tie")]
+    assert wins == sorted([(shown[1], shown[0]), (shown[1], shown[2])])  # rank 1 beats both others
+    assert ties == [{shown[0], shown[2]}]  # the two ranked 2 tie
+    assert demo_rec["completion"] == "line one\nline two" and demo_rec["annotator"] == "ann3"
