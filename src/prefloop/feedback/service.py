@@ -153,7 +153,8 @@ def authenticate(s: Session, username: str, password: str) -> User | None:
 
 
 def create_session(s: Session, user: User) -> tuple[str, str]:
-    """A new login session: (cookie token, CSRF token)."""
+    """A new login session: (cookie token, CSRF token). Expired sessions are deleted on the way."""
+    s.execute(LoginSession.__table__.delete().where(LoginSession.expires_at < utcnow()))
     token, csrf = security.new_token(), security.new_token()
     s.add(LoginSession(token_hash=security.token_hash(token), user_id=user.id, csrf_token=csrf,
                        expires_at=utcnow() + SESSION_LIFETIME))
@@ -190,13 +191,21 @@ def token_user(s: Session, token: str) -> User | None:
 @dataclass(frozen=True)
 class ProjectSpec:
     name: str
+    """Unique project (campaign) name."""
     task_type: str
+    """pairwise, ranking, rating or demonstration."""
     guidelines: str = ""
+    """Shown to annotators above every item (plain text, line breaks kept)."""
     overlap: int = 1
+    """Distinct annotators per regular item."""
     gold_rate: float = 0.0
+    """Probability that a new assignment is a gold item (known answer), in [0, 1)."""
     scale: tuple[int, int] = DEFAULT_SCALE
+    """Rating scale (lo, hi), integers."""
     criteria: tuple[str, ...] = ()
+    """Named rating criteria, each rated on the same scale (optional for the annotator)."""
     flags: tuple[str, ...] = ()
+    """Rating flags the annotator can tick, e.g. "contains a made-up fact"."""
 
 
 def create_project(s: Session, spec: ProjectSpec, actor: str = "cli") -> Project:

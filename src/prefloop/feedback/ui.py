@@ -57,8 +57,9 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
     if st.login_user_limiter.blocked(name_key) or st.login_ip_limiter.blocked(ip):
         return render(request, "login.html", {"login_csrf": csrf_token, "error": "Too many failed logins; "
                                               "wait a few minutes."}, status=429)
-    with st.db.write() as s:
+    with st.db.read() as s:  # the Argon2 check (tens of ms) runs outside the write lock
         user = service.authenticate(s, username, password)
+    with st.db.write() as s:
         if user is None:
             st.login_user_limiter.hit(name_key)
             st.login_ip_limiter.hit(ip)
