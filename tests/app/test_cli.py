@@ -117,6 +117,9 @@ def test_simulated_annotators_export_and_reward_training(server, tmp_path, capsy
     records = read_comparisons(export)
     assert all(any(w in r.chosen for w in GOOD) and any(w in r.rejected for w in BAD) for r in records)
     assert {(r.annotator, r.pool) for r in records} == {("ann1", "standard"), ("ann3", "verbose")}
+    code, out, _ = run(["stats", "--db", str(server.db), "--project", "toy"], capsys)
+    stats = json.loads(out)
+    assert code == 0 and stats["progress"]["judgments"] == 48 and stats["agreement"]["raw_agreement"] == 1.0
     code = prefloop_main(["reward", "--model", str(policy_dir), "--data", str(export), "--out", str(tmp_path / "rm"),
                           "--max-steps", "2", "--batch-size", "8", "--max-length", "64", "--eval-fraction", "0"])
     assert code == 0 and (tmp_path / "rm" / "model" / "model.safetensors").exists()

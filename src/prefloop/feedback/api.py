@@ -170,19 +170,19 @@ def add_member(request: Request, pid: int, body: MemberIn) -> dict:
 def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
     """Import items given as JSON objects (the format of a line of an import file)."""
     principal = require_user(request, admin=True)
-    with request.app.state.db.write() as s:
+    with request.app.state.db.read() as s:
         p = _project_for(s, pid, principal)
-        scale = tuple(p.config["scale"])
-        items = []
-        try:
-            for i, d in enumerate(body.items):
-                if not isinstance(d, dict):
-                    raise DataError(f"items[{i}]: expected a JSON object")
-                for it in exchange.validate_item(p.task_type, d, scale, f"items[{i}]"):
-                    it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
-                    items.append(it)
-        except DataError as e:
-            raise AppError(str(e), 422) from None
+    items = []
+    try:  # validated before the write transaction, which then holds the database only to insert
+        for i, d in enumerate(body.items):
+            if not isinstance(d, dict):
+                raise DataError(f"items[{i}]: expected a JSON object")
+            for it in exchange.validate_item(p.task_type, d, tuple(p.config["scale"]), f"items[{i}]"):
+                it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
+                items.append(it)
+    except DataError as e:
+        raise AppError(str(e), 422) from None
+    with request.app.state.db.write() as s:
         n = exchange.import_items(s, p, items, principal.user.username, source="api")
         service.commit_or_conflict(s)
     return {"imported": n}
@@ -234,9 +234,10 @@ def export(request: Request, pid: int, kind: str | None = None, ties: str = "dro
            include_gold: bool = False) -> Response:
     """The project's judgments as JSONL records that the trainers read (admins only)."""
     principal = require_user(request, admin=True)
-    with request.app.state.db.write() as s:
+    with request.app.state.db.read() as s:  # a snapshot, read beside the writers (WAL)
         p = _project_for(s, pid, principal)
         records = exchange.export_records(s, p, kind, ties, include_gold)
+    with request.app.state.db.write() as s:
         service.audit(s, principal.user.username, "project.export", p.name, kind=kind, records=len(records))
         s.commit()
     body = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)

@@ -122,14 +122,15 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _with_db(args, fn):
+def _with_db(args, fn, write: bool = True):
+    """fn(session) in one transaction (a write transaction unless `write=False`), after migrating."""
     from .db import Database
     from .service import migrate
 
     migrate(args.db)
     db = Database(args.db)
     try:
-        with db.write() as s:
+        with (db.write if write else db.read)() as s:
             out = fn(s)
             s.commit()
             return out
@@ -201,11 +202,10 @@ def _add_members(s, project, names: list[str]) -> None:
 def _cmd_import(args) -> None:
     from . import exchange, service
 
-    def go(s):
-        p = service.project_by_ref(s, args.project)
-        return exchange.import_items(s, p, exchange.read_items(args.file, p), source=str(args.file))
-
-    print(f"imported {_with_db(args, go)} items")
+    project = _with_db(args, lambda s: service.project_by_ref(s, args.project), write=False)
+    items = exchange.read_items(args.file, project)  # validated before the write transaction
+    n = _with_db(args, lambda s: exchange.import_items(s, project, items, source=str(args.file)))
+    print(f"imported {n} items")
 
 
 def _usable(task_type: str, responses: list, k: int) -> list | None:
@@ -263,14 +263,14 @@ def _cmd_sample(args) -> None:
 def _cmd_export(args) -> None:
     from . import exchange, service
 
-    def go(s):
+    def read(s):  # a snapshot read beside a running server's writers
         p = service.project_by_ref(s, args.project)
-        records = exchange.export_records(s, p, args.kind, args.ties, args.include_gold)
-        service.audit(s, "cli", "project.export", p.name, kind=args.kind, records=len(records), out=str(args.out))
-        return records
+        return p, exchange.export_records(s, p, args.kind, args.ties, args.include_gold)
 
-    records = _with_db(args, go)
+    project, records = _with_db(args, read, write=False)
     n = exchange.write_export(args.out, records)
+    _with_db(args, lambda s: service.audit(s, "cli", "project.export", project.name, kind=args.kind,
+                                           records=n, out=str(args.out)))
     print(f"wrote {n} records to {args.out}")
 
 
@@ -398,8 +398,8 @@ def _run(args) -> None:
         print(f"released {n} assignments")
     elif c == "stats":
         from .dashboard import project_stats
-        print(json.dumps(_with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project))),
-                         indent=2))
+        stats = _with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project)), write=False)
+        print(json.dumps(stats, indent=2))
     else:
         commands = {"import": _cmd_import, "sample": _cmd_sample, "export": _cmd_export, "backup": _cmd_backup,
                     "restore": _cmd_restore, "serve": _cmd_serve, "simulate": _cmd_simulate}

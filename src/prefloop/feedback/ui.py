@@ -241,12 +241,13 @@ def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # no
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(file.filename or "upload.jsonl").name
         path.write_bytes(file.file.read())
-        with request.app.state.db.write() as s:
+        with request.app.state.db.read() as s:
             p = service.project_by_ref(s, pid)
-            try:
-                items = exchange.read_items(path, p)
-            except DataError as e:
-                raise AppError(str(e).replace(str(Path(tmp)) + "/", ""), 422) from None
+        try:  # validated before the write transaction
+            items = exchange.read_items(path, p)
+        except DataError as e:
+            raise AppError(str(e).replace(str(Path(tmp)) + "/", ""), 422) from None
+        with request.app.state.db.write() as s:
             exchange.import_items(s, p, items, principal.user.username, source=path.name)
             service.commit_or_conflict(s)
     return _redirect(f"/admin/projects/{pid}")
