@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
 from prefloop.data import DataError
 
@@ -157,14 +158,8 @@ def _form_payload(task_type: str, form) -> dict:
 
 @router.post("/projects/{pid}/assignments/{aid}")
 async def submit_form(request: Request, pid: int, aid: int) -> Response:
-    form = await request.form()
-    return await _in_thread(_submit_form, request, pid, aid, form)
-
-
-async def _in_thread(fn, *args):
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
+    form = await request.form()  # field names depend on the task, so the form is read whole
+    return await run_in_threadpool(_submit_form, request, pid, aid, form)
 
 
 def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
@@ -183,12 +178,12 @@ def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
 # ---------------------------------------------------------------- admin pages
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin_page(request: Request, message: str = "") -> Response:
+def admin_page(request: Request) -> Response:
     require_user(request, admin=True)
     with request.app.state.db.read() as s:
         users = list(s.scalars(select(User).order_by(User.id)))
         projects = list(s.scalars(select(service.Project).order_by(service.Project.id)))
-    return render(request, "admin.html", {"users": users, "projects": projects, "message": message[:300]})
+    return render(request, "admin.html", {"users": users, "projects": projects})
 
 
 @router.post("/admin/users")
