@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 
 
@@ -157,3 +159,31 @@ def autocast(accelerator):
 
 def out_paths(out: Path) -> dict[str, Path]:
     return {"model": out / "model", "metrics": out / "metrics.jsonl", "meta": out / "prefloop.json"}
+
+
+# A Python scoring function: fn(prompts, responses) -> one score per response (e.g. a world's gold judge).
+GoldFn = Callable[[list[str], list[str]], list[float]]
+
+
+def sampling_config(cfg, tok) -> SamplingConfig:
+    """The sampler settings of an RL config (temperature, top-p/k, EOS or fixed length with a truncation token)."""
+    trunc = None
+    if cfg.truncate_token is not None:
+        ids = tok.encode(cfg.truncate_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ConfigError(f"--truncate-token {cfg.truncate_token!r} is not a single token ({len(ids)} tokens)")
+        trunc = ids[0]
+    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          stop_at_eos=cfg.stop_at_eos, truncate_token_id=trunc)
+
+
+def chunks(n: int, size: int):
+    """Slices of size `size` covering range(n)."""
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def decode_responses(tok, ids, mask) -> list[str]:
+    """Response texts of (B, R) ids, keeping only the positions the mask marks."""
+    return [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]

@@ -37,9 +37,20 @@ from prefloop.rl.group import (
 )
 from prefloop.rollout import sample
 
-from .common import CommonConfig, ConfigError, Timer, make_optimizer, make_scheduler, micro_batches, require
+from .common import (
+    CommonConfig,
+    ConfigError,
+    GoldFn,
+    Timer,
+    chunks,
+    decode_responses,
+    make_optimizer,
+    make_scheduler,
+    micro_batches,
+    require,
+    sampling_config,
+)
 from .context import RunContext
-from .ppo import GoldFn, _chunks, _decode, _sampling_config
 from .sample import device_generator, load_reward_source
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
@@ -134,7 +145,7 @@ def prompt_indices(n_prompts: int, per_update: int, update: int, start: int, cou
 def _rollout_logprobs(fwd, ids, mask, r_ids, r_mask, temperature: float, chunk: int) -> torch.Tensor:
     """(B, R) tempered log-probs of the response tokens under a ResponseForward, 0 after the response."""
     R = r_ids.shape[1]
-    parts = [logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], temperature) for s in _chunks(len(ids), chunk)]
+    parts = [logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], temperature) for s in chunks(len(ids), chunk)]
     return torch.cat(parts) * r_mask.float()
 
 
@@ -160,7 +171,7 @@ class GroupTrainer:
         self.prompt_texts = [render_prompt(tok, p.prompt) for p in read_prompts(cfg.prompts)]
         self.reward.check(self.prompt_texts, cfg.prompts)
         self.prompt_ids = [encode_prompt(tok, t)[-max_prompt:] for t in self.prompt_texts]
-        self.sampling = _sampling_config(cfg, tok)
+        self.sampling = sampling_config(cfg, tok)
 
         self.ctx = ctx = RunContext(recipe, cfg)
         if cfg.rollout_batch_size % (K * ctx.world) or cfg.batch_size % ctx.world:
@@ -241,7 +252,7 @@ class GroupTrainer:
         # 2. score, and the log-probs the update needs (reference; old policy when not on-policy)
         with self.timer.phase("score"):
             prompts = [self.prompt_texts[i] for i in rows]
-            responses = _decode(self.tok, out.response_ids, out.response_mask)
+            responses = decode_responses(self.tok, out.response_ids, out.response_mask)
             raw = self.reward(prompts, responses, out).to(ctx.device)
             scores = raw
             if cfg.no_eos_penalty is not None:
@@ -338,7 +349,7 @@ class GroupTrainer:
             if cfg.kl_in_reward:
                 m["rollout/kl_penalty"] = -cfg.kl_coef * m["kl/k1"]
         if self.gold_fn is not None:
-            responses = _decode(self.tok, out.response_ids, out.response_mask)
+            responses = decode_responses(self.tok, out.response_ids, out.response_mask)
             prompts = [self.prompt_texts[i] for i in idx for _ in range(cfg.num_generations)]
             m["gold/mean"] = mean(torch.tensor(self.gold_fn(prompts, responses)))
         return m

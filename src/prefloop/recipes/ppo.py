@@ -11,7 +11,6 @@ One update, top to bottom (see ../shared/docs/PPO.md for the details each step f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +43,22 @@ from prefloop.rl import (
     ppo_policy_loss,
     token_rewards,
 )
-from prefloop.rollout import SamplingConfig, sample
+from prefloop.rollout import sample
 
-from .common import CommonConfig, ConfigError, Timer, make_optimizer, make_scheduler, micro_batches, require
+from .common import (
+    CommonConfig,
+    ConfigError,
+    GoldFn,
+    Timer,
+    chunks,
+    decode_responses,
+    make_optimizer,
+    make_scheduler,
+    micro_batches,
+    require,
+    sampling_config,
+)
 from .context import RunContext
-
-GoldFn = Callable[[list[str], list[str]], list[float]]
 
 
 @dataclass(kw_only=True)
@@ -115,23 +124,6 @@ def _kl_controller(cfg: PPOConfig):
     return FixedKLController(cfg.kl_coef)
 
 
-def _sampling_config(cfg: PPOConfig, tok) -> SamplingConfig:
-    trunc = None
-    if cfg.truncate_token is not None:
-        ids = tok.encode(cfg.truncate_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ConfigError(f"--truncate-token {cfg.truncate_token!r} is not a single token ({len(ids)} tokens)")
-        trunc = ids[0]
-    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                          stop_at_eos=cfg.stop_at_eos, truncate_token_id=trunc)
-
-
-def _chunks(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))
-
-
 @torch.no_grad()
 def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_mask, temperature, chunk):
     """Old log-probs, reference log-probs, values and raw scores for a sampled batch (PPO.md items 5, 8)."""
@@ -139,7 +131,7 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
     R = r_ids.shape[1]
     logp, ref_logp, values, scores = [], [], [], []
     ref_fwd = ResponseForward(ref)
-    for s in _chunks(ids.shape[0], chunk):
+    for s in chunks(ids.shape[0], chunk):
         logits, v = policy_fwd(ids[s], mask[s], R)
         logp.append(logprobs_from_logits(logits, r_ids[s], temperature))
         ref_logp.append(logprobs_from_logits(ref_fwd(ids[s], mask[s], R)[0], r_ids[s], temperature))
@@ -147,10 +139,6 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
         scores.append(rm(ids[s], mask[s]))
     m = r_mask.float()
     return torch.cat(logp) * m, torch.cat(ref_logp) * m, torch.cat(values) * m, torch.cat(scores)
-
-
-def _decode(tok, ids, mask) -> list[str]:
-    return [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
 
 
 class PPOTrainer:
@@ -170,7 +158,7 @@ class PPOTrainer:
             raise ConfigError("--max-length must exceed --max-new-tokens")
         self.prompt_texts = [render_prompt(tok, p.prompt) for p in read_prompts(cfg.prompts)]
         self.prompt_ids = [encode_prompt(tok, t)[-max_prompt:] for t in self.prompt_texts]
-        self.sampling = _sampling_config(cfg, tok)
+        self.sampling = sampling_config(cfg, tok)
 
         # Models: the policy (trained), the frozen reference and reward model, and the critic.
         policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
@@ -350,7 +338,7 @@ class PPOTrainer:
              "kl/k3": mean(k3), "rollout/logprob_gap": float(gap)}
         m["rollout/reward_total"] = m["rollout/score_mean"] + m["rollout/kl_penalty"]
         if self.gold_fn is not None:
-            responses = _decode(self.tok, out.response_ids, out.response_mask)
+            responses = decode_responses(self.tok, out.response_ids, out.response_mask)
             gold = torch.tensor(self.gold_fn([self.prompt_texts[i] for i in idx], responses))
             m["gold/mean"] = mean(gold)
         return m
