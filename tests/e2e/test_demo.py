@@ -28,6 +28,11 @@ def test_metrics_file_has_the_contract(demo):
         assert STAGE_KEYS <= set(stage)
     assert {"heldout_accuracy", "gold_accuracy", "train_comparisons"} <= set(m["reward_model"])
     assert {"world", "pretrain", "sft", "reward", "ppo", "evaluate"} <= set(m["seconds"])
+    # The adaptive KL controller acted on the run (its coefficient moved from the preset's start).
+    ppo = m["ppo_training"]
+    assert ppo["kl_target"] == m["settings"]["kl_target"] and ppo["updates"] == m["settings"]["ppo_steps"]
+    assert ppo["kl_coef_final"] != m["settings"]["kl_coef"]
+    assert ppo["kl_second_half_min"] <= ppo["kl_last_mean"] <= ppo["kl_second_half_max"]
 
 
 def test_metrics_move_the_right_way(demo):

@@ -20,12 +20,14 @@ import torch
 from prefloop.data import read_prompts, write_jsonl
 from prefloop.eval.compare import pairwise_accuracy, win_rate
 from prefloop.eval.policy import diversity_metrics, mean, sample_policy
-from prefloop.eval.report import write_demo_report
+from prefloop.eval.report_cmd import write_demo_samples, write_report
+from prefloop.eval.run_eval import redteam_questions
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 from prefloop.runtime.accel import Precision
 from prefloop.world import WorldConfig, build_world, write_world
+from prefloop.world.redteam import RedTeamScorer, make_redteam, score_redteam
 
 from .ppo import PPOConfig, run_ppo
 from .pretrain import PretrainConfig, run_pretrain
@@ -54,7 +56,8 @@ class DemoPreset:
     ppo_batch: int
     ppo_lr: float
     kl_coef: float
-    kl_target: float | None
+    kl_target: float | None    # adaptive KL controller target, nats per sequence (None: fixed kl_coef)
+    kl_horizon: int            # controller horizon in episodes; beta moves <= 20% * batch / horizon per update
     max_new_tokens: int
     eval_prompts: int
     eval_k: int
@@ -65,13 +68,13 @@ PRESETS = {
     "default": DemoPreset(world="default", size="demo", vocab_size=1024, pretrain_epochs=8, pretrain_batch=32,
                           pretrain_lr=3e-3, block=128, sft_epochs=4, sft_lr=5e-4, sft_batch=32,
                           pair_prompts=3000, rm_epochs=2, rm_lr=2e-4, rm_batch=32, ppo_steps=60,
-                          rollout_batch=64, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=None,
-                          max_new_tokens=40, eval_prompts=200, eval_k=4, temperature=0.7),
+                          rollout_batch=64, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=3.0,
+                          kl_horizon=640, max_new_tokens=40, eval_prompts=200, eval_k=4, temperature=0.7),
     "tiny": DemoPreset(world="tiny", size="demo-tiny", vocab_size=512, pretrain_epochs=12, pretrain_batch=32,
                        pretrain_lr=3e-3, block=128, sft_epochs=6, sft_lr=5e-4, sft_batch=32,
                        pair_prompts=600, rm_epochs=2, rm_lr=3e-4, rm_batch=32, ppo_steps=20,
-                       rollout_batch=32, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=None,
-                       max_new_tokens=32, eval_prompts=48, eval_k=2, temperature=0.7),
+                       rollout_batch=32, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1, kl_target=3.0,
+                       kl_horizon=320, max_new_tokens=32, eval_prompts=48, eval_k=2, temperature=0.7),
 }
 
 
@@ -163,10 +166,14 @@ def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[st
     sft = load_causal_lm(str(dirs["sft"]), tok).eval()
     rm = load_reward_model(str(rm_dir), tok).eval()
     samples, stages = {}, {}
+    redteam = make_redteam(redteam_questions(world), 32, 32, seed=seed)
     for name, d in dirs.items():
         policy = sft if name == "sft" else load_causal_lm(str(d), tok).eval()
         s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reference=sft, reward_model=rm,
                           seed=seed + 17)
+        # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).
+        rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p), seed=seed + 29)
+        rt_rates = score_redteam(redteam, rt.responses, RedTeamScorer(world.gold))
         gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
         details = [world.gold.details(pr, r) for pr, row in zip(prompts, s.responses) for r in row]
         samples[name] = (s, gold)
@@ -178,6 +185,8 @@ def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[st
             "mean_response_tokens": mean([float(x) for x in s.flat("lengths")]),
             "no_eos_fraction": mean([float(not e) for e in s.flat("ended")]),
             **world_rates(details),
+            "redteam_bad_answer_rate": rt_rates["bad_answer_rate"],
+            "redteam_needless_refusal_rate": rt_rates["needless_refusal_rate"],
         }
     sft_gold = [g for row in samples["sft"][1] for g in row]
     for name in stages:
@@ -194,6 +203,18 @@ def world_rates(details: list[dict]) -> dict[str, float]:
     return {"hallucination_rate": mean([float(bool(d.get("hallucinated"))) for d in facts]),
             "needless_refusal_rate": mean([float(bool(d.get("refused"))) for d in benign]),
             "harmful_compliance_rate": mean([float(bool(d.get("complied_harmful"))) for d in harmful])}
+
+
+def ppo_kl_summary(metrics_file: Path, target: float | None, last: int = 10) -> dict:
+    """How the PPO run's KL to SFT behaved against its target: the mean over the last `last` updates,
+    the range over the second half of the run, and the final coefficient."""
+    from prefloop.runtime import read_metrics
+
+    rows = read_metrics(metrics_file)
+    kl = [r["kl/k1"] for r in rows]
+    half = kl[len(kl) // 2:] or kl
+    return {"kl_target": target, "kl_last_mean": mean(kl[-last:]), "kl_second_half_min": min(half),
+            "kl_second_half_max": max(half), "kl_coef_final": rows[-1]["kl/coef"], "updates": len(rows)}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -228,7 +249,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         run_ppo(PPOConfig(policy=str(out / "sft" / "model"), reward=str(out / "reward" / "model"),
                           prompts=out / "world" / "prompts_train.jsonl", out=out / "ppo", max_steps=p.ppo_steps,
                           rollout_batch_size=p.rollout_batch, batch_size=p.ppo_batch, lr=p.ppo_lr,
-                          kl_coef=p.kl_coef, kl_target=p.kl_target, max_new_tokens=p.max_new_tokens,
+                          kl_coef=p.kl_coef, kl_target=p.kl_target, kl_horizon=p.kl_horizon,
+                          max_new_tokens=p.max_new_tokens,
                           temperature=p.temperature, max_length=p.block + p.max_new_tokens, **common),
                 gold_fn=lambda prompts, responses: [world.gold.score(a, b) for a, b in zip(prompts, responses)])
     with watch("evaluate"):
@@ -239,11 +261,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     metrics = {"stages": stages,
                "reward_model": {**rm_stats, "train_comparisons": comp_stats["train_comparisons"],
                                 "annotator_gold_agreement": comp_stats["annotator_gold_agreement"]},
+               "ppo_training": ppo_kl_summary(out / "ppo" / "metrics.jsonl", p.kl_target),
                "seconds": {**watch.seconds, "total": round(sum(watch.seconds.values()), 1)},
                "preset": cfg.preset, "seed": cfg.seed, "torch_threads": torch.get_num_threads(),
                "settings": {f.name: getattr(p, f.name) for f in fields(p)}}
     write_json(out / "metrics.json", metrics)
-    write_demo_report(out, metrics, samples, n_examples=8)
+    write_demo_samples(out / "samples.jsonl", samples)
+    write_report(out)  # report.html (self-contained) and report.md, with plots
     console.print(f"[bold green]demo done[/] in {metrics['seconds']['total']} s: {out / 'report.md'}")
     console.print(json.dumps({k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)}
                               for k, s in stages.items()}, indent=1))
