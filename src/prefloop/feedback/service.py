@@ -12,7 +12,7 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,19 @@ def _keyed_unit(key: bytes, *parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
+@dataclass(frozen=True)
+class NewAssignment:
+    """A just-created assignment, with the attributes of an `assignments` row."""
+
+    id: int
+    project_id: int
+    item_id: int
+    user_id: int
+    order: list
+    done: bool
+    created_at: datetime
+
+
 def open_assignment(s: Session, project: Project, user: User) -> Row | None:
     """The user's oldest unjudged assignment in the project (a row with the columns of `Assignment`)."""
     return s.connection().execute(_OPEN, {"uid": user.id, "pid": project.id}).first()
@@ -283,7 +296,7 @@ def _pick_item(s: Session, project: Project, user: User, gold: bool) -> Row | No
 
 
 def next_assignment(s: Session, project: Project, user: User, key: bytes, member_checked: bool = False
-                    ) -> Row | None:
+                    ) -> Row | NewAssignment | None:
     """The user's open assignment in the project, or a new one; None when nothing is left for them.
 
     Each regular item goes to at most `overlap` distinct annotators (the unique (item, user) constraint and
@@ -308,10 +321,11 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes, member
         return None
     n = len(item.responses)
     order = security.keyed_bit_order(key, n, "order", user.id, item.id) if n > 1 else list(range(n))
-    aid = conn.execute(A.insert().values(project_id=project.id, item_id=item.id, user_id=user.id, order=order,
-                                         done=False, created_at=utcnow())).inserted_primary_key[0]
+    row = {"project_id": project.id, "item_id": item.id, "user_id": user.id, "order": order, "done": False,
+           "created_at": utcnow()}
+    aid = conn.execute(A.insert().values(**row)).inserted_primary_key[0]
     conn.execute(_TAKE, {"iid": item.id})
-    return conn.execute(_ASSIGNMENT, {"aid": aid}).first()
+    return NewAssignment(id=aid, **row)
 
 
 def release_stale(s: Session, project: Project, older_than: timedelta, actor: str = "cli") -> int:
