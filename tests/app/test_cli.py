@@ -192,8 +192,17 @@ def test_simulate_command_annotates_a_world_through_the_api(server, tmp_path, ca
     pairs = [json.loads(x) for x in (tmp_path / "world" / "comparisons.jsonl").read_text().splitlines()[:40]]
     items = [{"id": f"w{i}", "prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
              for i, r in enumerate(pairs)]
-    pid = make_project(server, "world", "pairwise", items, members=["ann2"])
-    code, out, err = run(["simulate", "--url", server.url, "--token", server.tokens["ann2"], "--project", str(pid),
+    pid = make_project(server, "world", "pairwise", items, members=[])
+    from prefloop.feedback import service
+    from prefloop.feedback.db import Database
+
+    d = Database(str(server.db))
+    with d.write() as s:  # the world's annotators get accounts in the app (as the iterated loop does)
+        tokens = service.provision_annotators(s, service.project_by_ref(s, pid),
+                                              [(a.id, a.pool) for a in world.annotators[:2]])
+        s.commit()
+    d.dispose()
+    code, out, err = run(["simulate", "--url", server.url, "--token", tokens["a00"], "--project", str(pid),
                           "--world", str(tmp_path / "world"), "--annotator", "a00"], capsys)
     assert code == 0 and out.strip() == "a00 submitted 40 judgments", err
     export = tmp_path / "world.jsonl"
@@ -203,7 +212,8 @@ def test_simulate_command_annotates_a_world_through_the_api(server, tmp_path, ca
     agree = [gold.score(r.prompt, r.chosen) > gold.score(r.prompt, r.rejected) for r in records
              if gold.score(r.prompt, r.chosen) != gold.score(r.prompt, r.rejected)]
     assert len(agree) >= 20 and sum(agree) / len(agree) >= 0.6  # a noisy but informed annotator
-    code, _, err = run(["simulate", "--url", server.url, "--token", server.tokens["ann2"], "--project", str(pid),
+    assert {r.annotator for r in records} == {"a00"} and {r.pool for r in records} == {world.annotators[0].pool}
+    code, _, err = run(["simulate", "--url", server.url, "--token", tokens["a01"], "--project", str(pid),
                         "--world", str(tmp_path / "world"), "--annotator", "nobody"], capsys)
     assert code == 2 and "no annotator 'nobody'" in err
 

@@ -186,6 +186,18 @@ def token_user(s: Session, token: str) -> User | None:
     return user if user is not None and user.active else None
 
 
+def provision_annotators(s: Session, project: Project, annotators: list[tuple[str, str]], actor: str = "cli"
+                         ) -> dict[str, str]:
+    """Accounts for simulated annotators `(username, pool)` (created if missing, with an unusable random
+    password), made members of `project`; returns a new API token per username, for `client.simulate`."""
+    tokens = {}
+    for name, pool in annotators:
+        user = user_by_name(s, name) or create_user(s, name, security.new_token(), "annotator", pool, actor)
+        add_member(s, project, user, actor)
+        tokens[name] = create_token(s, user, "simulated", actor)
+    return tokens
+
+
 # ---------------------------------------------------------------- projects
 
 @dataclass(frozen=True)
