@@ -112,6 +112,20 @@ def create_token(request: Request, body: TokenIn) -> dict:
     return {"token": token}
 
 
+@router.post("/users/{username}/tokens", status_code=201)
+def create_user_token(request: Request, username: str, body: TokenIn) -> dict:
+    """A new API token for another user (admins only; shown once, audited): how a script that runs annotators
+    (e.g. `prefloop loop --simulate`) gets their credentials without handling their passwords."""
+    principal = require_user(request, admin=True)
+    with request.app.state.db.write() as s:
+        u = service.user_by_name(s, username)
+        if u is None or not u.active:
+            raise service.not_found(f"user {username!r}")
+        token = service.create_token(s, u, body.name, actor=principal.user.username)
+        s.commit()
+    return {"token": token}
+
+
 @router.get("/users")
 def list_users(request: Request) -> list[dict]:
     require_user(request, admin=True)

@@ -1,0 +1,83 @@
+"""`prefloop loop --feedback app --simulate` against a real server: the round's pairs go through the app's REST
+API, the world's simulated annotators judge them as the app's users, and the export trains the reward model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+def test_admins_mint_tokens_for_other_users_and_annotators_cannot(server):
+    with server.client("admin") as c:
+        r = c.post("/api/users/ann1/tokens", json={"name": "script"})
+        assert r.status_code == 201
+        token = r.json()["token"]
+        assert c.post("/api/users/nobody/tokens", json={}).status_code == 404
+        audit = c.get("/api/audit").json()
+        assert any(e["action"] == "token.create" and e["target"] == "ann1" and e["actor"] == "admin" for e in audit)
+    import httpx
+
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"}) as c:
+        assert c.get("/api/me").json()["username"] == "ann1"
+    with server.client("ann2") as c:
+        assert c.post("/api/users/ann1/tokens", json={}).status_code == 403
+
+
+@pytest.fixture(scope="module")
+def world_and_policy(tmp_path_factory):
+    from prefloop.recipes.pretrain import new_model, train_tokenizer
+    from prefloop.world import WorldConfig, build_world, write_world
+
+    d = tmp_path_factory.mktemp("loopapp")
+    world = build_world(WorldConfig.preset("tiny", seed=0))
+    write_world(world, d / "world")
+    tok = train_tokenizer(world.corpus[:400], vocab_size=400)
+    torch.manual_seed(0)
+    model = new_model(tok, "llama", "micro", 128)
+    model.save_pretrained(d / "policy")
+    tok.save_pretrained(d / "policy")
+    return d / "world", d / "policy"
+
+
+def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_path):
+    from prefloop.recipes.loop import Loop, LoopConfig
+    from prefloop.recipes.loop_app import project_name
+
+    world, policy = world_and_policy
+    cfg = LoopConfig(world=world, policy=str(policy), out=tmp_path / "loop", rounds=1, comparisons=16, rl_steps=1,
+                     rollout_batch_size=8, batch_size=8, max_new_tokens=8, max_length=64, rm_epochs=1, rm_batch=8,
+                     eval_prompts=4, eval_k=2, heldout_fraction=0.25, feedback="app", app_url=server.url,
+                     app_token=server.tokens["admin"], overlap=2, simulate=True)
+    summary = Loop(cfg).run()
+    with server.client("admin") as c:
+        pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == project_name(cfg, 1))
+        progress = c.get(f"/api/projects/{pid}/stats").json()["progress"]
+    items = [json.loads(x) for x in (cfg.out / "round-1" / "samples.jsonl").read_text().splitlines()]
+    distinct = sum(len({r.strip() for r in it["responses"]}) == 2 and all(r.strip() for r in it["responses"])
+                   for it in items)
+    # Every pair that can be compared was imported and judged by two distinct simulated users.
+    assert progress["items"] == distinct and progress["complete_items"] == distinct
+    assert progress["judgments"] == 2 * distinct
+    rows = [json.loads(x) for f in ("comparisons_train.jsonl", "comparisons_heldout.jsonl")
+            for x in (cfg.out / "round-1" / f).read_text().splitlines()]
+    assert rows and all(r["annotator"].startswith("sim-") for r in rows)
+    assert {r["pool"] for r in rows} <= {a.pool for a in Loop(cfg).world.annotators}
+    assert all({"gold_chosen", "gold_rejected"} <= set(r["meta"]) for r in rows)
+    assert summary["rounds"][0]["comparisons_so_far"] > 0
+
+    # A second loop over the same output resumes: the finished round is not imported or annotated again.
+    Loop(cfg).run()
+    with server.client("admin") as c:
+        assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["judgments"] == 2 * distinct
+
+
+def test_loop_app_needs_url_and_token(world_and_policy, tmp_path):
+    from prefloop.recipes.common import ConfigError
+    from prefloop.recipes.loop import Loop, LoopConfig
+
+    world, policy = world_and_policy
+    with pytest.raises(ConfigError, match="missing option --app-url"):
+        Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", feedback="app"))
+
