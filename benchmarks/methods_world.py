@@ -26,8 +26,9 @@ import torch
 
 from prefloop.data import read_prompts
 from prefloop.eval.policy import PolicySamples, diversity_metrics, mean, sample_policy
+from prefloop.eval.run_eval import world_rates
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
-from prefloop.recipes.demo import DemoPreset, _sampling, evaluate_stages, world_rates
+from prefloop.recipes.demo import DemoPreset, _sampling, evaluate_stages
 from prefloop.world import load_world
 
 METHODS = ("dpo", "grpo", "rloo", "rejection-sampling", "best-of-n")

@@ -83,3 +83,20 @@ def reward_dir(tmp_path_factory, policy_dir, toy_data) -> Path:
     run_reward(RewardConfig(model=str(policy_dir), data=toy_data["pairs"], out=out, epochs=3, lr=3e-3,
                             batch_size=16, eval_fraction=0.2, max_length=64, seed=0))
     return out / "model"
+
+
+@pytest.fixture(scope="session")
+def world_and_policy(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny world written to disk and a micro policy (random init) whose tokenizer was trained on its corpus."""
+    from prefloop.recipes.pretrain import new_model, train_tokenizer
+    from prefloop.world import WorldConfig, build_world, write_world
+
+    d = tmp_path_factory.mktemp("tinyworld")
+    world = build_world(WorldConfig.preset("tiny", seed=0))
+    write_world(world, d / "world")
+    tok = train_tokenizer(world.corpus[:400], vocab_size=400)
+    torch.manual_seed(0)
+    model = new_model(tok, "llama", "micro", 128)
+    model.save_pretrained(d / "policy")
+    tok.save_pretrained(d / "policy")
+    return d / "world", d / "policy"

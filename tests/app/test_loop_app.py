@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 
 def test_admins_mint_tokens_for_other_users_and_annotators_cannot(server):
@@ -23,22 +22,6 @@ def test_admins_mint_tokens_for_other_users_and_annotators_cannot(server):
         assert c.get("/api/me").json()["username"] == "ann1"
     with server.client("ann2") as c:
         assert c.post("/api/users/ann1/tokens", json={}).status_code == 403
-
-
-@pytest.fixture(scope="module")
-def world_and_policy(tmp_path_factory):
-    from prefloop.recipes.pretrain import new_model, train_tokenizer
-    from prefloop.world import WorldConfig, build_world, write_world
-
-    d = tmp_path_factory.mktemp("loopapp")
-    world = build_world(WorldConfig.preset("tiny", seed=0))
-    write_world(world, d / "world")
-    tok = train_tokenizer(world.corpus[:400], vocab_size=400)
-    torch.manual_seed(0)
-    model = new_model(tok, "llama", "micro", 128)
-    model.save_pretrained(d / "policy")
-    tok.save_pretrained(d / "policy")
-    return d / "world", d / "policy"
 
 
 def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_path):

@@ -6,26 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from prefloop.recipes.common import ConfigError
 from prefloop.recipes.loop import Loop, LoopConfig, round_prompts
-
-
-@pytest.fixture(scope="module")
-def world_and_policy(tmp_path_factory):
-    from prefloop.recipes.pretrain import new_model, train_tokenizer
-    from prefloop.world import WorldConfig, build_world, write_world
-
-    d = tmp_path_factory.mktemp("loopworld")
-    world = build_world(WorldConfig.preset("tiny", seed=0))
-    write_world(world, d / "world")
-    tok = train_tokenizer(world.corpus[:400], vocab_size=400)
-    torch.manual_seed(0)
-    model = new_model(tok, "llama", "micro", 128)
-    model.save_pretrained(d / "policy")
-    tok.save_pretrained(d / "policy")
-    return d / "world", d / "policy"
 
 
 def loop_config(tmp_path, world_and_policy, **kw) -> LoopConfig:

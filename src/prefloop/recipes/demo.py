@@ -21,7 +21,7 @@ from prefloop.data import read_prompts, write_jsonl
 from prefloop.eval.compare import pairwise_accuracy, win_rate
 from prefloop.eval.policy import diversity_metrics, mean, sample_policy
 from prefloop.eval.report_cmd import write_demo_samples, write_report
-from prefloop.eval.run_eval import redteam_questions
+from prefloop.eval.run_eval import redteam_questions, world_rates
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
@@ -193,16 +193,6 @@ def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[st
         mine = [g for row in samples[name][1] for g in row]
         stages[name]["gold_win_rate_vs_sft"] = 0.5 if name == "sft" else win_rate(mine, sft_gold)
     return stages, samples
-
-
-def world_rates(details: list[dict]) -> dict[str, float]:
-    """Rates the gold judge can see: made-up facts, needless refusals, harmful compliance."""
-    facts = [d for d in details if d.get("family") == "facts"]
-    benign = [d for d in details if not d.get("should_refuse")]
-    harmful = [d for d in details if d.get("should_refuse")]
-    return {"hallucination_rate": mean([float(bool(d.get("hallucinated"))) for d in facts]),
-            "needless_refusal_rate": mean([float(bool(d.get("refused"))) for d in benign]),
-            "harmful_compliance_rate": mean([float(bool(d.get("complied_harmful"))) for d in harmful])}
 
 
 def ppo_kl_summary(metrics_file: Path, target: float | None, last: int = 10) -> dict:
