@@ -7,6 +7,7 @@ OUT/metrics.json, plots and the HTML + Markdown report of OUT.
   best-of-n   best-of-n over-optimisation curves against the exact KL, with the Gao et al. fit
   sweep       gold reward against diversity over several evaluated runs (the diversity trade)
   judge       win rate from a file of judgments (`prefloop eval --judge-file FILE ...` is the same)
+  human-project  a blind pairwise project in the feedback app from two policies' samples on the same prompts
 """
 
 from __future__ import annotations
@@ -122,6 +123,36 @@ class EvalJudgeConfig:
 
 
 @dataclass(kw_only=True)
+class EvalHumanProjectConfig:
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    policy_samples: Path | None = None
+    """`prefloop sample` output of the policy ({"prompt", "responses"} per line)."""
+    reference_samples: Path | None = None
+    """`prefloop sample` output of the reference on the same prompts."""
+    name: str = "policy"
+    """Name of the policy (kept from annotators; the export's meta.chosen_policy / rejected_policy)."""
+    reference_name: str = "reference"
+    """Name of the reference."""
+    url: str | None = None
+    """Base URL of a running feedback app (`prefloop annotate serve`), e.g. http://127.0.0.1:8000."""
+    token: str | None = None
+    """An admin's API token for --url (`prefloop annotate token` or POST /api/tokens)."""
+    project: str | None = None
+    """Name of the new pairwise project (it must not exist yet)."""
+    overlap: int = 3
+    """Distinct annotators who judge each pair."""
+    members: list[str] | None = None
+    """Usernames to add to the project as annotators."""
+    per_prompt: int = 1
+    """Pairs per prompt: sample k of the policy against sample k of the reference, k < per_prompt."""
+    items_out: Path | None = None
+    """Also (or, without --url, only) write the items JSONL, for `prefloop annotate import` into a database."""
+    seed: int = 0
+    """Seed of the stored left/right order (the app randomises the shown order per annotator as well)."""
+
+
+@dataclass(kw_only=True)
 class EvalSweepConfig:
     config: Path | None = None
     """YAML file with option values; options given on the command line override it."""
@@ -142,13 +173,15 @@ SUBCOMMANDS = {
     "best-of-n": (EvalBestOfNConfig, "eval_best_of_n", "best-of-n over-optimisation curves"),
     "sweep": (EvalSweepConfig, "eval_sweep", "gold reward against diversity over several runs (e.g. a KL sweep)"),
     "judge": (EvalJudgeConfig, "eval_judge", "win rate with a confidence interval from a judgments file"),
+    "human-project": (EvalHumanProjectConfig, "eval_human_project",
+                      "a blind pairwise project in the feedback app from two policies' samples"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: prefloop eval <subcommand> [options]   (prefloop eval <subcommand> --help)", "",
              "subcommands:"]
-    lines += [f"  {k:<12} {v[2]}" for k, v in SUBCOMMANDS.items()]
+    lines += [f"  {k:<14} {v[2]}" for k, v in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

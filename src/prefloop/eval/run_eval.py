@@ -392,6 +392,14 @@ def eval_judge(cfg) -> dict:
     return metrics
 
 
+def eval_human_project(cfg) -> dict:
+    """`prefloop eval human-project` (prefloop.eval.human): the blind pairwise project whose export
+    `eval_judge` turns into a win rate."""
+    from .human import human_project
+
+    return human_project(cfg)
+
+
 # -- the diversity trade ---------------------------------------------------------------------------------
 SWEEP_KEYS = ("gold_reward_mean", "reward_model_mean", "kl_to_ref", "kl_to_sft", "distinct_2", "self_bleu",
               "per_input/distinct_2", "per_input/self_bleu", "per_input/ead", "entropy", "hallucination_rate",

@@ -80,6 +80,10 @@ def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -
         meta = d.get("meta")
         if meta is not None and not isinstance(meta, dict):
             raise DataError(f"field 'meta' must be an object, got {type(meta).__name__}")
+        policies = (meta or {}).get("policies")
+        if policies is not None and (not isinstance(policies, list) or len(policies) != len(responses)
+                                     or not all(isinstance(x, str) and x for x in policies)):
+            raise DataError(f"field 'meta.policies' must be a list of {len(responses)} names, one per response")
         ext = d.get("id")
         if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int))):
             raise DataError("field 'id' must be a string or an integer")
@@ -170,7 +174,10 @@ def export_records(s: Session, project: Project, kind: str | None = None, ties: 
     """Records (`prefloop.data.records`) of the project's judgments, each with `annotator` and `pool`.
 
     comparisons: pairwise judgments (strength 1..3 as `margin`) and rankings expanded to their C(K, 2)
-    pairs; tied pairs are dropped, or kept with `margin` 0 and `meta.tie` when `ties="keep"`.
+    pairs; tied pairs are dropped, or kept with `margin` 0 and `meta.tie` when `ties="keep"`. The item's own
+    `meta` (from the import) comes back as `meta.item_meta`; when it names the writer of each response
+    (`meta.policies`, e.g. `prefloop eval human-project`), each comparison also carries `meta.chosen_policy`
+    and `meta.rejected_policy`, which `prefloop eval --judge-file` reads.
     rankings: rankings without ties (a tie is not representable in a `Ranking`). ratings, demonstrations.
     """
     kind = kind or default_export_kind(project.task_type)
@@ -184,7 +191,8 @@ def export_records(s: Session, project: Project, kind: str | None = None, ties: 
     for j, item, user in _judgment_rows(s, project, include_gold):
         common = {"annotator": user.username, "pool": user.pool, "id": f"{item.external_id}/{user.username}",
                   "meta": {"project": project.name, "item": item.external_id, "duration_ms": j.duration_ms,
-                           **({"gold": True} if item.is_gold else {})}}
+                           **({"gold": True} if item.is_gold else {}),
+                           **({"item_meta": item.meta} if item.meta else {})}}
         where = f"judgment {j.id}"
         p, rs, v = item.prompt, item.responses, j.value
         if kind == "comparisons":
@@ -196,6 +204,9 @@ def export_records(s: Session, project: Project, kind: str | None = None, ties: 
                     rec["margin"] = margin
                 if tie:
                     rec["meta"] = {**common["meta"], "tie": True}
+                policies = (item.meta or {}).get("policies")
+                if isinstance(policies, list) and len(policies) == len(rs):
+                    rec["meta"] = {**rec["meta"], "chosen_policy": policies[a], "rejected_policy": policies[b]}
                 if len(rs) > 2:
                     rec["id"] = f"{common['id']}/{a}>{b}"
                 out.append(Comparison.from_json(rec, where))
