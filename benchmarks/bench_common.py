@@ -21,12 +21,12 @@ THREADS = 2
 class Shape:
     """What one benchmark run does; identical for both frameworks."""
 
-    steps: int  # optimizer steps (sft, reward) or RL updates (ppo / rloo), warm-up included
+    steps: int  # optimizer steps (sft, reward, dpo) or RL updates (ppo, grpo, rloo), warm-up included
     warmup: int  # leading steps left out of the timing
-    batch: int = 16  # sequences (sft), pairs (reward), completions per update (rl)
+    batch: int = 16  # sequences (sft), pairs (reward, dpo), completions per update (rl)
     max_length: int = 256
     new_tokens: int = 48  # rl: tokens sampled per completion
-    samples_per_prompt: int = 4  # rloo: completions per prompt
+    samples_per_prompt: int = 4  # grpo / rloo (and TRL's side of ppo): completions per prompt
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,11 +43,23 @@ def rl_flops_ppo(n_lm: int, n_rm: int, tokens: int, epochs: int) -> float:
     return tokens * (2 * n_lm + 4 * n_lm + 4 * n_rm + epochs * 6 * (n_lm + n_rm))
 
 
+def rl_flops_group(n_lm: int, n_rm: int, tokens: int, ref: bool, old: bool) -> float:
+    """One critic-free update (GRPO / RLOO, one optimizer step per rollout) over `tokens` real prompt +
+    response tokens: sampling 2 N_lm, scoring 2 N_rm (reward model) + 2 N_lm (reference, when the KL
+    coefficient is not 0) + 2 N_lm (old log-probs, when a side computes them with a separate forward instead
+    of taking them from the sampler or the differentiated forward), update 6 N_lm (no critic)."""
+    return tokens * (2 * n_lm + (2 * n_lm if old else 0) + (2 * n_lm if ref else 0) + 2 * n_rm + 6 * n_lm)
+
+
 def rl_flops_rloo(n_lm: int, n_rm: int, tokens: int, ref: bool = True) -> float:
-    """One TRL RLOO step (num_iterations=1): sampling 2 N_lm, scoring 2 N_lm (old log-probs, which TRL
-    computes with a separate forward) + 2 N_lm (reference, when beta != 0) + 2 N_rm (reward model),
-    update 6 N_lm (no critic)."""
-    return tokens * (2 * n_lm + 2 * n_lm + (2 * n_lm if ref else 0) + 2 * n_rm + 6 * n_lm)
+    """One TRL RLOO step (num_iterations=1): TRL always computes the old log-probs with a separate forward."""
+    return rl_flops_group(n_lm, n_rm, tokens, ref=ref, old=True)
+
+
+def dpo_flops(n_lm: int, tokens: int) -> float:
+    """One DPO step over `tokens` real chosen + rejected tokens: the reference forward (2 N, precomputed or
+    not, it is done once per pair) plus the policy's training step (6 N)."""
+    return 8.0 * n_lm * tokens
 
 
 def matmul_peak(sizes=(256, 512, 1024, 1536, 2048), budget_s: float = 1.5) -> dict:
@@ -89,6 +101,10 @@ def summarise(run: dict, warmup: int) -> dict:
     if run.get("split"):
         split = run["split"][warmup:warmup + n]
         out["split_s"] = {k: statistics.median(s[k] for s in split) for k in split[0]}
+    if run.get("train_step_times"):  # dpo: the steps alone, without the precomputed reference's share
+        train = sum(run["train_step_times"][warmup:warmup + n])
+        out["train_only_samples_per_s"] = sum(run["samples"][warmup:warmup + n]) / train
+        out["reference_s"] = run["reference_s"]
     if run.get("generated_tokens"):
         out["sample_tokens_per_s"] = sum(run["generated_tokens"][warmup:warmup + n]) / sum(
             s["sample"] for s in run["split"][warmup:warmup + n])

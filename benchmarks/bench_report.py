@@ -10,9 +10,13 @@ from pathlib import Path
 
 from bench_common import median_of, summarise
 
-UNITS = {"sft": "sequences/s", "reward": "pairs/s", "ppo": "completions/s"}
-PEER = {"sft": "SFTTrainer", "reward": "RewardTrainer", "ppo": "RLOOTrainer"}
-OURS = {"sft": "run_sft", "reward": "run_reward", "ppo": "run_ppo (PPO)"}
+UNITS = {"sft": "sequences/s", "reward": "pairs/s", "dpo": "pairs/s", "ppo": "completions/s",
+         "grpo": "completions/s", "rloo": "completions/s"}
+PEER = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "ppo": "RLOOTrainer",
+        "grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}
+OURS = {"sft": "run_sft", "reward": "run_reward", "dpo": "run_dpo", "ppo": "run_ppo (PPO)", "grpo": "run_grpo",
+        "rloo": "run_rloo"}
+RL_TASKS = ("ppo", "grpo", "rloo")
 
 
 def machine() -> dict:
@@ -70,6 +74,9 @@ def summarise_all(runs: list[dict], peak_gflops: float) -> dict:
             m["utilisation"] = m["flops_per_s"] / (peak_gflops * 1e9)
             if "pad_fraction" in ss[0]:
                 m["pad_fraction"] = median_of([s["pad_fraction"] for s in ss])
+            if "reference_s" in ss[0]:
+                m["reference_s"] = median_of([s["reference_s"] for s in ss])
+                m["train_only_samples_per_s"] = median_of([s["train_only_samples_per_s"] for s in ss])
             if "split_s" in ss[0]:
                 m["split_s"] = {k: median_of([s["split_s"][k] for s in ss]) for k in ss[0]["split_s"]}
                 m["sample_tokens_per_s"] = median_of([s["sample_tokens_per_s"] for s in ss])
@@ -97,13 +104,27 @@ def tables(summary: dict, peak_gflops: float) -> str:
             lines.append(f"| {task} | {name} | {m['samples_per_s']:.2f} {UNITS[task]} | {ratio} | "
                          f"{100 * m['utilisation']:.1f}% | {m['median_step_s']:.2f} | {m['tokens_per_s']:.0f} | "
                          f"{m['repeats']} |")
-    rl = summary.get("ppo")
+    dpo = summary.get("dpo")
+    if dpo:
+        lines += ["", "DPO and its reference log-probs (prefloop precomputes them in one pass before training, "
+                  "counted in the throughput above as each step's share; TRL runs the reference in every step):", "",
+                  "| framework | pairs/s with reference | pairs/s of the training steps alone | reference pass (s) |",
+                  "|---|---|---|---|"]
+        for label, m in dpo.items():
+            ref = m.get("reference_s")
+            alone = m.get("train_only_samples_per_s")
+            lines.append(f"| {label} | {m['samples_per_s']:.2f} | "
+                         f"{'-' if alone is None else f'{alone:.2f}'} | "
+                         f"{'in each step' if ref is None else f'{ref:.2f}'} |")
+    rl = [t for t in RL_TASKS if t in summary]
     if rl:
         lines += ["", "RL step split (median seconds per update of 16 completions; sample = generation, "
                   "score = log-probs / reference / values / reward, update = optimisation and the rest):", "",
-                  "| framework | sample | score | update | step | sampling new tokens/s |", "|---|---|---|---|---|---|"]
-        for label, m in rl.items():
-            sp = m["split_s"]
-            lines.append(f"| {label} | {sp['sample']:.2f} | {sp['score']:.2f} | {sp['update']:.2f} | "
-                         f"{m['median_step_s']:.2f} | {m['sample_tokens_per_s']:.0f} |")
+                  "| task | framework | sample | score | update | step | sampling new tokens/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for task in rl:
+            for label, m in summary[task].items():
+                sp = m["split_s"]
+                lines.append(f"| {task} | {label} | {sp['sample']:.2f} | {sp['score']:.2f} | {sp['update']:.2f} | "
+                             f"{m['median_step_s']:.2f} | {m['sample_tokens_per_s']:.0f} |")
     return "\n".join(lines)

@@ -1,8 +1,10 @@
-"""Throughput of prefloop's sft, reward and ppo recipes side by side with TRL (see benchmarks/README.md).
+"""Throughput of prefloop's sft, reward, dpo, ppo, grpo and rloo recipes side by side with TRL (see
+benchmarks/README.md).
 
-    python benchmarks/run.py                   # full run (about 10-15 minutes on 2 idle cores)
+    python benchmarks/run.py                   # full run (about 25-35 minutes on 2 idle cores)
     python benchmarks/run.py --quick           # smoke run: one repetition, a few steps
     python benchmarks/run.py --only sft,reward --size small --repeats 3
+    python benchmarks/run.py --quick --only dpo,grpo,rloo
 
 Both frameworks get the same GPT-2 initial weights, tokenizer, data, batch, lengths and number of steps.
 Runs alternate between the frameworks, each in its own process; the matmul peak is measured in the same
@@ -26,16 +28,16 @@ from bench_common import Shape, matmul_peak  # noqa: E402
 from bench_report import machine, now, summarise_all, tables, versions  # noqa: E402
 from bench_setup import DataMissing, prepare  # noqa: E402
 
-TASKS = ("sft", "reward", "ppo")
+TASKS = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
 # (steps, warm-up steps) per task: full and --quick
-STEPS = {"sft": (8, 2), "reward": (10, 2), "ppo": (4, 1)}
-QUICK_STEPS = {"sft": (3, 1), "reward": (3, 1), "ppo": (2, 1)}
+STEPS = {"sft": (8, 2), "reward": (10, 2), "dpo": (8, 2), "ppo": (4, 1), "grpo": (4, 1), "rloo": (4, 1)}
+QUICK_STEPS = {"sft": (3, 1), "reward": (3, 1), "dpo": (3, 1), "ppo": (2, 1), "grpo": (2, 1), "rloo": (2, 1)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one repetition of a few steps (a smoke test)")
-    p.add_argument("--only", default=",".join(TASKS), help="comma-separated tasks among sft,reward,ppo")
+    p.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks among {','.join(TASKS)}")
     p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="model size (BENCHMARKS.md)")
     p.add_argument("--repeats", type=int, default=None, help="repetitions per framework (default 2, quick 1)")
     p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default per task)")
