@@ -7,6 +7,7 @@ OUT/metrics.json, plots and the HTML + Markdown report of OUT.
   best-of-n   best-of-n over-optimisation curves against the exact KL, with the Gao et al. fit
   sweep       gold reward against diversity over several evaluated runs (the diversity trade)
   judge       win rate from a file of judgments (`prefloop eval --judge-file FILE ...` is the same)
+  checkpoints    gold and proxy reward against KL over the saved checkpoints of an RL run (Gao et al. fit)
   human-project  a blind pairwise project in the feedback app from two policies' samples on the same prompts
 """
 
@@ -105,6 +106,32 @@ class EvalBestOfNConfig(_Sampling):
 
 
 @dataclass(kw_only=True)
+class EvalCheckpointsConfig(_Sampling):
+    config: Path | None = None
+    """YAML file with option values; options given on the command line override it."""
+    policies: list[Path] | None = None
+    """Checkpoints of one RL run in training order (model directories, recipe outputs or checkpoint/)."""
+    labels: list[str] | None = None
+    """A name per checkpoint (default: the directory names), e.g. the update numbers."""
+    reference: str | None = None
+    """The run's KL reference (the SFT model): the point KL = 0, and the KL of every checkpoint to it."""
+    reference_name: str = "reference"
+    """Name of the reference in tables."""
+    reward_model: str | None = None
+    """The proxy reward model the run optimised."""
+    world: Path | None = None
+    """World directory: the gold reward (over-optimisation shows as gold falling while the proxy rises)."""
+    prompts: Path | None = None
+    """Held-out prompts JSONL."""
+    num_prompts: int | None = 64
+    """Use only the first N prompts of --prompts."""
+    k: int = 2
+    """Samples per prompt."""
+    out: Path = Path("runs/eval-checkpoints")
+    """Output directory: metrics.json, samples.jsonl, the curve plot, report.html and report.md."""
+
+
+@dataclass(kw_only=True)
 class EvalJudgeConfig:
     config: Path | None = None
     """YAML file with option values; options given on the command line override it."""
@@ -173,6 +200,8 @@ SUBCOMMANDS = {
     "best-of-n": (EvalBestOfNConfig, "eval_best_of_n", "best-of-n over-optimisation curves"),
     "sweep": (EvalSweepConfig, "eval_sweep", "gold reward against diversity over several runs (e.g. a KL sweep)"),
     "judge": (EvalJudgeConfig, "eval_judge", "win rate with a confidence interval from a judgments file"),
+    "checkpoints": (EvalCheckpointsConfig, "eval_checkpoints",
+                    "gold and proxy reward against KL over an RL run's saved checkpoints"),
     "human-project": (EvalHumanProjectConfig, "eval_human_project",
                       "a blind pairwise project in the feedback app from two policies' samples"),
 }

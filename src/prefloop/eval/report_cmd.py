@@ -381,6 +381,50 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
     doc.figure(f"{name}_overoptimisation.png", fig, f"RL over-optimisation: {name}")
 
 
+def section_checkpoints(doc: Doc, ck: dict) -> None:
+    """Gold and proxy reward of an RL run's saved checkpoints against their KL to the reference, with the
+    Gao et al. RL-form fits and the observed gold peak (`prefloop eval checkpoints`)."""
+    from .overopt import predict
+
+    pts = ck["points"]
+    has_gold = any(p.get("gold") is not None for p in pts)
+    doc.heading("RL over-optimisation over checkpoints")
+    doc.para(f"{len(pts) - 1} checkpoints and the reference (KL 0) on the same {ck.get('prompts')} held-out prompts, "
+             f"{ck.get('k')} samples each; KL per sequence to the reference (k1, k3) on each checkpoint's own "
+             "samples. Fit: R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL), R(0) the reference's reward "
+             "(Gao et al. 2022, eq. 2).")
+    doc.table(["checkpoint", "KL (k1)", "KL (k3)", "proxy (reward model)"] + (["gold"] if has_gold else []),
+              [[p["label"], p["kl"], p["kl_k3"], p["proxy"]] + ([p.get("gold")] if has_gold else []) for p in pts],
+              "checkpoints")
+    fits = [(k, ck[k]) for k in ("fit_proxy", "fit_gold") if ck.get(k)]
+    if fits:
+        doc.table(["fit", "alpha", "beta", "R(0)", "peak KL"],
+                  [[k.replace("fit_", ""), f["alpha"], f["beta"], f["r0"], f.get("peak_kl")] for k, f in fits], "fits")
+    if ck.get("peak_gold"):
+        p = ck["peak_gold"]
+        doc.para(f"Observed gold peak: {p['label']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    kl = [max(0.0, p["kl"]) for p in pts]
+    dense = [max(kl) * i / 60 for i in range(61)]
+    for key, color in (("proxy", "#36c"), ("gold", "#c63")):
+        if all(p.get(key) is not None for p in pts):
+            ax.plot(kl, [p[key] for p in pts], marker="o", ms=4, lw=0, color=color, label=key)
+            f = ck.get(f"fit_{key}")
+            if f:
+                ax.plot(dense, [predict(f, math.sqrt(x)) for x in dense], color=color, lw=1, label=f"{key} fit")
+    if ck.get("peak_gold"):
+        ax.axvline(ck["peak_gold"]["kl"], color="#c63", ls=":", lw=1, label="gold peak")
+    for p, x in zip(pts, kl):
+        ax.annotate(p["label"], (x, p["proxy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("KL to reference (nats / sequence)")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    doc.figure("checkpoints_overoptimisation.png", fig, "Gold and proxy reward against KL over the checkpoints")
+
+
 def _question(prompt) -> str:
     text = prompt if isinstance(prompt, str) else json.dumps(prompt)
     return text.split("User:")[-1].split("\nAssistant:")[0].strip()
@@ -471,6 +515,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         section_best_of_n(doc, m["best_of_n"])
     if isinstance(m.get("sweep"), dict) and m["sweep"].get("points"):
         section_sweep(doc, m["sweep"])
+    if isinstance(m.get("checkpoints"), dict) and m["checkpoints"].get("points"):
+        section_checkpoints(doc, m["checkpoints"])
     section_training(doc, run_dir)
     if (run_dir / "samples.jsonl").exists():
         section_samples(doc, run_dir / "samples.jsonl", n_samples)

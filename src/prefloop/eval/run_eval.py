@@ -392,6 +392,13 @@ def eval_judge(cfg) -> dict:
     return metrics
 
 
+def eval_checkpoints(cfg) -> dict:
+    """`prefloop eval checkpoints` (prefloop.eval.checkpoints): RL over-optimisation on saved checkpoints."""
+    from .checkpoints import eval_checkpoints as run
+
+    return run(cfg)
+
+
 def eval_human_project(cfg) -> dict:
     """`prefloop eval human-project` (prefloop.eval.human): the blind pairwise project whose export
     `eval_judge` turns into a win rate."""
