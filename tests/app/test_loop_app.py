@@ -56,11 +56,17 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
         assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["judgments"] == 2 * distinct
 
 
-def test_loop_app_needs_url_and_token(world_and_policy, tmp_path):
+def test_loop_app_needs_url_and_token(world_and_policy, tmp_path, monkeypatch):
     from prefloop.recipes.common import ConfigError
     from prefloop.recipes.loop import Loop, LoopConfig
 
     world, policy = world_and_policy
     with pytest.raises(ConfigError, match="missing option --app-url"):
         Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", feedback="app"))
+    monkeypatch.delenv("PREFLOOP_APP_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="missing option --app-token"):
+        Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", feedback="app", app_url="http://x"))
+    monkeypatch.setenv("PREFLOOP_APP_TOKEN", "plt_from_env")
+    assert Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "y", feedback="app", comparisons=30,
+                           app_url="http://x")).app_token == "plt_from_env"
 

@@ -20,6 +20,7 @@ the round and stage where it stopped (a stage that was interrupted is run again 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -60,7 +61,8 @@ class LoopConfig:
     app_url: str | None = None
     """Feedback app base URL (--feedback app), e.g. http://127.0.0.1:8000."""
     app_token: str | None = None
-    """Admin API token of the feedback app (--feedback app)."""
+    """Admin API token of the feedback app (--feedback app); default: the PREFLOOP_APP_TOKEN environment
+    variable (which, unlike an option, other users of the machine cannot read in the process list)."""
     overlap: int = 1
     """Annotators per item in the feedback app; comparisons are exported once every item has this many."""
     simulate: bool = False
@@ -183,8 +185,11 @@ class Loop:
         require(cfg, "world", "policy")
         if cfg.rounds < 1:
             raise ConfigError("--rounds must be at least 1")
+        self.app_token = cfg.app_token or os.environ.get("PREFLOOP_APP_TOKEN")
         if cfg.feedback == "app" and feedback_fn is None:
-            require(cfg, "app_url", "app_token")
+            require(cfg, "app_url")
+            if not self.app_token:
+                raise ConfigError("missing option --app-token (or the PREFLOOP_APP_TOKEN environment variable)")
         from prefloop.world import load_world
 
         if not (Path(cfg.world) / "world.json").exists():
@@ -204,7 +209,7 @@ class Loop:
             return lambda items, rnd, seed: world_feedback(self.world, items, seed)
         from .loop_app import app_feedback
 
-        return lambda items, rnd, seed: app_feedback(self.cfg, self.world, items, rnd, seed)
+        return lambda items, rnd, seed: app_feedback(self.cfg, self.app_token, self.world, items, rnd, seed)
 
     def round_dir(self, rnd: int) -> Path:
         return self.out / f"round-{rnd}"

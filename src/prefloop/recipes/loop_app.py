@@ -69,11 +69,11 @@ def simulated_users(admin, world, pid: int) -> list[tuple[object, str]]:
     return out
 
 
-def simulate_round(cfg, world, pid: int, seed: int) -> int:
+def simulate_round(cfg, token: str, world, pid: int, seed: int) -> int:
     """Simulated annotators take turns (seeded order), one assignment per turn, until none is left."""
     from prefloop.feedback.client import judge
 
-    admin = _client(cfg.app_url, cfg.app_token)
+    admin = _client(cfg.app_url, token)
     try:
         users = simulated_users(admin, world, pid)
     finally:
@@ -110,13 +110,14 @@ def wait_until_complete(admin, pid: int, poll: float = POLL_SECONDS) -> dict:
         time.sleep(poll)
 
 
-def app_feedback(cfg, world, items: list[dict], rnd: int, seed: int, poll: float = POLL_SECONDS) -> list[dict]:
-    """The round's comparison records, collected through the feedback app."""
-    admin = _client(cfg.app_url, cfg.app_token)
+def app_feedback(cfg, token: str, world, items: list[dict], rnd: int, seed: int,
+                 poll: float = POLL_SECONDS) -> list[dict]:
+    """The round's comparison records, collected through the feedback app (`token`: an admin's API token)."""
+    admin = _client(cfg.app_url, token)
     try:
         pid = ensure_project(admin, cfg, rnd, items)
         if cfg.simulate:
-            n = simulate_round(cfg, world, pid, seed)
+            n = simulate_round(cfg, token, world, pid, seed)
             console.print(f"simulated annotators submitted {n} judgments to project {pid}")
         wait_until_complete(admin, pid, poll)
         text = admin.export(pid, kind="comparisons", ties="drop")
