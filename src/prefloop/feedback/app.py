@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
 
@@ -45,6 +46,11 @@ class Settings:
     login_limit: int = 5
     """Failed logins allowed per username (and 4x per client address) in `login_window` seconds."""
     login_window: float = 300.0
+    max_body: int = 2 << 20
+    """Largest request body in bytes (413 above), checked before the body is read or anyone authenticated."""
+    max_import_body: int = 64 << 20
+    """Largest body of an item import (`POST /api/projects/{id}/items`, the import form); bigger files go
+    through `prefloop annotate import`."""
 
 
 @dataclass
@@ -82,6 +88,40 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+IMPORT_PATH = re.compile(r"^/(api/projects/\d+/items|admin/projects/\d+/import)$")
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over the settings' limits with 413: FastAPI parses a JSON or
+    form body before the handler asks who sent it, so without a limit anyone could make the server read and
+    parse any amount. A declared Content-Length is refused before reading; a streamed body when it passes."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.settings.max_import_body if IMPORT_PATH.match(scope["path"]) else self.settings.max_body
+        message = f"the request body is larger than {limit} bytes"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            if scope["path"].startswith("/api/"):
+                return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+            return await PlainTextResponse(message, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            msg = await receive()
+            received += len(msg.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, limited_receive, send)
+
+
 def default_data_dir(db_url: str) -> Path | None:
     path = sqlite_path(db_url)
     return path.parent if path is not None else None
@@ -103,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.members = set()
     app.state.login_user_limiter = security.RateLimiter(settings.login_limit, settings.login_window)
     app.state.login_ip_limiter = security.RateLimiter(4 * settings.login_limit, settings.login_window)
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)

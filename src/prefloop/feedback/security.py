@@ -94,21 +94,26 @@ class RateLimiter:
         self._events: dict[str, deque] = {}
         self._lock = threading.Lock()
 
-    def blocked(self, key: str) -> bool:
+    def take(self, key: str) -> bool:
+        """Record an event unless `key` is at its limit (checked and recorded under one lock); False if blocked."""
         now = time.monotonic()
         with self._lock:
-            q = self._events.get(key)
-            if not q:
-                return False
+            q = self._events.setdefault(key, deque())
             while q and q[0] <= now - self.window:
                 q.popleft()
-            return len(q) >= self.limit
-
-    def hit(self, key: str) -> None:
-        with self._lock:
-            self._events.setdefault(key, deque()).append(time.monotonic())
+            if len(q) >= self.limit:
+                return False
+            q.append(now)
             if len(self._events) > 100_000:  # bound the memory an attacker can make us use
                 self._events.clear()
+            return True
+
+    def give_back(self, key: str) -> None:
+        """Forget the newest event of `key` (an attempt that turned out not to count)."""
+        with self._lock:
+            q = self._events.get(key)
+            if q:
+                q.pop()
 
     def reset(self, key: str) -> None:
         with self._lock:

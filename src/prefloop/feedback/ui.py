@@ -55,15 +55,17 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
         raise AppError("the login form expired or was not sent by this site; reload the page", 403)
     st = request.app.state
     ip, name_key = client_ip(request), username.lower()[:64]
-    if st.login_user_limiter.blocked(name_key) or st.login_ip_limiter.blocked(ip):
-        return render(request, "login.html", {"login_csrf": csrf_token, "error": "Too many failed logins; "
-                                              "wait a few minutes."}, status=429)
+    # an attempt counts from its start, so a burst of parallel guesses gets no more password checks than the
+    # limit; a successful login gives its count back
+    if not st.login_user_limiter.take(name_key):
+        return _too_many(request, csrf_token)
+    if not st.login_ip_limiter.take(ip):
+        st.login_user_limiter.give_back(name_key)
+        return _too_many(request, csrf_token)
     with st.db.read() as s:  # the Argon2 check (tens of ms) runs outside the write lock
         user = service.authenticate(s, username, password)
     with st.db.write() as s:
         if user is None:
-            st.login_user_limiter.hit(name_key)
-            st.login_ip_limiter.hit(ip)
             service.audit(s, username[:64] or "-", "login.failed", ip)
             s.commit()
             return render(request, "login.html", {"login_csrf": csrf_token, "error": "Wrong username or password."},
@@ -71,11 +73,17 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
         token, _ = service.create_session(s, user)
         s.commit()
     st.login_user_limiter.reset(name_key)
+    st.login_ip_limiter.give_back(ip)
     resp = _redirect("/")
     resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=st.settings.secure_cookies,
                     max_age=int(service.SESSION_LIFETIME.total_seconds()), path="/")
     resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return resp
+
+
+def _too_many(request: Request, csrf_token: str) -> Response:
+    return render(request, "login.html", {"login_csrf": csrf_token, "error": "Too many failed logins; "
+                                          "wait a few minutes."}, status=429)
 
 
 @router.post("/logout")
@@ -234,7 +242,8 @@ def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # no
                  csrf_token: str = Form("")) -> Response:
     principal = require_user(request, admin=True, form_token=csrf_token)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(file.filename or "upload.jsonl").name
+        name = Path(file.filename or "").name
+        path = Path(tmp) / (name if name not in ("", ".", "..") else "upload.jsonl")  # never the directory itself
         path.write_bytes(file.file.read())
         with request.app.state.db.read() as s:
             p = service.project_by_ref(s, pid)

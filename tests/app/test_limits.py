@@ -1,0 +1,119 @@
+"""Limits an attacker meets before authenticating: request body size (FastAPI parses a JSON or form body before
+the handler asks who sent it) and the login rate limit under concurrent attempts.
+
+These tests run their own server, so their failed logins and refused bodies leave the shared one alone."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from .conftest import ADMIN_PW, login, seed, start_server
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    db = tmp_path_factory.mktemp("limits") / "feedback.db"
+    tokens = seed(db)
+    srv = start_server(db)
+    srv.tokens = tokens
+    yield srv
+    srv.stop()
+
+
+def raw_request(url: str, head: str, timeout: float = 10.0) -> tuple[int, float]:
+    """Send only the request head (no body) and return (status, seconds until the answer)."""
+    u = urlsplit(url)
+    t0 = time.monotonic()
+    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+        s.sendall(head.encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("path", ["/api/projects/1/items", "/admin/projects/1/import", "/api/tokens", "/login"])
+def test_a_huge_declared_body_is_refused_before_it_is_read(own_server, path):
+    head = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {10 ** 10}\r\n\r\n")
+    status, seconds = raw_request(own_server.url, head)  # a server waiting for 10 GB would time out here
+    assert status == 413 and seconds < 5
+
+
+def test_bodies_over_the_limit_are_refused_without_credentials(own_server):
+    with own_server.client() as c:
+        r = c.post("/api/tokens", content=b'{"name": "' + b"x" * (3 * MIB) + b'"}',
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        r = c.post("/login", data={"username": "x" * (3 * MIB), "password": "y", "csrf_token": "z"})
+        assert r.status_code == 413
+
+        def chunks():  # no Content-Length: the limit counts what arrives
+            for _ in range(12):
+                yield b"[" * (MIB // 4)
+
+        r = c.post("/api/tokens", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+def test_imports_may_be_larger_than_other_bodies(own_server):
+    with own_server.client("admin") as c:
+        pid = c.post("/api/projects", json={"name": "big-import", "task_type": "pairwise"}).json()["id"]
+        items = [{"id": f"b{i}", "prompt": "p" * 1000, "responses": ["a" * 1000, "b" * 1000]} for i in range(1200)]
+        r = c.post(f"/api/projects/{pid}/items", json={"items": items})  # about 3.6 MB
+        assert r.status_code == 201 and r.json() == {"imported": 1200}
+        # an ordinary request of the same size is not an import
+        r = c.post("/api/projects", json={"name": "big", "task_type": "pairwise", "guidelines": "g" * (3 * MIB)})
+        assert r.status_code == 413
+    b = login(own_server, "admin", ADMIN_PW)
+    lines = "".join(f'{{"id": "u{i}", "prompt": "{"p" * 1000}", "responses": ["{"a" * 1000}", "b"]}}\n'
+                    for i in range(1500))
+    r = b.post(f"/admin/projects/{pid}/import", data={"csrf_token": b.csrf},
+               files={"file": ("big.jsonl", lines.encode(), "application/x-ndjson")})
+    assert r.status_code == 303, r.text
+
+
+def test_concurrent_wrong_passwords_do_not_exceed_the_login_limit(own_server):
+    """The limit counts attempts as they start: a burst of parallel guesses gets no more than `login_limit`
+    password checks (5 by default), not one per request that passed the check before any had failed."""
+    c = httpx.Client(base_url=own_server.url, timeout=60)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+
+    def attempt(i: int) -> int:
+        with httpx.Client(base_url=own_server.url, timeout=60) as ci:
+            ci.cookies.set("pl_login_csrf", token)
+            return ci.post("/login", data={"username": "ann3", "password": f"guess-{i}",
+                                           "csrf_token": token}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(attempt, range(12)))
+    assert codes.count(401) == 5 and codes.count(429) == 7, codes
+    login(own_server, "ann1", "annotator-password-1")  # the address itself is not blocked
+
+
+def test_the_limiter_counts_attempts_and_gives_back_successes():
+    from prefloop.feedback.security import RateLimiter
+
+    lim = RateLimiter(3, 60.0)
+    assert [lim.take("ip") for _ in range(4)] == [True, True, True, False]
+    lim.give_back("ip")  # one of them was a successful login
+    assert lim.take("ip") and not lim.take("ip")
+    for _ in range(10):  # successes given back never fill the window
+        assert lim.take("other")
+        lim.give_back("other")
+    short = RateLimiter(1, 0.05)
+    assert short.take("k") and not short.take("k")
+    time.sleep(0.06)
+    assert short.take("k")  # the window slides
