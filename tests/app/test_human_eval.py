@@ -36,7 +36,7 @@ def sim_users(server, n: int, prefix: str) -> dict[str, str]:
     return out
 
 
-def test_blind_project_from_two_policies_and_win_rate_from_its_export(server, tmp_path):
+def test_blind_project_from_two_policies_and_win_rate_from_its_export(server, tmp_path, monkeypatch, capsys):
     from prefloop.feedback.client import FeedbackClient, simulate
     from prefloop.world import WorldConfig, build_world, make_annotators
 
@@ -102,11 +102,13 @@ def test_blind_project_from_two_policies_and_win_rate_from_its_export(server, tm
     rev = json.loads((tmp_path / "eval-rev" / "metrics.json").read_text())["win_rates"]["ref-b3 vs pol-a7"]
     assert abs(rev["win_rate"] - (1 - wr["win_rate"])) < 1e-9 and rev["ci_high"] < 0.5
 
-    # The same project name again is refused before anything is imported.
+    # The same project name again is refused before anything is imported (the token from the environment).
+    monkeypatch.setenv("PREFLOOP_APP_TOKEN", server.tokens["admin"])
+    capsys.readouterr()
     rc = eval_main(["human-project", "--policy-samples", str(tmp_path / "good.jsonl"), "--reference-samples",
                     str(tmp_path / "weak.jsonl"), "--name", "pol-a7", "--reference-name", "ref-b3",
-                    "--url", server.url, "--token", server.tokens["admin"], "--project", "human eval good-weak"])
-    assert rc == 2
+                    "--url", server.url, "--project", "human eval good-weak"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
 def test_export_attributes_sides_only_from_item_policies(server):

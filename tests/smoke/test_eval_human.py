@@ -37,7 +37,8 @@ def test_items_pair_prompt_by_prompt_with_writers_in_meta(tmp_path, capsys):
     assert "1 identical" in capsys.readouterr().err.replace("\n", " ")
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PREFLOOP_APP_TOKEN", raising=False)
     a = write(tmp_path / "a.jsonl", [{"prompt": "q?", "responses": ["x"]}])
     b = write(tmp_path / "b.jsonl", [{"prompt": "other?", "responses": ["y"]}])
     out = tmp_path / "items.jsonl"
@@ -45,6 +46,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--policy-samples", a, "--reference-samples", b, "--items-out", str(out)], "no prompt in common"),
         (["--policy-samples", a, "--reference-samples", a], "missing option --url"),
         (["--policy-samples", a, "--reference-samples", a, "--url", "http://127.0.0.1:9"], "missing option --token"),
+        (["--policy-samples", a, "--reference-samples", a, "--url", "http://127.0.0.1:9", "--token", "t"],
+         "missing option --project"),
         (["--policy-samples", a, "--reference-samples", a, "--items-out", str(out), "--name", "x",
           "--reference-name", "x"], "must differ"),
         (["--policy-samples", a, "--reference-samples", b, "--items-out", str(out), "--overlap", "0"], "--overlap"),

@@ -164,7 +164,8 @@ class EvalHumanProjectConfig:
     url: str | None = None
     """Base URL of a running feedback app (`prefloop annotate serve`), e.g. http://127.0.0.1:8000."""
     token: str | None = None
-    """An admin's API token for --url (`prefloop annotate token` or POST /api/tokens)."""
+    """An admin's API token for --url (`prefloop annotate token`); default: the PREFLOOP_APP_TOKEN environment
+    variable (keeps it out of the process list and shell history)."""
     project: str | None = None
     """Name of the new pairwise project (it must not exist yet)."""
     overlap: int = 3

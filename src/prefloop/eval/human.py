@@ -14,6 +14,7 @@ their number is reported), nor are empty responses (not a valid pairwise item).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 
@@ -124,8 +125,11 @@ def human_project(cfg) -> dict:
     require(cfg, "policy_samples", "reference_samples")
     if not cfg.url and not cfg.items_out:
         raise ConfigError("missing option --url (or --items-out to write the items for `prefloop annotate import`)")
+    token = cfg.token or os.environ.get("PREFLOOP_APP_TOKEN")
     if cfg.url:
-        require(cfg, "token", "project")
+        if not token:
+            raise ConfigError("missing option --token (or the PREFLOOP_APP_TOKEN environment variable)")
+        require(cfg, "project")
     if cfg.overlap < 1:
         raise ConfigError(f"--overlap must be at least 1, got {cfg.overlap}")
     items, stats = pair_samples(read_sample_file(cfg.policy_samples), read_sample_file(cfg.reference_samples),
@@ -136,7 +140,7 @@ def human_project(cfg) -> dict:
         _write_jsonl(cfg.items_out, items)
         result["items_out"] = str(cfg.items_out)
     if cfg.url:
-        pid = create_project(cfg.url, cfg.token, cfg.project, items, cfg.overlap, cfg.members or ())
+        pid = create_project(cfg.url, token, cfg.project, items, cfg.overlap, cfg.members or ())
         result |= {"project": cfg.project, "project_id": pid, "overlap": cfg.overlap}
         console.print(f"project {cfg.project!r} (id {pid}): {len(items)} blind pairs of {cfg.name} and "
                       f"{cfg.reference_name}, {cfg.overlap} judgments each")
