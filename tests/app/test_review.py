@@ -105,3 +105,28 @@ def test_errors_show_no_internals_and_are_never_html_from_input(server):
         assert r.status_code == 404 and r.json() == {"detail": "project 999999 not found"}
         r = t.post("/api/assignments/999999/judgment", json={"submission_id": "x" * 8, "value": {}})
         assert r.status_code == 404 and "SELECT" not in r.text
+
+
+def test_odd_annotation_form_values_are_refused_not_a_server_error(server):
+    """Form values are checked before use: a digit that `int` cannot read ("²" passes `str.isdigit`) and a file
+    where a text field belongs answer 422, like any other bad value, instead of raising inside the handler."""
+    pids = {t: make_project(server, f"odd-{t}-{uuid.uuid4().hex[:6]}", t, items, members=["ann4"])
+            for t, items in (("ranking", [{"id": "o", "prompt": "p", "responses": ["a", "b", "c"]}]),
+                             ("rating", [{"id": "o", "prompt": "p", "response": "a"}]),
+                             ("demonstration", [{"id": "o", "prompt": "p"}]))}
+    ann = login(server, "ann4", ANN_PW)
+    action = {}
+    for t, pid in pids.items():
+        page = ann.get(f"/projects/{pid}").text
+        action[t] = page.split('action="', 2)[2].split('"', 1)[0]
+    base = {"csrf_token": ann.csrf, "submission_id": uuid.uuid4().hex}
+    r = ann.post(action["ranking"], data={**base, "rank0": "\u00b2", "rank1": "1", "rank2": "3"})
+    assert r.status_code == 422 and "rank" in r.text
+    r = ann.post(action["rating"], data={**base, "rating": "\u00b3"})
+    assert r.status_code == 422 and "rating" in r.text
+    r = ann.post(action["demonstration"], data=base, files={"text": ("t.txt", b"an answer", "text/plain")})
+    assert r.status_code == 422
+    r = ann.post(action["rating"], data=base, files={"rating": ("r.txt", b"2", "text/plain")})
+    assert r.status_code == 422
+    # the assignments are still open and take a proper answer
+    assert ann.post(action["ranking"], data={**base, "rank0": "2", "rank1": "1", "rank2": "3"}).status_code == 303

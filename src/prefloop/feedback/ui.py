@@ -152,13 +152,13 @@ def _form_payload(task_type: str, form) -> dict:
             v = form.get(f"rank{i}")
             if v is None:
                 break
-            if not v.strip().isdigit():
+            if not v.strip().isdecimal():  # not isdigit: int() cannot read "²"
                 raise AppError("give every response a rank (1 = best; equal numbers for ties)", 422)
             ranks.append(int(v))
         return {"ranks": ranks}
     if task_type == "rating":
         def num(v):
-            return int(v) if v is not None and v.strip().lstrip("-").isdigit() else v
+            return int(v) if v is not None and v.strip().lstrip("-").isdecimal() else v
         criteria = {k[len("criterion:"):]: num(v) for k, v in form.items() if k.startswith("criterion:") and v}
         return {"rating": num(form.get("rating")), "criteria": criteria, "flags": form.getlist("flags")}
     return {"text": form.get("text", "").replace("\r\n", "\n")}
@@ -172,6 +172,8 @@ async def submit_form(request: Request, pid: int, aid: int) -> Response:
 
 def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
     principal = require_user(request, form_token=str(form.get("csrf_token", "")))
+    if any(not isinstance(v, str) for _, v in form.multi_items()):
+        raise AppError("the annotation form takes no files", 422)
     with request.app.state.db.write() as s:
         a = service.assignment_of(s, aid, principal.user)
         p = s.get(service.Project, a.project_id)
