@@ -130,3 +130,20 @@ def test_odd_annotation_form_values_are_refused_not_a_server_error(server):
     assert r.status_code == 422
     # the assignments are still open and take a proper answer
     assert ann.post(action["ranking"], data={**base, "rank0": "2", "rank1": "1", "rank2": "3"}).status_code == 303
+
+
+def test_imported_ids_and_meta_fit_the_database(server):
+    """An item id longer than its column (255; a rating line adds "#k") and NaN or Infinity in `meta` (not JSON:
+    PostgreSQL refuses them and strict readers of the export fail) are refused at import, naming the item."""
+    with server.client("admin") as c:
+        name = f"fit-{uuid.uuid4().hex[:6]}"
+        pid = c.post("/api/projects", json={"name": name, "task_type": "pairwise"}).json()["id"]
+        item = {"prompt": "p", "responses": ["a", "b"]}
+        r = c.post(f"/api/projects/{pid}/items", json={"items": [item, {**item, "id": "x" * 300}]})
+        assert r.status_code == 422 and r.json()["detail"].startswith("items[1]: field 'id'")
+        r = c.post(f"/api/projects/{pid}/items", content=b'{"items": [{"prompt": "p", "responses": ["a", "b"], '
+                   b'"meta": {"score": NaN}}]}', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("items[0]: field 'meta'")
+        assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["items"] == 0
+        r = c.post(f"/api/projects/{pid}/items", json={"items": [{**item, "id": "y" * 200, "meta": {"s": 1.5}}]})
+        assert r.status_code == 201

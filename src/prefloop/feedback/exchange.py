@@ -3,6 +3,7 @@ of `prefloop.data` that the trainers read (docs/FEEDBACK_APP.md, "Import format"
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -55,6 +56,20 @@ def _check_gold(task_type: str, gold: Any, n: int, scale: tuple[int, int]) -> di
     raise DataError("demonstration items cannot be gold items")
 
 
+MAX_ID_LENGTH = 200  # the column holds 255, and a rating line's items add "#k"
+
+
+def _check_fit(meta: dict | None, ext: Any) -> None:
+    """What the database and the export need beyond the types: an id that fits its column, `meta` that is
+    JSON (no NaN or Infinity, which PostgreSQL and strict JSON readers refuse)."""
+    if ext is not None and len(str(ext)) > MAX_ID_LENGTH:
+        raise DataError(f"field 'id' must have at most {MAX_ID_LENGTH} characters")
+    try:
+        json.dumps(meta, allow_nan=False)
+    except ValueError:
+        raise DataError("field 'meta' must be plain JSON: no NaN or Infinity") from None
+
+
 def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -> list[dict]:
     """The item(s) one import line makes (a rating line with K responses makes K items)."""
     try:
@@ -87,6 +102,7 @@ def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -
         ext = d.get("id")
         if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int))):
             raise DataError("field 'id' must be a string or an integer")
+        _check_fit(meta, ext)
     except DataError as e:
         msg = str(e)
         raise DataError(msg if msg.startswith(where) else f"{where}: {msg}") from None
