@@ -147,3 +147,14 @@ def test_imported_ids_and_meta_fit_the_database(server):
         assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["items"] == 0
         r = c.post(f"/api/projects/{pid}/items", json={"items": [{**item, "id": "y" * 200, "meta": {"s": 1.5}}]})
         assert r.status_code == 201
+
+
+def test_the_client_keeps_its_token_out_of_repr():
+    """A client printed in a log or an error message must not show the bearer token."""
+    from prefloop.feedback.client import FeedbackClient
+
+    c = FeedbackClient("http://127.0.0.1:9", "plt_secret-token-value")
+    try:
+        assert "plt_secret" not in repr(c) and "http://127.0.0.1:9" in repr(c)
+    finally:
+        c.close()

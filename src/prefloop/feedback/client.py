@@ -30,7 +30,7 @@ class SimulatedAnnotator(Protocol):
 @dataclass
 class FeedbackClient:
     url: str
-    token: str
+    token: str = field(repr=False)  # kept out of logs and error messages
     timeout: float = 30.0
     retries: int = 5
     """Resends after a network error or a 5xx answer, with backoff from 0.2 s."""
