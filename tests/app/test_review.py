@@ -158,3 +158,24 @@ def test_the_client_keeps_its_token_out_of_repr():
         assert "plt_secret" not in repr(c) and "http://127.0.0.1:9" in repr(c)
     finally:
         c.close()
+
+
+def test_sessions_expire_on_the_server_and_tokens_are_stored_hashed(server):
+    import hashlib
+    import sqlite3
+
+    browser = login(server, "ann3", ANN_PW)
+    cookie = browser.cookies["pl_session"]
+    with server.client("admin") as c:
+        token = c.post("/api/users/ann3/tokens", json={"name": "hash-check"}).json()["token"]
+    with sqlite3.connect(server.db) as db:
+        stored = [r[0] for r in db.execute("SELECT token_hash FROM sessions")]
+        stored += [r[0] for r in db.execute("SELECT token_hash FROM api_tokens")]
+        assert cookie not in stored and token not in stored and len(set(stored)) == len(stored)
+        assert all(len(h) == 64 for h in stored)  # SHA-256 hex digests
+        assert browser.get("/api/me").status_code == 200
+        db.execute("UPDATE sessions SET expires_at = '2000-01-01 00:00:00.000000' WHERE token_hash = ?",
+                   (hashlib.sha256(cookie.encode()).hexdigest(),))
+    db.close()
+    assert browser.get("/api/me").status_code == 401  # the cookie's own max-age is not what ends it
+    assert browser.get("/", follow_redirects=False).headers["location"] == "/login"
