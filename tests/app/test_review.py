@@ -110,11 +110,11 @@ def test_errors_show_no_internals_and_are_never_html_from_input(server):
 def test_odd_annotation_form_values_are_refused_not_a_server_error(server):
     """Form values are checked before use: a digit that `int` cannot read ("²" passes `str.isdigit`) and a file
     where a text field belongs answer 422, like any other bad value, instead of raising inside the handler."""
-    pids = {t: make_project(server, f"odd-{t}-{uuid.uuid4().hex[:6]}", t, items, members=["ann4"])
+    pids = {t: make_project(server, f"odd-{t}-{uuid.uuid4().hex[:6]}", t, items, members=["ann2"])
             for t, items in (("ranking", [{"id": "o", "prompt": "p", "responses": ["a", "b", "c"]}]),
                              ("rating", [{"id": "o", "prompt": "p", "response": "a"}]),
                              ("demonstration", [{"id": "o", "prompt": "p"}]))}
-    ann = login(server, "ann4", ANN_PW)
+    ann = login(server, "ann2", ANN_PW)  # not ann4, whom test_api locks out
     action = {}
     for t, pid in pids.items():
         page = ann.get(f"/projects/{pid}").text
