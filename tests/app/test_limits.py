@@ -117,3 +117,29 @@ def test_the_limiter_counts_attempts_and_gives_back_successes():
     assert short.take("k") and not short.take("k")
     time.sleep(0.06)
     assert short.take("k")  # the window slides
+
+
+def test_password_checks_run_a_few_at_a_time(monkeypatch):
+    """Each Argon2 check holds 64 MiB: parallel logins (many names, many addresses) must queue for a few
+    slots instead of holding one check per server thread at once."""
+    import threading
+
+    from prefloop.feedback import security
+
+    running, peak, lock = 0, 0, threading.Lock()
+
+    class SlowHasher:
+        def verify(self, password_hash, password):
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.05)
+            with lock:
+                running -= 1
+            return True
+
+    monkeypatch.setattr(security, "_hasher", SlowHasher())
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(lambda i: security.verify_password("hash", f"pw{i}"), range(16)))
+    assert 1 <= peak <= security.PASSWORD_CHECK_SLOTS < 16

@@ -26,14 +26,22 @@ MIN_PASSWORD_LENGTH = 10
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+# each Argon2 computation holds 64 MiB: at most this many run at once, so a burst of logins queues instead of
+# taking one block per server thread (40 threads: 2.5 GiB)
+PASSWORD_CHECK_SLOTS = 4
+_slots = threading.BoundedSemaphore(PASSWORD_CHECK_SLOTS)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    with _slots:
+        return _hasher.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True if `password` matches; runs one Argon2 verification even for an unknown user."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        with _slots:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 
