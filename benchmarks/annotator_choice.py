@@ -77,6 +77,25 @@ def gold_agreement(records: list[dict]) -> float:
     return sum(agree) / max(1, len(agree))
 
 
+def labels_differing(out: Path, pools: list[str], base: str = "standard") -> dict[str, float]:
+    """Per pool, the fraction of train pairs (matched by id) whose preferred response differs from the `base`
+    pool's label. Annotators are drawn with the same seed in every pool, so a difference comes from the pool's
+    bias alone: a bias shows only on pairs where it separates the two responses."""
+    def chosen(pool: str) -> dict[str, str]:
+        f = out / pool / "data" / "comparisons_train.jsonl"
+        return {r["id"]: r["chosen"] for r in map(json.loads, f.read_text().splitlines()) if r}
+
+    if base not in pools:
+        return {}
+    ref = chosen(base)
+    res = {}
+    for pool in pools:
+        mine = chosen(pool)
+        common = [i for i in mine if i in ref]
+        res[pool] = sum(mine[i] != ref[i] for i in common) / max(1, len(common))
+    return res
+
+
 def run_pool(pool: str, args, world, preset, train: list[dict], heldout: list[dict]) -> dict:
     from prefloop.data import write_jsonl
     from prefloop.recipes.demo import evaluate_reward_model
@@ -138,10 +157,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     pools = [c for c in cols if c in result["pools"]]
     for key, label, fmt in (("label_gold_agreement", "labels agreeing with gold (train pairs)", ".3f"),
+                            ("labels_differing_from_standard", "labels differing from the standard pool's", ".3f"),
                             ("rm_gold_accuracy", "pool's reward model agrees with gold (held-out pairs)", ".3f"),
                             ("rm_heldout_accuracy", "pool's reward model on its own held-out labels", ".3f")):
         lines.append(f"| {label} | " + " | ".join(
-            ["-" if c not in pools else format(result["pools"][c][key], fmt) for c in cols]) + " |")
+            ["-" if c not in pools or key not in result["pools"][c] else format(result["pools"][c][key], fmt)
+             for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="rewrite OUT/annotator_choice.{json,md} from a finished OUT (adds the label differences)")
     args = ap.parse_args(argv)
+    if args.summarise_only:
+        result = json.loads((args.out / "annotator_choice.json").read_text())
+        summarise(args.out, result)
+        return 0
 
     from prefloop.data import read_prompts
     from prefloop.recipes.demo import PRESETS, evaluate_stages
@@ -203,14 +230,23 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": {"evaluate": round(time.perf_counter() - t_eval, 1),
                           "total": round(time.perf_counter() - t_start, 1)},
               "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None}
-    write_json(args.out / "annotator_choice.json", result)
-    md = markdown(result)
-    (args.out / "annotator_choice.md").write_text(
-        f"# Annotator choice: one PPO policy per annotator pool\n\nDemo run: `{args.run}`; sizes: "
-        f"{json.dumps(result['sizes'])}; {result['seconds']['total']} s.\n\n" + md, encoding="utf-8")
+    summarise(args.out, result)
     (args.out / "pools_partial.json").unlink(missing_ok=True)
-    print(md)
     return 0
+
+
+def summarise(out: Path, result: dict) -> None:
+    """Add the label differences between pools, write OUT/annotator_choice.json and .md, print the table."""
+    from prefloop.runtime import write_json
+
+    for pool, v in labels_differing(out, list(result["pools"])).items():
+        result["pools"][pool]["labels_differing_from_standard"] = v
+    write_json(out / "annotator_choice.json", result)
+    md = markdown(result)
+    (out / "annotator_choice.md").write_text(
+        f"# Annotator choice: one PPO policy per annotator pool\n\nDemo run: `{result['run']}`; sizes: "
+        f"{json.dumps(result['sizes'])}; {result['seconds']['total']} s.\n\n" + md, encoding="utf-8")
+    print(md)
 
 
 if __name__ == "__main__":
