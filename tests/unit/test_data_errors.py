@@ -151,3 +151,11 @@ def test_gzip_output_is_reproducible_and_hash_streams(tmp_path):
     assert file_sha256(a, chunk_size=7) == hashlib.sha256(a.read_bytes()).hexdigest()
     with pytest.raises(DataError, match="file not found"):
         file_sha256(tmp_path / "none")
+
+
+def test_an_integer_too_long_to_convert_is_malformed_json_not_a_crash(tmp_path):
+    p = tmp_path / "big.jsonl"
+    p.write_bytes(lines(GOOD, b'{"prompt": ' + b"1" * 5000 + b', "chosen": "a", "rejected": "b"}'))
+    with pytest.raises(DataError) as e:
+        read_comparisons(p)
+    assert str(e.value).startswith(f"{p}:2: malformed JSON") and "\n" not in str(e.value)

@@ -66,6 +66,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             raise DataError.at(path, line_no, f"malformed JSON: {e.msg} (column {e.colno})") from None
         except RecursionError:
             raise DataError.at(path, line_no, "malformed JSON: nested too deeply") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int/str conversion limit)
+            raise DataError.at(path, line_no, f"malformed JSON: {e}") from None
         if not isinstance(obj, dict):
             raise DataError.at(path, line_no, f"expected a JSON object, got {type_name(obj)}")
         n += 1
