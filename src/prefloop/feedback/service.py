@@ -135,7 +135,10 @@ def set_password(s: Session, user: User, password: str, actor: str) -> None:
     if problem:
         raise AppError(problem)
     user.password_hash = security.hash_password(password)
+    # A new password ends every way in that the old one may have opened: sessions and API tokens (a token
+    # minted by someone who had the password keeps no access after the owner resets it).
     s.execute(LoginSession.__table__.delete().where(LoginSession.user_id == user.id))
+    s.execute(ApiToken.__table__.update().where(ApiToken.user_id == user.id).values(revoked=True))
     audit(s, actor, "user.password", user.username)
 
 
