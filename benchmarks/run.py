@@ -106,7 +106,8 @@ def main(argv=None) -> int:
           f"(LM) / {info['matmul_params_rm'] / 1e6:.2f}M (reward model)", flush=True)
 
     peaks = [matmul_peak()]
-    print(f"fp32 matmul peak: {peaks[0]['gflops']:.0f} GFLOP/s", flush=True)
+    print(f"fp32 matmul peak: {peaks[0]['gflops']:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores", flush=True)
     fws = frameworks(args)
     runs = []
     for rep in range(repeats):
@@ -128,6 +129,9 @@ def main(argv=None) -> int:
                 runs.append({"task": task, "label": label, "rep": rep, "shape": shape.to_json(), "result": result})
     peaks.append(matmul_peak())
     peak = max(p["gflops"] for p in peaks)
+    loads = [r["result"][k] for r in runs for k in ("load_before", "load_after")]
+    print(f"fp32 matmul peak at the end: {peaks[-1]['gflops']:.0f} GFLOP/s; load average over the runs "
+          f"{min(loads):.1f}-{max(loads):.1f}", flush=True)
 
     summary = summarise_all(runs, peak)
     table = tables(summary, peak)
