@@ -96,3 +96,16 @@ def test_ppo_defaults_follow_the_references():
     from prefloop.recipes.reward import RewardConfig
 
     assert RewardConfig().epochs == 1.0
+
+
+def test_keep_every_leaves_loadable_policy_copies(tmp_path, policy_dir, reward_dir, toy_data):
+    from transformers import AutoModelForCausalLM
+
+    cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=4, keep_every=2)
+    PPOTrainer(cfg).run()
+    kept = sorted(p.name for p in (cfg.out / "checkpoints").iterdir())
+    assert kept == ["step-2"]  # the final policy is OUT/model
+    m = AutoModelForCausalLM.from_pretrained(cfg.out / "checkpoints" / "step-2")
+    final = AutoModelForCausalLM.from_pretrained(cfg.out / "model")
+    diffs = [float((a - b).abs().max()) for a, b in zip(m.parameters(), final.parameters())]
+    assert max(diffs) > 0  # two more updates moved the policy

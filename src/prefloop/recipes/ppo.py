@@ -102,6 +102,9 @@ class PPOConfig(CommonConfig):
     kl_target: float | None = None
     """Adaptive KL controller target in nats per sequence (None: fixed coefficient)."""
     kl_horizon: int = 10000
+    keep_every: int = 0
+    """Keep a copy of the policy every N updates in OUT/checkpoints/step-N (0: none), e.g. for
+    `prefloop eval checkpoints` (gold and proxy reward against KL over the run)."""
     normalize_reward: bool = True
     """Gain and bias so that samples of the initial policy score mean 0 and std 1 (PPO.md item 10)."""
     whiten_rewards: bool = False
@@ -252,6 +255,10 @@ class PPOTrainer:
             update += 1
             ctx.log(update, metrics, show=("rollout/score_mean", "kl/k1", "gold/mean"))
             ctx.maybe_checkpoint(update, cfg.max_steps, self._checkpoint_models(), self.tok, self._state)
+            if cfg.keep_every and update % cfg.keep_every == 0 and update < cfg.max_steps and ctx.is_main:
+                # A plain HF copy of the policy, for `prefloop eval checkpoints` (over-optimisation over the run).
+                self._unwrap(self.policy_fwd).lm.save_pretrained(ctx.out / "checkpoints" / f"step-{update}")
+                self.tok.save_pretrained(ctx.out / "checkpoints" / f"step-{update}")
         policy = self._unwrap(self.policy_fwd).lm
         last = ctx.logger.history[-1] if ctx.logger.history else {}
         final = {k: last.get(k) for k in ("rollout/score_mean", "kl/k1", "kl/coef", "gold/mean")}
