@@ -38,35 +38,40 @@ def gold_fn(world):
     return lambda prompts, responses: [world.gold.score(p, r) for p, r in zip(prompts, responses)]
 
 
-def train_method(name: str, demo: Path, out: Path, p: DemoPreset, world, seed: int) -> Path:
-    """Train one method from the demo's SFT policy; returns its final model directory."""
+def train_method(name: str, demo: Path, out: Path, p: DemoPreset, world, seed: int,
+                 over: dict | None = None) -> Path:
+    """Train one method from the demo's SFT policy; returns its final model directory. `over`: config fields
+    that replace this script's defaults (from --set METHOD.FIELD=VALUE)."""
+    over = over or {}
     sft, rm = str(demo / "sft" / "model"), str(demo / "reward" / "model")
     prompts = demo / "world" / "prompts_train.jsonl"
     common = dict(seed=seed, max_length=p.block + p.max_new_tokens)
     if name == "dpo":
         from prefloop.recipes.dpo import DPOConfig, run_dpo
 
-        run_dpo(DPOConfig(model=sft, data=demo / "data" / "comparisons_train.jsonl",
-                          eval_data=demo / "data" / "comparisons_heldout.jsonl", out=out / "dpo", beta=0.1,
-                          epochs=2, lr=p.sft_lr / 10, batch_size=32, **common))
+        run_dpo(DPOConfig(**{**dict(model=sft, data=demo / "data" / "comparisons_train.jsonl",
+                                    eval_data=demo / "data" / "comparisons_heldout.jsonl", out=out / "dpo", beta=0.1,
+                                    epochs=2, lr=p.sft_lr / 10, batch_size=32, **common), **over}))
         return out / "dpo" / "model"
     if name in ("grpo", "rloo"):
         from prefloop.recipes.grpo import GRPOConfig, RLOOConfig, run_grpo, run_rloo
 
         cls, fn = (GRPOConfig, run_grpo) if name == "grpo" else (RLOOConfig, run_rloo)
-        fn(cls(policy=sft, reward=rm, prompts=prompts, out=out / name, max_steps=p.ppo_steps, num_generations=4,
-               rollout_batch_size=p.rollout_batch, batch_size=p.ppo_batch, lr=p.ppo_lr, kl_coef=0.05,
-               max_new_tokens=p.max_new_tokens, temperature=p.temperature, **common), gold_fn=gold_fn(world))
+        fn(cls(**{**dict(policy=sft, reward=rm, prompts=prompts, out=out / name, max_steps=p.ppo_steps,
+                         num_generations=4, rollout_batch_size=p.rollout_batch, batch_size=p.ppo_batch, lr=p.ppo_lr,
+                         kl_coef=0.05, max_new_tokens=p.max_new_tokens, temperature=p.temperature, **common),
+                  **over}), gold_fn=gold_fn(world))
         return out / name / "model"
     if name == "rejection-sampling":
         from prefloop.recipes.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 
         n_prompts = 500 if p.world == "default" else 100
-        run_rejection_sampling(RejectionSamplingConfig(
+        cfg = RejectionSamplingConfig(**{**dict(
             policy=sft, prompts=prompts, reward=rm, out=out / "rejection-sampling", rounds=2, num_samples=8,
             prompts_per_round=n_prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature, epochs=1,
-            lr=p.sft_lr / 5, batch_size=32, **common))
-        return out / "rejection-sampling" / "round_2" / "sft" / "model"
+            lr=p.sft_lr / 5, batch_size=32, **common), **over})
+        run_rejection_sampling(cfg)
+        return out / "rejection-sampling" / f"round_{cfg.rounds}" / "sft" / "model"
     raise ValueError(f"unknown method {name!r}")
 
 
@@ -95,6 +100,23 @@ def evaluate_best_of_n(world, demo: Path, prompts: list[str], p: DemoPreset, n: 
                                     **world_rates(details)}}
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """["dpo.lr=1e-4", "grpo.kl_coef=0.01"] -> {"dpo": {"lr": 1e-4}, "grpo": {"kl_coef": 0.01}} (values as JSON
+    where they parse, else strings)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not sep or not dot or method not in METHODS or not field:
+            raise ValueError(f"expected METHOD.FIELD=VALUE with METHOD one of {', '.join(METHODS)}, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[field] = parsed
+    return out
+
+
 def table(stages: dict, seconds: dict) -> str:
     cols = [("gold reward", "gold_reward_mean"), ("gold win rate vs SFT", "gold_win_rate_vs_sft"),
             ("KL to SFT (k1)", "kl_to_sft"), ("KL (k3)", "kl_to_sft_k3"), ("reward-model score", "reward_model_mean"),
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--bon-n", type=int, default=8, help="n of best-of-n")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="override a method's config field, e.g. --set dpo.lr=1e-4 --set grpo.kl_coef=0.01")
     args = ap.parse_args(argv)
     metrics_file = args.demo / "metrics.json"
     if not metrics_file.exists():
@@ -124,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in only if m not in METHODS]
     if unknown:
         print(f"error: --only: unknown method(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        print(f"error: --set: {e}", file=sys.stderr)
         return 2
     demo_metrics = json.loads(metrics_file.read_text())
     p = DemoPreset(**demo_metrics["settings"])
@@ -135,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {"ppo": demo_metrics["seconds"]["ppo"]}
     for name in [m for m in only if m != "best-of-n"]:
         t = time.perf_counter()
-        dirs[name] = train_method(name, args.demo, args.out, p, world, args.seed)
+        dirs[name] = train_method(name, args.demo, args.out, p, world, args.seed, overrides.get(name))
         seconds[name] = round(time.perf_counter() - t, 1)
     stages, samples = evaluate_stages(world, dirs, args.demo / "reward" / "model", heldout, p, demo_metrics["seed"])
     if "best-of-n" in only:
