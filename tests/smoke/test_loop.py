@@ -33,7 +33,7 @@ def test_round_prompts_are_disjoint_and_seeded():
 
 
 def test_two_rounds_chain_accumulate_and_resume(tmp_path, world_and_policy):
-    cfg = loop_config(tmp_path, world_and_policy)
+    cfg = loop_config(tmp_path, world_and_policy, kl_target=1.0, kl_horizon=16)
     calls = []
 
     def flaky_feedback(items, rnd, seed):
@@ -62,6 +62,9 @@ def test_two_rounds_chain_accumulate_and_resume(tmp_path, world_and_policy):
     # Round 2's RL starts from round 1's policy and keeps the KL reference at the initial policy.
     ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
     assert ppo2["policy"] == str(cfg.out / "round-1" / "rl" / "model") and ppo2["reference"] == cfg.policy
+    # ... and its KL controller starts where round 1's ended.
+    ppo1 = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())
+    assert ppo2["kl_coef"] == ppo1["metrics"]["kl/coef"] != cfg.kl_coef
     for r in (r1, r2):
         assert r["gold_reward_mean"] is not None and r["kl_to_sft_k3"] > 0
     assert "| round |" in (cfg.out / "report.md").read_text()

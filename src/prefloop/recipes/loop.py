@@ -84,6 +84,10 @@ class LoopConfig:
     kl_target: float | None = None
     """Adaptive KL target in nats per sequence against the initial policy (None: fixed coefficient)."""
     kl_horizon: int = 10000
+    carry_kl_coef: bool = True
+    """PPO rounds after the first start from the coefficient the previous round's controller ended with,
+    instead of --kl-coef: the policy they continue from has already spent KL, and a controller that starts
+    again at --kl-coef lets the KL to the initial policy overshoot its target."""
     max_new_tokens: int = 40
     temperature: float = 0.7
     max_length: int = 168
@@ -307,6 +311,9 @@ class Loop:
         else:
             from .ppo import PPOConfig, run_ppo
 
+            previous = self.state.results.get(str(rnd - 1), {}).get("rl", {}).get("kl/coef")
+            if cfg.carry_kl_coef and previous is not None:
+                rl["kl_coef"] = previous
             meta = run_ppo(PPOConfig(kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, **rl), gold_fn=gold_fn)
         return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
 
