@@ -174,7 +174,10 @@ def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     <= 6e-8), the order of multinomial's own fp32 exponentials. Zero-weight tokens are never drawn.
     """
     cdf = weights.cumsum(dim=-1)
-    u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device, dtype=cdf.dtype)
+    # The uniforms come from the generator's own device (a CPU generator cannot draw on a GPU), then move:
+    # one tiny (B, 1) copy per step, and the same stream of draws whatever device the model is on.
+    gen_device = generator.device if generator is not None else weights.device
+    u = torch.rand(weights.shape[0], 1, generator=generator, device=gen_device, dtype=cdf.dtype).to(weights.device)
     # First index whose cdf exceeds u * total; the clamp only guards u * total rounding up to total.
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
