@@ -67,7 +67,9 @@ def test_two_rounds_chain_accumulate_and_resume(tmp_path, world_and_policy):
     assert ppo2["kl_coef"] == ppo1["metrics"]["kl/coef"] != cfg.kl_coef
     for r in (r1, r2):
         assert r["gold_reward_mean"] is not None and r["kl_to_sft_k3"] > 0
-    assert "| round |" in (cfg.out / "report.md").read_text()
+    assert "| round |" in (cfg.out / "loop.md").read_text()
+    html = (cfg.out / "report.html").read_text()
+    assert "round 2" in html and "<table" in html and "data:image/png;base64" in html
     assert json.loads((cfg.out / "loop.json").read_text())["rounds"][1]["round"] == 2
 
 

@@ -234,9 +234,23 @@ class Loop:
                 self.state.mark(rnd, stage, stage_fns[stage](rnd))
         summary = self.summary()
         write_json(self.out / "loop.json", summary)
-        (self.out / "report.md").write_text(loop_report(summary))
-        console.print(f"[bold green]loop done[/]: {self.out / 'report.md'}")
+        (self.out / "loop.md").write_text(loop_report(summary))
+        write_json(self.out / "metrics.json", self.report_metrics())
+        from prefloop.eval.report_cmd import write_report
+
+        write_report(self.out)  # report.html (self-contained) and report.md: every round as a stage
+        console.print(f"[bold green]loop done[/]: {self.out / 'report.html'}")
         return summary
+
+    def report_metrics(self) -> dict:
+        """metrics.json in the shape `prefloop report` reads: the initial policy and each round as stages."""
+        results = self.state.results
+        stages = {"initial": results.get("1", {}).get("evaluate", {}).get("initial", {})}
+        for rnd in range(1, self.cfg.rounds + 1):
+            stages[f"round {rnd}"] = results.get(str(rnd), {}).get("evaluate", {}).get("policy", {})
+        last = results.get(str(self.cfg.rounds), {})
+        return {"kind": "loop", "stages": stages, "reward_model": last.get("reward", {}),
+                "settings": _fingerprint(self.cfg)}
 
     # -- stages ---------------------------------------------------------------------------------------
     def stage_sample(self, rnd: int) -> dict:
