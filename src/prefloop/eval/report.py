@@ -1,11 +1,15 @@
-"""Reports: Markdown tables, PNG plots and side-by-side samples for a run directory."""
+"""The report document: one sequence of headings, paragraphs, tables and figures, written twice, as Markdown
+(plots as PNG files beside it) and as one self-contained HTML page (plots embedded, all text escaped).
+`prefloop.eval.report_cmd` fills it with the sections of a run."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
+import os
 from pathlib import Path
-
-from prefloop.runtime.metrics import read_metrics
 
 STAGE_COLUMNS = [
     ("gold_reward_mean", "gold reward"), ("gold_win_rate_vs_sft", "gold win rate vs SFT"),
@@ -18,117 +22,74 @@ STAGE_COLUMNS = [
 
 
 def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.3g}"
+    return str(v)
 
 
-def stage_table(stages: dict[str, dict]) -> str:
-    names = list(stages)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for key, label in STAGE_COLUMNS:
-        if any(key in stages[n] for n in names):
-            lines.append(f"| {label} | " + " | ".join(fmt(stages[n].get(key)) for n in names) + " |")
-    return "\n".join(lines)
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
 
 
-def plot_ppo_curves(metrics_file: Path, png: Path) -> bool:
-    """Reward, KL and gold reward over PPO updates, one panel each."""
-    rows = [r for r in read_metrics(metrics_file) if "rollout/score_mean" in r]
-    if not rows:
-        return False
+class Doc:
+    """Collects headings, paragraphs, tables and figures; renders Markdown and self-contained HTML."""
+
+    def __init__(self, out: Path):
+        self.out, self.md, self.html, self.figures = out, [], [], []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list], cls: str = "") -> None:
+        cells = [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
+        self.md += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+        self.md += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in cells] + [""]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        self.html.append(f'<table class="{html.escape(cls)}"><thead><tr>{head}</tr></thead>'
+                         f"<tbody>{body}</tbody></table>")
+
+    def figure(self, name: str, fig, caption: str) -> None:
+        """Save a matplotlib figure as OUT/name (PNG) and embed the same bytes in the HTML."""
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        data = buf.getvalue()
+        atomic_bytes(self.out / name, data)
+        self.figures.append(name)
+        self.md += [f"![{caption}]({name})", ""]
+        b64 = base64.b64encode(data).decode("ascii")
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;
+font-size:0.9em}td{max-width:520px}"""
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    panels = [("rollout/score_mean", "reward-model score (normalised)"), ("kl/k1", "KL to reference (nats/seq)"),
-              ("gold/mean", "gold reward (hidden judge)")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        ys = [r.get(key) for r in rows]
-        ax.plot(steps, [y if y is not None else float("nan") for y in ys], marker=".", lw=1.2)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("PPO update")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def plot_stages(stages: dict[str, dict], png: Path) -> None:
-    """Gold reward and diversity per stage: the reliability / diversity trade in one picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(stages)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, (key, title) in zip(axes, [("gold_reward_mean", "gold reward"), ("distinct_2", "distinct-2"),
-                                       ("self_bleu", "self-BLEU (higher = less diverse)")]):
-        ax.bar(names, [stages[n].get(key) or 0.0 for n in names], color=["#999", "#4a7", "#c63"][:len(names)])
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
-
-
-def samples_table(samples: dict, n: int) -> str:
-    names = list(samples)
-    first = samples[names[0]][0]
-    lines = []
-    for i, prompt in enumerate(first.prompts[:n]):
-        question = prompt.split("User:")[-1].split("\nAssistant:")[0].strip()
-        lines.append(f"**{_cell(question)}**\n")
-        lines.append("| stage | response | gold |")
-        lines.append("|---|---|---|")
-        for name in names:
-            s, gold = samples[name]
-            lines.append(f"| {name} | {_cell(s.responses[i][0])} | {gold[i][0]:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_demo_report(out: Path, metrics: dict, samples: dict, n_examples: int = 8) -> Path:
-    out = Path(out)
-    has_ppo_plot = plot_ppo_curves(out / "ppo" / "metrics.jsonl", out / "ppo_curves.png")
-    plot_stages(metrics["stages"], out / "stages.png")
-    rm = metrics["reward_model"]
-    secs = metrics["seconds"]
-    ppo = metrics["stages"].get("ppo", {})
-    text = [
-        "# prefloop demo report", "",
-        f"Preset `{metrics['preset']}`, seed {metrics['seed']}, {secs['total']} s in all. Policies are judged on "
-        "held-out prompts of the synthetic world by its hidden gold utility (never seen in training); "
-        f"{metrics['settings']['eval_k']} samples per prompt at temperature {metrics['settings']['temperature']}.",
-        "", "## Stages", "", stage_table(metrics["stages"]), "",
-        "- *gold win rate vs SFT*: sample-against-sample comparisons under the gold judge, ties count half.",
-        "- *KL to SFT*: per sequence, estimated on the policy's own samples (k1 = sum of log-ratios; k3 >= 0).",
-        "- *self-BLEU* among the samples of one prompt (per-input diversity); *distinct-n* over all samples.",
-        "", f"PPO spent {fmt(ppo.get('kl_to_sft'))} nats of KL to SFT "
-        + (f"(adaptive KL target {metrics['settings']['kl_target']})." if metrics["settings"].get("kl_target")
-           else f"(fixed KL coefficient {metrics['settings']['kl_coef']})."), "",
-        "## Reward model", "",
-        "| held-out accuracy (annotator labels) | agreement with gold | training comparisons | annotators vs gold |",
-        "|---|---|---|---|",
-        f"| {fmt(rm['heldout_accuracy'])} | {fmt(rm['gold_accuracy'])} | {rm['train_comparisons']} | "
-        f"{fmt(rm.get('annotator_gold_agreement'))} |", "",
-    ]
-    if has_ppo_plot:
-        text += ["## PPO training", "", "![PPO curves](ppo_curves.png)", ""]
-    text += ["![stages](stages.png)", "", "## Time", "", "| stage | seconds |", "|---|---|"]
-    text += [f"| {k} | {v} |" for k, v in secs.items()]
-    text += ["", "## Samples (the same held-out prompts at each stage)", "", samples_table(samples, n_examples)]
-    path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text) + "\n")
-    tmp.replace(path)
-    return path
+    return plt

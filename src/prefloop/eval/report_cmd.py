@@ -10,9 +10,7 @@ anywhere; the Markdown refers to the same plots written as PNG files next to it.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from .report import STAGE_COLUMNS
+from .report import CSS, STAGE_COLUMNS, Doc, atomic_bytes, fmt, pyplot
 
 EXTRA_STAGE_COLUMNS = [
     ("win_rate_vs_ref", "win rate vs reference"), ("kl_to_ref", "KL to reference (k1)"),
@@ -60,81 +58,6 @@ def run_report(cfg: ReportConfig) -> Path:
     return path
 
 
-# -- a document written twice: Markdown and HTML ---------------------------------------------------------
-def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.3f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.3g}"
-    return str(v)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
-
-
-class Doc:
-    """Collects headings, paragraphs, tables and figures; renders Markdown and self-contained HTML."""
-
-    def __init__(self, out: Path):
-        self.out, self.md, self.html, self.figures = out, [], [], []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md += ["#" * level + " " + text, ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str) -> None:
-        self.md += [text, ""]
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, header: list[str], rows: list[list], cls: str = "") -> None:
-        cells = [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
-        self.md += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-        self.md += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in cells] + [""]
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
-        self.html.append(f'<table class="{html.escape(cls)}"><thead><tr>{head}</tr></thead>'
-                         f"<tbody>{body}</tbody></table>")
-
-    def figure(self, name: str, fig, caption: str) -> None:
-        """Save a matplotlib figure as OUT/name (PNG) and embed the same bytes in the HTML."""
-        import matplotlib.pyplot as plt
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        data = buf.getvalue()
-        _atomic_bytes(self.out / name, data)
-        self.figures.append(name)
-        self.md += [f"![{caption}]({name})", ""]
-        b64 = base64.b64encode(data).decode("ascii")
-        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
-vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;
-font-size:0.9em}td{max-width:520px}"""
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # -- sections ---------------------------------------------------------------------------------------------
 def section_stages(doc: Doc, stages: dict) -> None:
     names = list(stages)
@@ -145,7 +68,7 @@ def section_stages(doc: Doc, stages: dict) -> None:
     doc.para("Gold: the world's hidden judge. Win rates compare sample with sample, ties counted half. KL per "
              "sequence, estimated on the policy's own samples (k1 = sum of log-ratios; k3 >= 0). Per prompt: "
              "among the K samples of one prompt; across prompts: the first sample of every prompt.")
-    plt = _plt()
+    plt = pyplot()
     kl_key = next((k for k in ("kl_to_sft", "kl_to_ref") if any(k in s for s in stages.values())), None)
     if kl_key and any("gold_reward_mean" in s for s in stages.values()):
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -212,7 +135,7 @@ def section_reward_model(doc: Doc, rm: dict) -> None:
         doc.table(["bin", "comparisons", "confidence", "observed"],
                   [[f"{b['lo']:.2f}-{b['hi']:.2f}", b["count"], b["confidence"], b["accuracy"]] for b in cal],
                   "calibration")
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.2, 3.8))
         full = [b for b in cal if b["count"]]
         ax.plot([0.5, 1], [0.5, 1], ls="--", color="#999", lw=1)
@@ -243,7 +166,7 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
     if bon.get("peak_gold"):
         p = bon["peak_gold"]
         doc.para(f"Observed gold peak: n = {p['n']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     kl = [r["kl"] for r in curve]
     dense = [kl[-1] * i / 60 for i in range(61)]
@@ -277,7 +200,7 @@ def section_sweep(doc: Doc, sweep: dict) -> None:
     xy = [t for t in xy if t[0] is not None and t[1] is not None]
     if not xy:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot([t[0] for t in xy], [t[1] for t in xy], marker="o", lw=0.8, color="#4a7")
     for x, y, label in xy:
@@ -319,7 +242,7 @@ def section_training(doc: Doc, run_dir: Path) -> None:
             doc.heading("Training curves")
             shown = True
         name = f.parent.name if f.parent != run_dir else "run"
-        plt = _plt()
+        plt = pyplot()
         cols = min(3, len(keys))
         nrows = (len(keys) + cols - 1) // cols
         fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
@@ -363,7 +286,7 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
              + (f" Fit R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL) (Gao et al. 2022): R(0) "
                 f"{fmt(fit['r0'])}, alpha {fmt(fit['alpha'])}, beta {fmt(fit['beta'])}, peak KL "
                 f"{fmt(fit['peak_kl'])}." if fit else ""))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kl, gold, marker="o", ms=3, lw=0, color="#c63", label="gold")
     if all(p[2] is not None for p in pts):
@@ -403,7 +326,7 @@ def section_checkpoints(doc: Doc, ck: dict) -> None:
     if ck.get("peak_gold"):
         p = ck["peak_gold"]
         doc.para(f"Observed gold peak: {p['label']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     kl = [max(0.0, p["kl"]) for p in pts]
     dense = [max(kl) * i / 60 for i in range(61)]
@@ -526,8 +449,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     section_settings(doc, m)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
-    _atomic_bytes(out / "report.md", ("\n".join(doc.md) + "\n").encode("utf-8"))
-    _atomic_bytes(out / "report.html", page.encode("utf-8"))
+    atomic_bytes(out / "report.md", ("\n".join(doc.md) + "\n").encode("utf-8"))
+    atomic_bytes(out / "report.html", page.encode("utf-8"))
     return out / "report.html"
 
 
