@@ -43,6 +43,21 @@ class RunContext:
         """Where to load a trained model from: the checkpoint when resuming, else the given path."""
         return str(self.ckpt.model_path(name)) if self.resuming else default
 
+    def resume_state(self) -> dict | None:
+        """The checkpoint's saved state (step, optimizer, scheduler, ...) when resuming, else None."""
+        return self.ckpt.load_state() if self.resuming else None
+
+    def optimizer(self, params, total_steps: int, state: dict | None = None):
+        """AdamW and its learning-rate schedule over `total_steps`, restored from `state` when resuming."""
+        from .common import make_optimizer, make_scheduler
+
+        opt = make_optimizer(params, self.cfg)
+        sched = make_scheduler(opt, self.cfg, total_steps)
+        if state:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        return opt, sched
+
     def start(self, total: int, state: dict | None = None) -> int:
         """Open the metrics log and progress bar; returns the step to start from."""
         start = int(state["step"]) if state else 0

@@ -28,8 +28,6 @@ from .common import (
     BatchPlan,
     CommonConfig,
     ConfigError,
-    make_optimizer,
-    make_scheduler,
     micro_batches,
     require,
     shard,
@@ -162,12 +160,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
         ref_fwd = None
     model = SequenceLogprobs(load_causal_lm(ctx.init_path("model", cfg.model), tok))
     model.train()
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    state = ctx.ckpt.load_state() if ctx.resuming else None
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    state = ctx.resume_state()
+    opt, sched = ctx.optimizer(model.parameters(), steps, state)
     model, opt = ctx.acc.prepare(model, opt)
 
     step = ctx.start(steps, state)

@@ -17,7 +17,7 @@ import torch
 from prefloop.data import DataError, file_sha256, pack_texts
 from prefloop.models import CausalLMLoss, gpt2_config, llama_config, load_causal_lm, load_tokenizer
 
-from .common import CommonConfig, make_optimizer, make_scheduler, micro_batches, require, shard, total_steps
+from .common import CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
 
 
@@ -121,12 +121,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     batch = min(cfg.batch_size, n_blocks)
     steps_per_epoch = n_blocks // batch
     steps = total_steps(cfg, steps_per_epoch, cfg.epochs)
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    state = ctx.ckpt.load_state() if ctx.resuming else None
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    state = ctx.resume_state()
+    opt, sched = ctx.optimizer(model.parameters(), steps, state)
     model, opt = ctx.acc.prepare(model, opt)
 
     step = ctx.start(steps, state)

@@ -51,8 +51,6 @@ from .common import (
     BatchPlan,
     CommonConfig,
     ConfigError,
-    make_optimizer,
-    make_scheduler,
     micro_batches,
     require,
     shard,
@@ -378,14 +376,10 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
     init = ctx.init_path("model", cfg.model)
     rm = load_reward_model(init, tok, new_head=not ctx.resuming and not is_reward_model(cfg.model))
-    state = ctx.ckpt.load_state() if ctx.resuming else None
+    state = ctx.resume_state()
     model = task.make_model(rm, state)
     model.train()
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    opt, sched = ctx.optimizer(model.parameters(), steps, state)
     model, opt = ctx.acc.prepare(model, opt)
 
     step = ctx.start(steps, state)

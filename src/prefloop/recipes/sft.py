@@ -16,7 +16,7 @@ from prefloop.data import (
 )
 from prefloop.models import CausalLMLoss, load_causal_lm, load_tokenizer
 
-from .common import BatchPlan, CommonConfig, make_optimizer, make_scheduler, micro_batches, require, shard, total_steps
+from .common import BatchPlan, CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
 
 
@@ -49,12 +49,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
     model = CausalLMLoss(load_causal_lm(ctx.init_path("model", cfg.model), tok))
     model.train()
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    state = ctx.ckpt.load_state() if ctx.resuming else None
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    state = ctx.resume_state()
+    opt, sched = ctx.optimizer(model.parameters(), steps, state)
     model, opt = ctx.acc.prepare(model, opt)
 
     step = ctx.start(steps, state)
