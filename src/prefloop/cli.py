@@ -118,8 +118,6 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
@@ -138,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, cls_name, fn_name, description = COMMANDS[command]
     module = importlib.import_module(module_name)
-    cls, fn = getattr(module, cls_name), getattr(module, fn_name)
+    return run_command(getattr(module, cls_name), getattr(module, fn_name), rest, f"prefloop {command}", description)
+
+
+def run_command(cls, fn, args: list[str], prog: str, description: str) -> int:
+    """Parse `args` (after `--config FILE.yaml` values) into `cls` and call `fn` with it; returns the exit
+    code: 0, 2 with one `error: ...` line for bad input, 130 when interrupted."""
+    import tyro
+
     try:
-        config_path, rest = _split_config_arg(rest)
+        config_path, rest = _split_config_arg(args)
         default = config_from_yaml(cls, config_path) if config_path else cls()
-        cfg = tyro.cli(cls, args=rest, default=default, prog=f"prefloop {command}", description=description)
-        fn(cfg)
+        fn(tyro.cli(cls, args=rest, default=default, prog=prog, description=description))
     except _known_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -217,9 +217,7 @@ def _usage() -> str:
 
 def main(argv: list[str]) -> int:
     """Entry point of `prefloop eval`; returns the exit code (2 with `error: ...` on bad input)."""
-    import tyro
-
-    from prefloop.cli import _known_errors, _split_config_arg, config_from_yaml
+    from prefloop.cli import run_command
 
     args = list(argv)
     if not args or args[0] in ("-h", "--help"):
@@ -232,17 +230,10 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown eval subcommand '{sub}'\n\n{_usage()}", file=sys.stderr)
         return 2
     cls, fn_name, description = SUBCOMMANDS[sub]
-    try:
-        config_path, rest = _split_config_arg(rest)
-        default = config_from_yaml(cls, config_path) if config_path else cls()
-        cfg = tyro.cli(cls, args=rest, default=default, prog=f"prefloop eval {sub}", description=description)
+
+    def run(cfg):
         from . import run_eval
 
         getattr(run_eval, fn_name)(cfg)
-    except _known_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(cls, run, rest, f"prefloop eval {sub}", description)
