@@ -1,6 +1,6 @@
 """Models: load and save policies, reward models and critics; small configs for tests and the demo."""
 
-from .configs import SIZES, gpt2_config, llama_config
+from .configs import ARCHITECTURES, SIZES, arch_config, gpt2_config, llama_config
 from .heads import (
     PolicyWithValueHead,
     ValueHead,
@@ -19,6 +19,7 @@ from .loading import (
     load_reward_model,
     load_tokenizer,
 )
+from .logits import LogitsMismatchError, check_logits, check_scores, lm_logits
 from .wrappers import (
     CausalLMLoss,
     CriticForward,
@@ -28,6 +29,7 @@ from .wrappers import (
 )
 
 __all__ = [
+    "ARCHITECTURES", "LogitsMismatchError", "arch_config", "check_logits", "check_scores", "lm_logits",
     "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer",
     "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
     "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",

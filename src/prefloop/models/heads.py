@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .logits import lm_logits
+
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -67,5 +69,5 @@ class PolicyWithValueHead(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         h = hidden_states(self.lm, input_ids, attention_mask)
-        logits = self.lm.get_output_embeddings()(h)
+        logits = lm_logits(self.lm, h)
         return logits, self.value_head(h).float()

@@ -59,11 +59,34 @@ def load_tokenizer(name: str):
     return tok
 
 
+# Config fields that hold a dropout probability. Attention dropout in particular is no module: the HF
+# attention classes copy `config.attention_dropout` into a float at init and pass it to the attention kernel
+# in training mode (Llama, Qwen2, Phi-3, GPT-NeoX...), and Falcon reads `config.hidden_dropout` at every
+# forward. Zeroing `nn.Dropout` modules alone leaves all of those on.
+def _is_dropout_name(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")
+
+
 def disable_dropout(model: nn.Module) -> nn.Module:
-    """Dropout off everywhere (PPO.md item 12): log-probs must be deterministic functions of the weights."""
+    """Every dropout off (PPO.md item 12): log-probs must be deterministic functions of the weights, also in
+    training mode. Zeroes `nn.Dropout` modules, dropout probabilities that modules keep as plain numbers,
+    and the dropout fields of the model's configs (so the saved config.json says what training used)."""
+    configs = {}
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+        for key, value in list(vars(m).items()):
+            if _is_dropout_name(key) and isinstance(value, float) and not isinstance(value, bool):
+                setattr(m, key, 0.0)
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            configs[id(config)] = config
+    for config in list(configs.values()):
+        subs = [getattr(config, k) for k in getattr(config, "sub_configs", {}) if getattr(config, k, None)]
+        for c in [config, *subs]:
+            for key, value in list(vars(c).items()):
+                if _is_dropout_name(key) and isinstance(value, float):
+                    setattr(c, key, 0.0)
     return model
 
 
@@ -78,12 +101,26 @@ def _sync_special_tokens(model, tokenizer) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
+def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    # Trained models keep fp32 master weights whatever dtype the checkpoint was saved in (transformers 5
+    # loads the saved dtype by default, and AdamW on bf16 weights loses updates smaller than their ulp).
+    return {"dtype": dtype if dtype is not None else torch.float32}
+
+
 def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
+    """A causal LM in `dtype` (default float32: the master weights of a model to train), dropout off, its
+    output head checked against its own forward (`prefloop.models.logits.check_logits`)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model", **kwargs)
+    from .logits import LogitsMismatchError, check_logits
+
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
+                             **_dtype_kwargs(dtype))
     _sync_special_tokens(model, tokenizer)
+    try:
+        check_logits(model, str(name))
+    except LogitsMismatchError as e:
+        raise ModelLoadError(str(e)) from None
     return disable_dropout(model)
 
 
@@ -100,9 +137,10 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    from .logits import LogitsMismatchError, check_scores
+
     model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
-                             num_labels=1, **kwargs)
+                             num_labels=1, **_dtype_kwargs(dtype))
     if not hasattr(model, "score"):
         raise ModelLoadError(f"{name}: architecture {type(model).__name__} has no `score` head; "
                              "prefloop reads rewards from causal-LM sequence classifiers")
@@ -111,4 +149,8 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     _sync_special_tokens(model, tokenizer)
     if new_head:
         init_score_head(model)
+    try:
+        check_scores(model, str(name))
+    except LogitsMismatchError as e:
+        raise ModelLoadError(str(e)) from None
     return disable_dropout(model)

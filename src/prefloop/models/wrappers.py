@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import hidden_states, sequence_scores
+from .logits import lm_logits
 
 
 class CausalLMLoss(nn.Module):
@@ -24,7 +25,7 @@ class CausalLMLoss(nn.Module):
         h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
         targets = labels[:, 1:]
         keep = targets != -100
-        logits = self.lm.get_output_embeddings()(h[keep])
+        logits = lm_logits(self.lm, h[keep])
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
@@ -55,7 +56,7 @@ class ResponseForward(nn.Module):
     def forward(self, input_ids, attention_mask, response_len: int):
         h = hidden_states(self.lm, input_ids, attention_mask)
         h = h[:, -response_len - 1:-1]
-        logits = self.lm.get_output_embeddings()(h)
+        logits = lm_logits(self.lm, h)
         values = self.value_head(h).float() if self.value_head is not None else None
         return logits, values
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from prefloop.data import file_sha256, read_comparisons, right_pad
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
-from prefloop.models import hidden_states, load_causal_lm, load_tokenizer
+from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
 from prefloop.rl import logprobs_from_logits
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
 
@@ -89,7 +89,7 @@ class SequenceLogprobs(nn.Module):
     def forward(self, input_ids, attention_mask, response_mask):
         h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
         keep = response_mask[:, 1:].bool()
-        logits = self.lm.get_output_embeddings()(h[keep])  # (N, V) for the N response tokens of the batch
+        logits = lm_logits(self.lm, h[keep])  # (N, V) for the N response tokens of the batch
         logp = logprobs_from_logits(logits.unsqueeze(0), input_ids[:, 1:][keep].unsqueeze(0)).squeeze(0)
         rows = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
         sums = torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)

@@ -40,6 +40,31 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     return _KEEP_SUPPORT[cls]
 
 
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name under which `model.forward` takes a KV cache: `cache` (transformers >= 5.2x; the old name
+    `past_key_values` warns there and goes in 5.40) or `past_key_values` (older releases).
+
+    Wrappers that pass everything through (`forward(**kwargs)`) get the installed transformers' own name.
+    """
+    cls = type(model)
+    if cls not in _CACHE_KWARG:
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "cache" in params or "past_key_values" in params:
+            _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+        else:
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            new_api = "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+            _CACHE_KWARG[cls] = "cache" if new_api else "past_key_values"
+    return _CACHE_KWARG[cls]
+
+
 def model_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Full forward with explicit position ids, no cache: (B, T) ids and mask -> (B, T, V) logits.
 

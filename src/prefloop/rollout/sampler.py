@@ -15,7 +15,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .forward import accepts_logits_to_keep, position_ids_from_mask
+from .forward import accepts_logits_to_keep, cache_kwarg, position_ids_from_mask
 
 __all__ = ["SampleOutput", "SamplingConfig", "sample"]
 
@@ -246,6 +246,7 @@ def sample(
     positions = position_ids_from_mask(query_mask)
     step_positions = positions[:, -1:] + torch.arange(1, R + 1, device=device)  # (B, R)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    cache_name = cache_kwarg(model)
 
     response_ids = torch.full((B, R), cfg.pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, R, dtype=torch.float32, device=device)
@@ -256,8 +257,8 @@ def sample(
         input_ids=query_ids,
         attention_mask=full_mask[:, :P],
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
+        **{cache_name: cache},
         **keep,
     )
     steps = R
@@ -276,8 +277,10 @@ def sample(
             input_ids=token.unsqueeze(-1),
             attention_mask=full_mask[:, : P + t + 1],
             position_ids=step_positions[:, t : t + 1],
-            past_key_values=out.past_key_values,
             use_cache=True,
+            # The cache object is updated in place by every forward; passing our own reference (not the
+            # output's field, renamed from `past_key_values` to `cache` in transformers 5) works on both APIs.
+            **{cache_name: cache},
             **keep,
         )
 

@@ -1,0 +1,131 @@
+"""Hidden states -> logits exactly as the model's own forward computes them.
+
+Training projects only the positions a loss needs (prompt and padding cost no vocabulary projection), so it
+cannot take `model(...).logits`; it applies the output head itself. Several architectures change the logits
+after the head, and skipping that trains against a different distribution from the one the sampler draws
+from and the saved model defines:
+
+- Gemma 2 / 3 (and other Gemma-derived models): soft-capping, cap * tanh(z / cap) (`final_logit_softcapping`);
+- Cohere: z * logit_scale;
+- Granite: z / logits_scaling (HyperCLOVA X multiplies by the same-named field instead);
+- Falcon-H1: z * lm_head_multiplier.
+
+`lm_logits` applies the head and the architecture's post-processing. `check_logits` compares it, once per
+loaded model, with the model's own forward on a few tokens and refuses a model whose forward does something
+else (an architecture prefloop does not know), rather than training it against the wrong distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+PostProcess = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LogitsMismatchError(ValueError):
+    """The model's forward computes its logits differently from the head prefloop applies."""
+
+
+def _softcap(cap: float) -> PostProcess:
+    # The same three operations in the same order as the HF forwards, so bf16 results agree bit for bit.
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z / cap) * cap
+    return f
+
+
+def _scale(factor) -> PostProcess:
+    return lambda z: z * factor
+
+
+def _divide(divisor: float) -> PostProcess:
+    return lambda z: z / divisor
+
+
+def logit_postprocess(lm: nn.Module) -> PostProcess | None:
+    """The post-processing `lm`'s forward applies after its output head, or None for a plain head."""
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        return _softcap(float(cap))
+    if isinstance(getattr(lm, "logit_scale", None), float | int | torch.Tensor):  # Cohere family
+        return _scale(lm.logit_scale)
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling is not None and float(scaling) != 1.0:
+        # Granite divides by it; HyperCLOVA X multiplies by a field of the same name.
+        return _scale(float(scaling)) if "hyperclovax" in config.model_type else _divide(float(scaling))
+    multiplier = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "lm_head_multiplier", None)
+    if multiplier is not None and float(multiplier) != 1.0:  # Falcon-H1
+        return _scale(float(multiplier))
+    return None
+
+
+def lm_logits(lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., D) final hidden states -> (..., V) logits, equal to what `lm(...).logits` gives at those positions.
+
+    Every training path that turns hidden states into log-probs (sft, dpo, ppo, grpo/rloo, pretrain) goes
+    through here; `hidden` may hold any subset of positions (e.g. only those with a target token).
+    """
+    logits = lm.get_output_embeddings()(hidden)
+    post = logit_postprocess(lm)
+    return post(logits) if post is not None else logits
+
+
+def _probe_ids(lm: nn.Module, n: int = 6) -> torch.Tensor:
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    vocab = int(lm.get_input_embeddings().weight.shape[0])
+    avoid = {getattr(config, "pad_token_id", None)}
+    ids = [i for i in range(3, vocab) if i not in avoid][:n] or [0]
+    return torch.tensor([ids], device=lm.get_input_embeddings().weight.device)
+
+
+@torch.no_grad()
+def check_logits(lm: nn.Module, name: str = "model") -> None:
+    """Raise LogitsMismatchError when `lm_logits(hidden)` differs from the model's own forward.
+
+    One forward of a few tokens, in eval mode. The tolerance allows only rounding: both sides run the same
+    trunk, so a real difference (an unknown scale or cap) is many orders of magnitude larger.
+    """
+    from .heads import hidden_states
+
+    was_training = lm.training
+    lm.eval()
+    try:
+        ids = _probe_ids(lm)
+        mask = torch.ones_like(ids)
+        own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        ours = lm_logits(lm, hidden_states(lm, ids, mask)).float()
+    finally:
+        lm.train(was_training)
+    eps = torch.finfo(next(lm.parameters()).dtype).eps
+    tol = 8 * eps * max(1.0, float(own.abs().max()))
+    diff = float((own - ours).abs().max())
+    if not diff <= tol:
+        raise LogitsMismatchError(
+            f"{name}: {type(lm).__name__} computes its logits differently from its output head (max difference "
+            f"{diff:.3g}); prefloop does not know this architecture's logit post-processing and will not train "
+            "it against the wrong distribution")
+
+
+@torch.no_grad()
+def check_scores(model: nn.Module, name: str = "reward model") -> None:
+    """The same check for a sequence classifier: the score read at the last token equals its own forward."""
+    from .heads import sequence_scores
+
+    was_training = model.training
+    model.eval()
+    try:
+        ids = _probe_ids(model)
+        mask = torch.ones_like(ids)
+        own = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().reshape(-1)
+        ours = sequence_scores(model, ids, mask).reshape(-1)
+    finally:
+        model.train(was_training)
+    eps = torch.finfo(next(model.parameters()).dtype).eps
+    diff = float((own - ours).abs().max())
+    if not diff <= 8 * eps * max(1.0, float(own.abs().max())):
+        raise LogitsMismatchError(
+            f"{name}: {type(model).__name__} computes its score differently from its `score` head at the last "
+            f"token (max difference {diff:.3g}); prefloop cannot train or read this reward model correctly")
