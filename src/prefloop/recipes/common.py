@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 
@@ -54,6 +55,10 @@ class CommonConfig:
     """Log metrics every N steps."""
     resume: bool = False
     """Continue from OUT/checkpoint if it exists."""
+    # Precision of the saved model (weights train as fp32 masters; --precision sets the computation's).
+    dtype: SaveDtype = "auto"
+    """dtype of the saved model: auto = the dtype of the checkpoint the run started from (fp32 for a new
+    model); fp32, bf16 or fp16. Recorded in prefloop.json under "precision"."""
 
 
 def require(cfg, *names: str) -> None:

@@ -24,7 +24,14 @@ from prefloop.runtime import (
 class RunContext:
     def __init__(self, recipe: str, cfg):
         self.recipe, self.cfg = recipe, cfg
-        self.acc = make_accelerator(cfg.precision)
+        from prefloop.runtime.accel import PrecisionError
+
+        from .common import ConfigError
+
+        try:
+            self.acc = make_accelerator(cfg.precision)
+        except PrecisionError as e:
+            raise ConfigError(str(e)) from None
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.process_seed = seed_everything(cfg.seed, self.rank)
@@ -85,10 +92,14 @@ class RunContext:
     def finish(self, model, tokenizer, metrics: dict, data_hashes: dict, name: str = "model",
                extra: dict | None = None) -> dict:
         """Save the final HF directory and prefloop.json (main process), close the progress bar."""
+        from prefloop.models.precision import cast_for_saving, precision_record
+
         self.progress.close()
-        meta = run_meta(self.recipe, self.cfg, data_hashes, metrics, extra)
+        precision = precision_record(self.cfg, self.acc.mixed_precision)
+        meta = run_meta(self.recipe, self.cfg, data_hashes, metrics, {**(extra or {}), "precision": precision})
         if self.is_main:
-            save_hf(self.acc.unwrap_model(model), tokenizer, self.out / name, meta)
+            with cast_for_saving(self.acc.unwrap_model(model), precision["saved_dtype"]) as unwrapped:
+                save_hf(unwrapped, tokenizer, self.out / name, meta)
             write_json(self.out / "prefloop.json", meta)
         self.acc.wait_for_everyone()
         return meta

@@ -23,6 +23,7 @@ from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
 from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
 from prefloop.rl import logprobs_from_logits
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
+from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     BatchPlan,
@@ -150,7 +151,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     plan = BatchPlan([max(len(p.chosen), len(p.rejected)) for p in enc], cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
     # Reference: frozen; with precomputation one pass over every pair, then the model is freed.
-    ref_fwd = SequenceLogprobs(load_causal_lm(cfg.reference or cfg.model, tok).eval().requires_grad_(False))
+    ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision))
+    ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
     ref_fwd.to(ctx.device)
     chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast
     ref_train = ref_held = None

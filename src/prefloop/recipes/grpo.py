@@ -36,6 +36,7 @@ from prefloop.rl.group import (
     pg_loss_token_mean,
 )
 from prefloop.rollout import sample
+from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     CommonConfig,
@@ -181,7 +182,8 @@ class GroupTrainer:
         policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
         self.ref_fwd = None
         if cfg.kl_coef > 0:
-            ref = load_causal_lm(cfg.reference or cfg.policy, tok).eval().requires_grad_(False)
+            ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
+            ref.eval().requires_grad_(False)
             self.ref_fwd = ResponseForward(ref.to(ctx.device))
         self.policy_fwd = ResponseForward(policy)
         # One epoch over one minibatch: the sampling policy is the policy being differentiated, so its

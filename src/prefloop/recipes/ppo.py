@@ -44,6 +44,7 @@ from prefloop.rl import (
     token_rewards,
 )
 from prefloop.rollout import sample
+from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     CommonConfig,
@@ -165,8 +166,9 @@ class PPOTrainer:
 
         # Models: the policy (trained), the frozen reference and reward model, and the critic.
         policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
-        self.ref = load_causal_lm(cfg.reference or cfg.policy, tok).eval().requires_grad_(False)
-        self.rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
+        frozen = frozen_dtype(cfg.precision)
+        self.ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen).eval().requires_grad_(False)
+        self.rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
         self.ref.to(ctx.device)
         self.rm.to(ctx.device)
         params = []

@@ -7,14 +7,35 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+class PrecisionError(ValueError):
+    """A precision the machine cannot run; the message is one line naming the option."""
 
 
 def resolve_precision(precision: Precision) -> str:
-    """`auto` means bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere (CPU autocast is slower here)."""
+    """The computation's precision as accelerate names it: "bf16", "fp16" or "no" (fp32).
+
+    Weights stay fp32 in every mode (master copies); bf16 and fp16 are autocast. `auto` means bf16 on a CUDA
+    GPU that supports it, fp32 elsewhere (CPU autocast is slower than fp32 here). fp16, for GPUs without
+    bf16, also scales the loss (accelerate's GradScaler) so that small gradients do not underflow.
+    """
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return "no" if precision == "fp32" else "bf16"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise PrecisionError("--precision fp16 needs a CUDA GPU (use fp32 or bf16 on a CPU)")
+    return "no" if precision == "fp32" else precision
+
+
+def frozen_dtype(precision: Precision) -> torch.dtype:
+    """The dtype of models that are never trained (reference policy, reward model during RL): bf16 when
+    the computation is bf16 anyway (half the memory of fp32 masters), float32 otherwise (fp16 weights can
+    overflow where fp16 autocast, which keeps fp32 weights, does not)."""
+    return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
 
 
 def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: int | None = None):
@@ -31,4 +52,17 @@ def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: 
         threads = max(1, (os.cpu_count() or 1) // world)
     if threads:
         torch.set_num_threads(threads)
-    return Accelerator(mixed_precision=resolve_precision(precision), cpu=cpu or not torch.cuda.is_available())
+    mixed = resolve_precision(precision)
+    _forget_other_precision(mixed)
+    return Accelerator(mixed_precision=mixed, cpu=cpu or not torch.cuda.is_available())
+
+
+def _forget_other_precision(mixed: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
+    recipes run one after another in one process (`prefloop loop`, the demo, tests) may differ in
+    precision. Only the precision part is reset: the process group (PartialState) stays."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed):
+        AcceleratorState._reset_state(reset_partial_state=False)
