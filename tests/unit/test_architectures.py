@@ -187,3 +187,18 @@ def test_loss_on_cohere_is_the_saved_models_real_loss(tmp_path):
         ours = CausalLMLoss(model)(ids, mask, labels) / (labels[:, 1:] != -100).sum()
         own = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert float(ours) == pytest.approx(float(own), abs=1e-5)
+
+
+def test_sampler_uses_the_current_cache_api():
+    """No deprecation warning from transformers while sampling: the KV cache goes in under the name the
+    installed release takes (`cache` since transformers 5.2x; `past_key_values` is removed in 5.40)."""
+    import warnings
+
+    model = build("llama").eval()
+    q = torch.randint(2, VOCAB, (2, 4), generator=torch.Generator().manual_seed(0))
+    cfg = SamplingConfig(max_new_tokens=3, eos_token_id=0, pad_token_id=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample(model, q, torch.ones_like(q), cfg, generator=torch.Generator().manual_seed(0))
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, FutureWarning | DeprecationWarning)]
+    assert deprecations == []
