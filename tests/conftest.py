@@ -100,3 +100,13 @@ def world_and_policy(tmp_path_factory) -> tuple[Path, Path]:
     model.save_pretrained(d / "policy")
     tok.save_pretrained(d / "policy")
     return d / "world", d / "policy"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: skipped, with the reason shown, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
