@@ -23,6 +23,7 @@ from pathlib import Path
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
+from prefloop.models.precision import checkpoint_dtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, run_meta, save_hf, seed_everything, write_json
 
@@ -93,7 +94,7 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
     return SFTConfig(model=policy, data=data, out=out, epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr,
                      batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, max_length=cfg.max_length,
                      warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
-                     adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision,
+                     adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision, dtype=cfg.dtype,
                      save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r)
 
 
@@ -163,7 +164,8 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
                          "best_of_n_mean": _mean(max(row) for row in final.scores)}}
     meta = run_meta("rejection-sampling", cfg, {"prompts": file_sha256(cfg.prompts)}, summary)
     final_tok = load_tokenizer(policy)
-    save_hf(load_causal_lm(policy, final_tok), final_tok, out / "model", meta)
+    # The last round's model as it was saved (in --dtype), not widened to fp32.
+    save_hf(load_causal_lm(policy, final_tok, checkpoint_dtype(policy)), final_tok, out / "model", meta)
     write_json(out / "summary.json", summary)
     write_json(out / "prefloop.json", meta)
     return meta
