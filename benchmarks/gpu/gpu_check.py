@@ -233,56 +233,63 @@ def run_one(spec: dict, work: Path, name: str, timeout: float) -> dict:
     return result
 
 
-def sampler_vs_generate(setup: Path, batches: tuple[int, ...], new: int, reps: int, dtype: str) -> list[dict]:
-    """prefloop's sampler against model.generate on the setup's policy: new tokens/s, fixed length."""
+def _timed(fn, cuda: bool) -> float:
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def _sampler_row(model, tok, prompts: list[str], batch: int, new: int, reps: int, device: str) -> dict:
     import statistics
 
     import torch
 
-    from prefloop.models import load_causal_lm, load_tokenizer
     from prefloop.rollout import SamplingConfig, sample
+
+    enc = tok([prompts[i % len(prompts)] for i in range(batch)], return_tensors="pt", padding=True,
+              padding_side="left", add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    cfg = SamplingConfig(max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         stop_at_eos=False)
+
+    def ours():
+        sample(model, ids, mask, cfg, generator=torch.Generator(device=device).manual_seed(1))
+
+    def theirs():
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
+                           max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id,
+                           eos_token_id=tok.eos_token_id)
+
+    cuda = device == "cuda"
+    ours(), theirs()  # warm-up
+    times = {"prefloop": [], "generate": []}
+    for _ in range(reps):  # alternating, medians
+        times["prefloop"].append(_timed(ours, cuda))
+        times["generate"].append(_timed(theirs, cuda))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": batch, "prefloop_tokens_per_s": batch * new / med["prefloop"],
+            "generate_tokens_per_s": batch * new / med["generate"], "ratio": med["generate"] / med["prefloop"]}
+
+
+def sampler_vs_generate(setup: Path, batches: tuple[int, ...], new: int, reps: int, dtype: str) -> list[dict]:
+    """prefloop's sampler against model.generate on the setup's policy: new tokens/s, fixed length."""
+    import torch
+
+    from prefloop.models import load_causal_lm, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(str(setup / "lm"))
     model = load_causal_lm(str(setup / "lm"), tok, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     model.to(device).eval()
     prompts = [json.loads(ln)["prompt"] for ln in (setup / "prompts.jsonl").read_text().splitlines() if ln.strip()]
-    rows = []
-    for batch in batches:
-        enc = tok([prompts[i % len(prompts)] for i in range(batch)], return_tensors="pt", padding=True,
-                  padding_side="left", add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        cfg = SamplingConfig(max_new_tokens=new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                             stop_at_eos=False)
-
-        def ours():
-            sample(model, ids, mask, cfg, generator=torch.Generator(device=device).manual_seed(1))
-
-        def theirs():
-            with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                               max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id,
-                               eos_token_id=tok.eos_token_id)
-
-        def timed(fn) -> float:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t
-
-        ours(), theirs()  # warm-up
-        times = {"prefloop": [], "generate": []}
-        for _ in range(reps):
-            times["prefloop"].append(timed(ours))
-            times["generate"].append(timed(theirs))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"batch": batch, "prefloop_tokens_per_s": batch * new / med["prefloop"],
-                     "generate_tokens_per_s": batch * new / med["generate"],
-                     "ratio": med["generate"] / med["prefloop"]})
-    return rows
+    return [_sampler_row(model, tok, prompts, b, new, reps, device) for b in batches]
 
 
 # ---------------------------------------------------------------------------------------------- report
