@@ -28,9 +28,15 @@ def _step_times(out: Path) -> tuple[list[float], list[dict]]:
     return times, rows
 
 
+# Set by the worker from the run's spec: "fp32" for the CPU comparison, "bf16" on a GPU (benchmarks/gpu/);
+# OVERRIDES adds recipe options to every run (e.g. LoRA settings where the recipes have them).
+PRECISION = "fp32"
+OVERRIDES: dict = {}
+
+
 def _common(shape: Shape, out: Path) -> dict:
     return dict(out=out, seed=0, max_steps=shape.steps, batch_size=shape.batch, max_length=shape.max_length,
-                precision="fp32", log_every=1, save_every=0)
+                precision=PRECISION, log_every=1, save_every=0, **OVERRIDES)
 
 
 def batches(task: str, setup: Path, shape: Shape) -> list[list[tuple[int, ...]]]:

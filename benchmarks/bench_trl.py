@@ -62,9 +62,13 @@ def _record_profiling(timer) -> None:
     profiling.ProfilingContext._log_metrics = lambda self, duration: timer.record(self.name, duration)
 
 
+# Set by the worker from the run's spec: fp32 on the CPU (the default), bf16 on a GPU (benchmarks/gpu/).
+DEVICE_ARGS = {"bf16": False, "fp16": False, "use_cpu": True}
+
+
 def _base_args(out: Path, shape: Shape, grad_ckpt: bool) -> dict:
     return dict(output_dir=str(out), max_steps=shape.steps, per_device_train_batch_size=shape.batch,
-                gradient_accumulation_steps=1, bf16=False, fp16=False, use_cpu=True, logging_steps=1,
+                gradient_accumulation_steps=1, **DEVICE_ARGS, logging_steps=1,
                 report_to="none", save_strategy="no", seed=0, disable_tqdm=True, dataloader_num_workers=0,
                 gradient_checkpointing=grad_ckpt)
 

@@ -28,21 +28,28 @@ def main(spec_path: str, result_path: str) -> int:
     shape = Shape(**spec["shape"])
     setup, out = Path(spec["setup"]), Path(spec["out"])
     info = json.loads((setup / "setup.json").read_text())
+    cuda = spec.get("device") == "cuda"
     t0 = time.perf_counter()
     try:
         if spec["framework"] == "prefloop":
-            from bench_prefloop import RUNNERS
+            import bench_prefloop
 
-            result = RUNNERS[spec["task"]](setup, out, shape, info)
+            bench_prefloop.PRECISION = spec.get("precision", "fp32")
+            bench_prefloop.OVERRIDES = spec.get("overrides", {})
+            result = bench_prefloop.RUNNERS[spec["task"]](setup, out, shape, info)
         else:
-            from bench_trl import RUNNERS
+            import bench_trl
 
-            result = RUNNERS[spec["task"]](setup, out, shape, info, grad_ckpt=spec.get("grad_ckpt", True))
+            if cuda:
+                bench_trl.DEVICE_ARGS = {"bf16": spec.get("precision") == "bf16", "fp16": False, "use_cpu": False}
+            result = bench_trl.RUNNERS[spec["task"]](setup, out, shape, info, grad_ckpt=spec.get("grad_ckpt", True))
         result["ok"] = True
     except Exception as e:  # noqa: BLE001 - reported in the results, the benchmark goes on
         traceback.print_exc()
         result = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     result["wall_s"] = time.perf_counter() - t0
+    if cuda and torch.cuda.is_available():
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     result["threads"] = torch.get_num_threads()
     Path(result_path).write_text(json.dumps(result))
     return 0 if result["ok"] else 1
