@@ -193,8 +193,11 @@ def cuda_tests(out: Path, timeout: float = 240) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "--ignore=tests/app",
            "--ignore=tests/browser", "--continue-on-collection-errors", "-rfEs", "tests"]
     t = time.perf_counter()
+    # The CUDA tests append what each measured (gaps, dtypes) to this file (tests/unit/test_cuda.py).
+    env = {**os.environ, "PREFLOOP_CUDA_REPORT": str(out / "cuda_report.jsonl")}
+    (out / "cuda_report.jsonl").unlink(missing_ok=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
         text, rc = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         text, rc = f"{e.stdout or ''}\ntimed out after {timeout} s", 124

@@ -17,7 +17,9 @@ else
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/nvidia-smi.txt"
-python3 benchmarks/gpu/gpu_check.py --out "$out/work" "${@:2}" 2>&1 | tee "$out/gpu_check.log"
+# The model setup (about 2 GB) and the runs' folders stay out of OUT_DIR, which receives only the results.
+work=${PREFLOOP_GPU_WORK:-/tmp/prefloop-gpu-check}
+python3 benchmarks/gpu/gpu_check.py --out "$work" "${@:2}" 2>&1 | tee "$out/gpu_check.log"
 rc=${PIPESTATUS[0]}
-cp "$out/work/gpu_check.md" "$out/work/gpu_check.json" "$out/work/cuda_tests.log" "$out/" 2>/dev/null
+cp "$work"/gpu_check.md "$work"/gpu_check.json "$work"/cuda_tests.log "$work"/cuda_report.jsonl "$out/" 2>/dev/null
 exit "$rc"
