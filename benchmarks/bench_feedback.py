@@ -5,7 +5,7 @@
     python benchmarks/bench_feedback.py --db postgresql+psycopg://user@localhost/bench   # an empty database
 
 A real `prefloop annotate serve` process (one uvicorn worker) serves a pairwise project (overlap 3); each
-simulated annotator runs its own loop in one asyncio client process: GET /api/projects/{id}/next, then POST
+simulated annotator runs its own loop in one asyncio client process: POST /api/projects/{id}/next, then POST
 the judgment with a fresh submission id, as fast as the server answers (no think time: this measures the
 server, not people). The clients use a minimal keep-alive HTTP/1.1 client to leave the CPUs to the server.
 Reported: judgments/s (acknowledged, i.e. committed, per second over the measured
@@ -118,7 +118,7 @@ async def annotator(url: str, token: str, pid: int, t_start: float, t_end: float
     try:
         while time.monotonic() < t_end:
             t0 = time.monotonic()
-            status, body = await c.request("GET", f"/api/projects/{pid}/next")
+            status, body = await c.request("POST", f"/api/projects/{pid}/next")
             t1 = time.monotonic()
             view = body.get("assignment") if status == 200 else None
             if view is None:

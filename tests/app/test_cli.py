@@ -129,7 +129,7 @@ def test_backup_while_serving_and_restore(server, tmp_path, capsys):
     pid = make_project(server, "backup", "pairwise",
                        [{"id": "b", "prompt": "p", "responses": ["x", "y"]}], members=["ann2"])
     with server.client("ann2") as c:
-        v = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        v = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert c.post(f"/api/assignments/{v['assignment_id']}/judgment",
                       json={"submission_id": "backup-0001", "value": {"choice": 0, "strength": 1}}).status_code == 200
     backup = tmp_path / "snap.db"
@@ -227,7 +227,7 @@ def test_simulate_reports_an_unreachable_server(tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = run(["simulate", "--url", url, "--token", "plt_x", "--project", "1", "--world",
                         str(tmp_path / "world"), "--retries", "1"], capsys)
-    assert code == 2 and err.startswith(f"error: GET {url}/api/projects/1/next: ")
+    assert code == 2 and err.startswith(f"error: POST {url}/api/projects/1/next: ")
 
 
 def test_database_problems_are_one_line_errors(tmp_path, capsys):
@@ -245,13 +245,13 @@ def test_release_gives_an_abandoned_item_to_someone_else(server, capsys):
     pid = make_project(server, "release", "pairwise", [{"id": "only", "prompt": "p", "responses": ["x", "y"]}],
                        members=["ann1", "ann2"])
     with server.client("ann1") as c1, server.client("ann2") as c2:
-        a1 = c1.get(f"/api/projects/{pid}/next").json()["assignment"]
-        assert c2.get(f"/api/projects/{pid}/next").json()["assignment"] is None  # overlap 1: taken
+        a1 = c1.post(f"/api/projects/{pid}/next").json()["assignment"]
+        assert c2.post(f"/api/projects/{pid}/next").json()["assignment"] is None  # overlap 1: taken
         code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "60"], capsys)
         assert code == 0 and out.strip() == "released 0 assignments"  # not stale yet
         code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "0"], capsys)
         assert code == 0 and out.strip() == "released 1 assignments"
-        a2 = c2.get(f"/api/projects/{pid}/next").json()["assignment"]
+        a2 = c2.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert a2 is not None and a2["prompt"] == "p"
         late = c1.post(f"/api/assignments/{a1['assignment_id']}/judgment",
                        json={"submission_id": "late-0001", "value": {"choice": 0}})
