@@ -143,7 +143,9 @@ class DbRateLimiter:
         self.db, self.prefix, self.limit, self.window = db, prefix, limit, window
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}:{key}"[:200]
+        # a key is what a client sent (a login name): keep it storable in any database (no NUL, no surrogate)
+        k = f"{self.prefix}:{key}"[:200]
+        return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in k)
 
     def take(self, key: str) -> bool:
         from sqlalchemy import delete, func, insert, select, text
