@@ -28,7 +28,8 @@ def _raw_json(c: httpx.Client, path: str, body: str) -> httpx.Response:
 def test_a_lone_surrogate_is_refused_at_import_naming_the_item(any_server, request):
     with any_server.client("admin") as c:
         pid = _project(c, f"surrogate-{request.node.callspec.id}")
-        body = '{"items": [{"prompt": "fine", "responses": ["a", "b"]}, {"prompt": "bad \\ud800", "responses": ["a", "b"]}]}'
+        body = ('{"items": [{"prompt": "fine", "responses": ["a", "b"]}, '
+                '{"prompt": "bad \\ud800", "responses": ["a", "b"]}]}')
         r = _raw_json(c, f"/api/projects/{pid}/items", body)
         assert r.status_code == 422 and "lone surrogate" in r.json()["detail"]
         assert "prompt" in r.json()["detail"]
@@ -96,7 +97,8 @@ def test_duplicate_keys_and_identical_responses_are_refused(any_server, request)
         body = '{"items": [{"prompt": "p", "responses": ["good", "bad"], "responses": ["bad", "bad2"]}]}'
         r = _raw_json(c, f"/api/projects/{pid}/items", body)
         assert r.status_code == 422 and "'responses' appears twice" in r.json()["detail"]
-        r = c.post(f"/api/projects/{pid}/items", json={"items": [{"prompt": "p", "chosen": "same", "rejected": "same"}]})
+        same = {"prompt": "p", "chosen": "same", "rejected": "same"}
+        r = c.post(f"/api/projects/{pid}/items", json={"items": [same]})
         assert r.status_code == 422 and "identical" in r.json()["detail"]
         r = _raw_json(c, "/api/projects", '{"name": "a", "name": "b", "task_type": "pairwise"}')
         assert r.status_code == 422
