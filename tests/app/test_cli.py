@@ -258,3 +258,25 @@ def test_release_gives_an_abandoned_item_to_someone_else(server, capsys):
         assert late.status_code == 404  # the released assignment is gone
         assert c2.post(f"/api/assignments/{a2['assignment_id']}/judgment",
                        json={"submission_id": "now-0001", "value": {"choice": 1}}).status_code == 200
+
+
+def test_revoke_one_token_and_usernames_ignore_case(server, capsys, monkeypatch):
+    db = str(server.db)
+    code, _, err = run(["add-user", "--db", db, "--username", "ANN1", "--password-stdin"], capsys,
+                       "another-password-1\n", monkeypatch)
+    assert code == 2 and "already exists" in err  # ann1 exists: names are one account in any case
+    code, out, _ = run(["token", "--db", db, "--username", "Ann2", "--name", "one"], capsys)
+    assert code == 0
+    first = out.strip().splitlines()[-1]
+    code, out, _ = run(["token", "--db", db, "--username", "ann2", "--name", "two"], capsys)
+    second = out.strip().splitlines()[-1]
+    code, out, _ = run(["tokens", "--db", db, "--username", "ann2"], capsys)
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert code == 0 and first not in out and {r[2] for r in rows} >= {"one", "two"}
+    code, out, _ = run(["revoke-token", "--db", db, "--token-stdin"], capsys, first + "\n", monkeypatch)
+    assert code == 0 and out.startswith("revoked token ")
+    with server.client() as c:  # at once: no process keeps a cached copy of the token
+        assert c.get("/api/me", headers={"authorization": f"Bearer {first}"}).status_code == 401
+        assert c.get("/api/me", headers={"authorization": f"Bearer {second}"}).json()["username"] == "ann2"
+    code, _, err = run(["revoke-token", "--db", db, "--id", str(2 ** 70)], capsys)
+    assert code == 2 and err == "error: API token not found\n"
