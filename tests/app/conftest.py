@@ -153,6 +153,14 @@ class Postgres:
         return self.url(name)
 
 
+def _unavailable(reason: str):
+    """Skip, or fail where PostgreSQL is required (CI sets PREFLOOP_REQUIRE_POSTGRESQL=1, so a broken setup
+    cannot pass silently as skips)."""
+    if os.environ.get("PREFLOOP_REQUIRE_POSTGRESQL") == "1":
+        pytest.fail(f"PostgreSQL is required here: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server of its own on a free loopback port (initdb into a temporary directory, trust
@@ -160,10 +168,13 @@ def postgres():
     import shutil
     import tempfile
 
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install prefloop[app])")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install prefloop[app])")
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; `make test` does it as root)")
+        _unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql; `make test` does it as root)")
     run_as: list[str] = []
     datadir = Path(tempfile.mkdtemp(prefix="prefloop-pg-"))
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the package's own user
@@ -172,7 +183,7 @@ def postgres():
         try:
             pg_user = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+            _unavailable("running as root and there is no 'postgres' user to run PostgreSQL as")
         os.chown(datadir, pg_user.pw_uid, pg_user.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     port = free_port()
@@ -187,7 +198,7 @@ def postgres():
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         shutil.rmtree(datadir, ignore_errors=True)
         detail = getattr(e, "stderr", b"") or b""
-        pytest.skip(f"PostgreSQL could not start: {e} {detail.decode(errors='replace')[-300:]}")
+        _unavailable(f"PostgreSQL could not start: {e} {detail.decode(errors='replace')[-300:]}")
     yield Postgres(port, datadir, bindir, run_as)
     subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
                    capture_output=True, timeout=60)
