@@ -92,7 +92,7 @@ def start_server(db: Path, **env: str) -> Server:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def sqlite_server(tmp_path_factory):
     """One server for the tests that do not kill it (each test makes its own project)."""
     db = tmp_path_factory.mktemp("app") / "feedback.db"
     tokens = seed(db)
@@ -100,6 +100,12 @@ def server(tmp_path_factory):
     srv.tokens = tokens
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(sqlite_server):
+    """The shared SQLite server (a module may override `server` to run its tests on PostgreSQL too)."""
+    return sqlite_server
 
 
 def make_project(srv: Server, name: str, task_type: str, items: list[dict], members=tuple(ANNOTATORS),
@@ -245,7 +251,7 @@ def pg_server(postgres, tmp_path_factory):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_server(request):
     """Each test runs against SQLite and against PostgreSQL."""
-    return request.getfixturevalue("server" if request.param == "sqlite" else "pg_server")
+    return request.getfixturevalue("sqlite_server" if request.param == "sqlite" else "pg_server")
 
 
 @pytest.fixture(scope="module")

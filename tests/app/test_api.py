@@ -1,5 +1,6 @@
 """The feedback app's REST API and pages against a real uvicorn process: assignment, judgments, export,
-authorisation per object, CSRF, login rate limiting, escaping and the Content Security Policy."""
+authorisation per object, CSRF, login rate limiting, escaping and the Content Security Policy. Every test
+runs on SQLite and on a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import re
 import uuid
 from collections import Counter
 
+import pytest
+
 from prefloop.data.records import Comparison, Ranking, Rating
 
 from .conftest import ADMIN_PW, ANN_PW, ANNOTATORS, login, make_project
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request):
+    """The shared SQLite server, or the same app on PostgreSQL."""
+    return request.getfixturevalue("sqlite_server" if request.param == "sqlite" else "pg_server")
+
 
 XSS = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
 
