@@ -280,3 +280,36 @@ def test_revoke_one_token_and_usernames_ignore_case(server, capsys, monkeypatch)
         assert c.get("/api/me", headers={"authorization": f"Bearer {second}"}).json()["username"] == "ann2"
     code, _, err = run(["revoke-token", "--db", db, "--id", str(2 ** 70)], capsys)
     assert code == 2 and err == "error: API token not found\n"
+
+
+def test_passwords_are_hashed_before_the_write_transaction(tmp_path, capsys, monkeypatch):
+    """Argon2 takes tens of milliseconds; with SQLite the write transaction holds the whole database."""
+    from contextlib import contextmanager
+
+    from prefloop.feedback import db as dbm
+    from prefloop.feedback import security
+
+    depth, seen = [0], []
+    write = dbm.Database.write
+
+    @contextmanager
+    def counted_write(self):
+        depth[0] += 1
+        try:
+            with write(self) as s:
+                yield s
+        finally:
+            depth[0] -= 1
+
+    hash_password = security.hash_password
+
+    def spy(password):
+        seen.append(depth[0])
+        return hash_password(password)
+
+    monkeypatch.setattr(dbm.Database, "write", counted_write)
+    monkeypatch.setattr(security, "hash_password", spy)
+    db = str(tmp_path / "h.db")
+    assert run(["create-admin", "--db", db, "--username", "root"], capsys)[0] == 0
+    assert run(["set-password", "--db", db, "--username", "root"], capsys)[0] == 0
+    assert seen == [0, 0]
