@@ -205,3 +205,23 @@ def test_serve_without_a_secret_key_on_postgresql_is_a_clear_error(monkeypatch, 
     code = main(["serve", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no secret key: set PREFLOOP_SECRET_KEY") and "Traceback" not in err
+
+
+def test_import_files_name_the_line_of_a_duplicate_key_or_a_surrogate(tmp_path):
+    import pytest
+
+    from prefloop.data import DataError
+    from prefloop.feedback.exchange import read_items
+
+    class P:
+        task_type, config = "pairwise", {"scale": [1, 3]}
+
+    ok = '{"prompt": "p", "responses": ["a", "b"]}\n'
+    for bad, message in (('{"prompt": "p", "chosen": "a", "rejected": "b", "chosen": "b"}', "'chosen' appears twice"),
+                         ('{"prompt": "p", "responses": ["\\ud800", "b"]}', "lone surrogate"),
+                         ('{"prompt": "p\\u0000", "responses": ["a", "b"]}', "NUL character")):
+        path = tmp_path / "items.jsonl"
+        path.write_text(ok + ok.replace('"p"', '"q"') + bad + "\n")
+        with pytest.raises(DataError) as e:
+            read_items(path, P)
+        assert str(e.value).startswith(f"{path}:3: ") and message in str(e.value)
