@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium demo demo-tiny test test-all lint bench clean
+.PHONY: install chromium postgresql demo demo-tiny test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ chromium:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "warning: could not install chromium; browser tests will skip"
 
+# The feedback app's tests also run against a throwaway PostgreSQL server on loopback (started by the tests
+# from Debian's postgresql binaries, as the `postgres` user when run as root). Installed here when missing and
+# when we may (root); otherwise those tests skip with a message.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+		echo "warning: could not install postgresql; the PostgreSQL tests will skip"
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -29,10 +37,10 @@ demo: $(STAMP)
 demo-tiny: $(STAMP)
 	$(VENV)/bin/prefloop demo --preset tiny --out runs/demo-tiny
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium postgresql
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP) chromium
+test-all: $(STAMP) chromium postgresql
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

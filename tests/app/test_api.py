@@ -1,5 +1,6 @@
 """The feedback app's REST API and pages against a real uvicorn process: assignment, judgments, export,
-authorisation per object, CSRF, login rate limiting, escaping and the Content Security Policy."""
+authorisation per object, CSRF, login rate limiting, escaping and the Content Security Policy. Every test
+runs on SQLite and on a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import re
 import uuid
 from collections import Counter
 
+import pytest
+
 from prefloop.data.records import Comparison, Ranking, Rating
 
 from .conftest import ADMIN_PW, ANN_PW, ANNOTATORS, login, make_project
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request):
+    """The shared SQLite server, or the same app on PostgreSQL."""
+    return request.getfixturevalue("sqlite_server" if request.param == "sqlite" else "pg_server")
+
 
 XSS = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
 
@@ -25,7 +35,7 @@ def drain(c, pid: int, judge) -> list[dict]:
     """Annotate until nothing is left; returns the views seen."""
     seen = []
     while True:
-        r = c.get(f"/api/projects/{pid}/next")
+        r = c.post(f"/api/projects/{pid}/next")
         assert r.status_code == 200, r.text
         view = r.json()["assignment"]
         if view is None:
@@ -98,7 +108,7 @@ def test_gold_items_are_mixed_in_at_the_configured_rate(server):
 def test_resubmission_is_idempotent_and_conflicts_are_refused(server):
     pid = make_project(server, "idem", "pairwise", pair_items(3, "i"), members=["ann1"])
     with server.client("ann1") as c:
-        a = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        a = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         body = {"submission_id": "sub-0001-abc", "value": {"choice": 1, "strength": 3}}
         first = c.post(f"/api/assignments/{a['assignment_id']}/judgment", json=body).json()
         again = c.post(f"/api/assignments/{a['assignment_id']}/judgment", json=body).json()
@@ -106,7 +116,7 @@ def test_resubmission_is_idempotent_and_conflicts_are_refused(server):
         other = c.post(f"/api/assignments/{a['assignment_id']}/judgment",
                        json={"submission_id": "sub-0002-abc", "value": {"choice": 0}})
         assert other.status_code == 409
-        b = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        b = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert b["assignment_id"] != a["assignment_id"]
         reuse = c.post(f"/api/assignments/{b['assignment_id']}/judgment", json=body)
         assert reuse.status_code == 409
@@ -120,14 +130,14 @@ def test_resubmission_is_idempotent_and_conflicts_are_refused(server):
 def test_every_request_is_authorised_against_its_object(server):
     pid = make_project(server, "authz", "pairwise", pair_items(4, "z"), members=["ann1", "ann2"], overlap=2)
     with server.client("ann1") as c1, server.client("ann2") as c2, server.client("ann3") as c3:
-        a1 = c1.get(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
+        a1 = c1.post(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
         # another annotator's assignment does not exist for you, for reading or writing
         assert c2.get(f"/api/assignments/{a1}").status_code == 404
         r = c2.post(f"/api/assignments/{a1}/judgment", json={"submission_id": "steal-0001", "value": {"choice": 0}})
         assert r.status_code == 404
         # a non-member does not see the project, its items or its assignments
         assert c3.get(f"/api/projects/{pid}").status_code == 404
-        assert c3.get(f"/api/projects/{pid}/next").status_code == 404
+        assert c3.post(f"/api/projects/{pid}/next").status_code == 404
         assert c3.get(f"/api/assignments/{a1}").status_code == 404
         assert pid not in [p["id"] for p in c3.get("/api/projects").json()]
         # annotators reach no admin object
@@ -205,14 +215,14 @@ def test_ranking_with_ties_exports_pairs_and_rankings(server):
     items = [{"id": f"k{i}", "prompt": f"p{i}", "responses": ["r0", "r1", "r2", "r3"]} for i in range(2)]
     pid = make_project(server, "rank", "ranking", items, members=["ann1"])
     with server.client("ann1") as c:
-        v1 = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        v1 = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         pos = {r: i for i, r in enumerate(v1["responses"])}  # display position of each response
         ranks = [0] * 4
         for r, rank in (("r0", 1), ("r1", 2), ("r2", 3), ("r3", 4)):
             ranks[pos[r]] = rank
         assert c.post(f"/api/assignments/{v1['assignment_id']}/judgment",
                       json={"submission_id": "rank-0001", "value": {"ranks": ranks}}).status_code == 200
-        v2 = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        v2 = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         pos = {r: i for i, r in enumerate(v2["responses"])}
         ranks = [0] * 4
         for r, rank in (("r0", 1), ("r1", 1), ("r2", 2), ("r3", 3)):  # r0 and r1 tied
@@ -238,7 +248,7 @@ def test_rating_with_criteria_and_flags(server):
     with server.client("ann2") as c:
         views = []
         for k, rating in enumerate((7, 2)):
-            v = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+            v = c.post(f"/api/projects/{pid}/next").json()["assignment"]
             views.append(v)
             assert v["scale"] == [1, 7] and v["flags"] == ["contains a made-up fact"]
             r = c.post(f"/api/assignments/{v['assignment_id']}/judgment",
@@ -272,7 +282,7 @@ def test_admin_actions_are_audited(server):
     pid = make_project(server, "audited", "demonstration", [{"id": "d", "prompt": "write a poem"}],
                        members=["ann3"])
     with server.client("ann3") as c:
-        v = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        v = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert c.post(f"/api/assignments/{v['assignment_id']}/judgment",
                       json={"submission_id": "demo-0001", "value": {"text": "Roses."}}).status_code == 200
     with server.client("admin") as c:

@@ -129,7 +129,7 @@ def test_backup_while_serving_and_restore(server, tmp_path, capsys):
     pid = make_project(server, "backup", "pairwise",
                        [{"id": "b", "prompt": "p", "responses": ["x", "y"]}], members=["ann2"])
     with server.client("ann2") as c:
-        v = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+        v = c.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert c.post(f"/api/assignments/{v['assignment_id']}/judgment",
                       json={"submission_id": "backup-0001", "value": {"choice": 0, "strength": 1}}).status_code == 200
     backup = tmp_path / "snap.db"
@@ -227,7 +227,7 @@ def test_simulate_reports_an_unreachable_server(tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = run(["simulate", "--url", url, "--token", "plt_x", "--project", "1", "--world",
                         str(tmp_path / "world"), "--retries", "1"], capsys)
-    assert code == 2 and err.startswith(f"error: GET {url}/api/projects/1/next: ")
+    assert code == 2 and err.startswith(f"error: POST {url}/api/projects/1/next: ")
 
 
 def test_database_problems_are_one_line_errors(tmp_path, capsys):
@@ -245,16 +245,71 @@ def test_release_gives_an_abandoned_item_to_someone_else(server, capsys):
     pid = make_project(server, "release", "pairwise", [{"id": "only", "prompt": "p", "responses": ["x", "y"]}],
                        members=["ann1", "ann2"])
     with server.client("ann1") as c1, server.client("ann2") as c2:
-        a1 = c1.get(f"/api/projects/{pid}/next").json()["assignment"]
-        assert c2.get(f"/api/projects/{pid}/next").json()["assignment"] is None  # overlap 1: taken
+        a1 = c1.post(f"/api/projects/{pid}/next").json()["assignment"]
+        assert c2.post(f"/api/projects/{pid}/next").json()["assignment"] is None  # overlap 1: taken
         code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "60"], capsys)
         assert code == 0 and out.strip() == "released 0 assignments"  # not stale yet
         code, out, _ = run(["release", "--db", str(server.db), "--project", "release", "--older-than", "0"], capsys)
         assert code == 0 and out.strip() == "released 1 assignments"
-        a2 = c2.get(f"/api/projects/{pid}/next").json()["assignment"]
+        a2 = c2.post(f"/api/projects/{pid}/next").json()["assignment"]
         assert a2 is not None and a2["prompt"] == "p"
         late = c1.post(f"/api/assignments/{a1['assignment_id']}/judgment",
                        json={"submission_id": "late-0001", "value": {"choice": 0}})
         assert late.status_code == 404  # the released assignment is gone
         assert c2.post(f"/api/assignments/{a2['assignment_id']}/judgment",
                        json={"submission_id": "now-0001", "value": {"choice": 1}}).status_code == 200
+
+
+def test_revoke_one_token_and_usernames_ignore_case(server, capsys, monkeypatch):
+    db = str(server.db)
+    code, _, err = run(["add-user", "--db", db, "--username", "ANN1", "--password-stdin"], capsys,
+                       "another-password-1\n", monkeypatch)
+    assert code == 2 and "already exists" in err  # ann1 exists: names are one account in any case
+    code, out, _ = run(["token", "--db", db, "--username", "Ann2", "--name", "one"], capsys)
+    assert code == 0
+    first = out.strip().splitlines()[-1]
+    code, out, _ = run(["token", "--db", db, "--username", "ann2", "--name", "two"], capsys)
+    second = out.strip().splitlines()[-1]
+    code, out, _ = run(["tokens", "--db", db, "--username", "ann2"], capsys)
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert code == 0 and first not in out and {r[2] for r in rows} >= {"one", "two"}
+    code, out, _ = run(["revoke-token", "--db", db, "--token-stdin"], capsys, first + "\n", monkeypatch)
+    assert code == 0 and out.startswith("revoked token ")
+    with server.client() as c:  # at once: no process keeps a cached copy of the token
+        assert c.get("/api/me", headers={"authorization": f"Bearer {first}"}).status_code == 401
+        assert c.get("/api/me", headers={"authorization": f"Bearer {second}"}).json()["username"] == "ann2"
+    code, _, err = run(["revoke-token", "--db", db, "--id", str(2 ** 70)], capsys)
+    assert code == 2 and err == "error: API token not found\n"
+
+
+def test_passwords_are_hashed_before_the_write_transaction(tmp_path, capsys, monkeypatch):
+    """Argon2 takes tens of milliseconds; with SQLite the write transaction holds the whole database."""
+    from contextlib import contextmanager
+
+    from prefloop.feedback import db as dbm
+    from prefloop.feedback import security
+
+    depth, seen = [0], []
+    write = dbm.Database.write
+
+    @contextmanager
+    def counted_write(self):
+        depth[0] += 1
+        try:
+            with write(self) as s:
+                yield s
+        finally:
+            depth[0] -= 1
+
+    hash_password = security.hash_password
+
+    def spy(password):
+        seen.append(depth[0])
+        return hash_password(password)
+
+    monkeypatch.setattr(dbm.Database, "write", counted_write)
+    monkeypatch.setattr(security, "hash_password", spy)
+    db = str(tmp_path / "h.db")
+    assert run(["create-admin", "--db", db, "--username", "root"], capsys)[0] == 0
+    assert run(["set-password", "--db", db, "--username", "root"], capsys)[0] == 0
+    assert seen == [0, 0]

@@ -20,7 +20,7 @@ def test_rating_dashboard_matches_the_agreement_functions(server):
     for name, ratings in RATINGS.items():
         with server.client(name) as c:
             k = 0
-            while (v := c.get(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
+            while (v := c.post(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
                 is_gold = v["prompt"] == "gold prompt"
                 value = 3 if is_gold and name != "ann3" else 1 if is_gold else ratings[int(v["prompt"][-1])]
                 r = c.post(f"/api/assignments/{v['assignment_id']}/judgment",

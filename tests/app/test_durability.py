@@ -22,7 +22,7 @@ def annotate_until_error(srv, name: str, pid: int, acked: list[str], stop: threa
         c.timeout = httpx.Timeout(10.0)
         try:
             while not stop.is_set():
-                view = c.get(f"/api/projects/{pid}/next").json()["assignment"]
+                view = c.post(f"/api/projects/{pid}/next").json()["assignment"]
                 if view is None:
                     return
                 sid = uuid.uuid4().hex

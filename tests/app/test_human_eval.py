@@ -116,7 +116,7 @@ def test_export_attributes_sides_only_from_item_policies(server):
              {"id": "b", "prompt": "q?", "responses": ["three", "four"]}]
     pid = make_project(server, "policies export", "pairwise", items, members=["ann1"])
     with server.client("ann1") as c:
-        while (view := c.get(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
+        while (view := c.post(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
             choice = view["responses"].index("two" if "two" in view["responses"] else "four")
             r = c.post(f"/api/assignments/{view['assignment_id']}/judgment",
                        json={"submission_id": secrets.token_hex(8), "value": {"choice": choice, "strength": 2}})

@@ -49,7 +49,22 @@ def test_a_huge_declared_body_is_refused_before_it_is_read(own_server, path):
     head = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {10 ** 10}\r\n\r\n")
     status, seconds = raw_request(own_server.url, head)  # a server waiting for 10 GB would time out here
-    assert status == 413 and seconds < 5
+    # imports authenticate first: an anonymous sender is sent away (401, or the login page) unread
+    expected = {"/api/projects/1/items": 401, "/admin/projects/1/import": 303}.get(path, 413)
+    assert status == expected and seconds < 5
+
+
+def test_an_anonymous_63_mib_import_is_refused_before_it_is_read(own_server):
+    """63 MiB is under the admins' import limit: before, the server read and parsed it all (3.4 GB) and only
+    then said 401; now it answers from the headers alone, and an admin's declared 10 GB is still a 413."""
+    head = ("POST /api/projects/1/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {63 * MIB}\r\n\r\n")
+    assert raw_request(own_server.url, head)[0] == 401
+    annotator = f"Authorization: Bearer {own_server.tokens['ann1']}\r\n"
+    assert raw_request(own_server.url, head.replace("Host:", annotator + "Host:"))[0] == 413  # not an admin
+    admin = f"Authorization: Bearer {own_server.tokens['admin']}\r\n"
+    huge = head.replace(str(63 * MIB), str(10 ** 10)).replace("Host:", admin + "Host:")
+    assert raw_request(own_server.url, huge)[0] == 413
 
 
 def test_bodies_over_the_limit_are_refused_without_credentials(own_server):

@@ -38,7 +38,8 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
         pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == project_name(cfg, 1))
         progress = c.get(f"/api/projects/{pid}/stats").json()["progress"]
     items = [json.loads(x) for x in (cfg.out / "round-1" / "samples.jsonl").read_text().splitlines()]
-    distinct = sum(len({r.strip() for r in it["responses"]}) == 2 and all(r.strip() for r in it["responses"])
+    distinct = sum(len({r.strip() for r in it["responses"]}) == 2
+                   and all(r.strip() and "\x00" not in r for r in it["responses"])
                    for it in items)
     # Every pair that can be compared was imported and judged by two distinct simulated users.
     assert progress["items"] == distinct and progress["complete_items"] == distinct

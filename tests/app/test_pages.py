@@ -62,7 +62,7 @@ def test_openapi_describes_the_api(server):
         docs = c.get("/docs")
     assert {"/api/projects/{pid}/next", "/api/assignments/{aid}/judgment", "/api/projects/{pid}/export"} <= set(
         spec["paths"])
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 404  # no Swagger UI page: it would load its code from a CDN
 
 
 def _post_form(client, pid: int, fields: dict) -> tuple[int, str]:

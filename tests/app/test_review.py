@@ -53,7 +53,7 @@ def test_concurrent_resubmissions_store_one_judgment(server):
     pid = make_project(server, "race", "pairwise", [{"id": "r0", "prompt": "p", "responses": ["a", "b"]}],
                        members=["ann2"])
     with server.client("ann2") as c:
-        aid = c.get(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
+        aid = c.post(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
     body = {"submission_id": uuid.uuid4().hex, "value": {"choice": 0, "strength": 1}}
 
     def post(_):
@@ -101,7 +101,7 @@ def test_errors_show_no_internals_and_are_never_html_from_input(server):
                                                                               "x-csrf-token": c.csrf})
     assert r.status_code in (400, 422) and "Traceback" not in r.text
     with server.client("ann1") as t:
-        r = t.get("/api/projects/999999/next")
+        r = t.post("/api/projects/999999/next")
         assert r.status_code == 404 and r.json() == {"detail": "project 999999 not found"}
         r = t.post("/api/assignments/999999/judgment", json={"submission_id": "x" * 8, "value": {}})
         assert r.status_code == 404 and "SELECT" not in r.text

@@ -36,7 +36,7 @@ def test_migration_matches_the_models(tmp_path):
         tables = set(inspect(conn).get_table_names())
     engine.dispose()
     assert {"users", "sessions", "api_tokens", "projects", "members", "items", "assignments", "judgments",
-            "audit_log", "alembic_version"} == tables
+            "audit_log", "rate_events", "alembic_version"} == tables
 
 
 def test_postgresql_migration_renders(capsys):

@@ -1,40 +1,38 @@
 """Data: record types, JSONL readers and writers with file:line errors, chat templates, tokenisation.
 
-Imports torch (for collation) but no model code; nothing here imports recipes.
+The names below load on first use (PEP 562), so `prefloop.data.records`, `prefloop.data.jsonl` and
+`DataError` import without torch: the feedback app and its command line never load it. Only the tokenisation
+helpers (`prefloop.data.tokenize`) import torch. Nothing here imports recipes.
 """
 
-from .errors import DataError
-from .hashing import file_sha256
-from .jsonl import (
-    iter_jsonl,
-    read_comparisons,
-    read_demonstrations,
-    read_prompts,
-    read_rankings,
-    read_ratings,
-    read_records,
-    write_jsonl,
-)
-from .records import Comparison, Demonstration, Prompt, Ranking, Rating, split_implicit_prompt
-from .templates import DEFAULT_CHAT_TEMPLATE, render_completion, render_prompt
-from .tokenize import (
-    IGNORE_INDEX,
-    Encoded,
-    EncodedPair,
-    PairTensors,
-    SFTTensors,
-    collate_pairs,
-    collate_sft,
-    encode_completion,
-    encode_example,
-    encode_pair,
-    encode_prompt,
-    ensure_pad_token,
-    left_pad,
-    length_grouped_order,
-    pack_texts,
-    right_pad,
-)
+import importlib
+
+_SOURCES = {
+    "errors": ("DataError",),
+    "hashing": ("file_sha256",),
+    "jsonl": ("iter_jsonl", "read_comparisons", "read_demonstrations", "read_prompts", "read_rankings",
+              "read_ratings", "read_records", "write_jsonl"),
+    "records": ("Comparison", "Demonstration", "Prompt", "Ranking", "Rating", "split_implicit_prompt"),
+    "templates": ("DEFAULT_CHAT_TEMPLATE", "render_completion", "render_prompt"),
+    "tokenize": ("IGNORE_INDEX", "Encoded", "EncodedPair", "PairTensors", "SFTTensors", "collate_pairs",
+                 "collate_sft", "encode_completion", "encode_example", "encode_pair", "encode_prompt",
+                 "ensure_pad_token", "left_pad", "length_grouped_order", "pack_texts", "right_pad"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __all__ = [
     "DEFAULT_CHAT_TEMPLATE",

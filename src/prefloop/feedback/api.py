@@ -8,21 +8,49 @@ export, statistics and the audit log are for admins only.
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from prefloop.data import DataError
 
 from . import exchange, service
 from .app import Principal, require_user
 from .db import AuditEvent, User
-from .service import AppError
+from .service import MAX_DB_ID, AppError
 
-router = APIRouter(prefix="/api")
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body is parsed by `service.strict_json_loads`: duplicate keys, NUL characters and
+    lone surrogates are refused with a 422 naming the problem, before any handler sees the values."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = service.strict_json_loads(await self.body())
+            except AppError as e:
+                raise HTTPException(e.status, str(e)) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+router = APIRouter(prefix="/api", route_class=StrictJSONRoute)
 
 
 class UserIn(BaseModel):
@@ -45,10 +73,6 @@ class ProjectIn(BaseModel):
 
 class MemberIn(BaseModel):
     username: str
-
-
-class ItemsIn(BaseModel):
-    items: list[dict]
 
 
 class TokenIn(BaseModel):
@@ -75,6 +99,8 @@ def _project_for(s, pid: int, principal: Principal, state=None):
 
     Projects do not change after creation and members are never removed, so the hot paths pass the app's
     `state`, whose caches of both spare a query or two per request."""
+    if not 0 < pid <= MAX_DB_ID:
+        raise service.not_found(f"project {pid}")
     p = state.projects.get(pid) if state is not None else None
     if p is None:
         p = s.get(service.Project, pid)
@@ -136,8 +162,10 @@ def list_users(request: Request) -> list[dict]:
 @router.post("/users", status_code=201)
 def create_user(request: Request, body: UserIn) -> dict:
     principal = require_user(request, admin=True)
+    password_hash = service.new_password_hash(body.password)  # outside the write transaction
     with request.app.state.db.write() as s:
-        u = service.create_user(s, body.username, body.password, body.role, body.pool, principal.user.username)
+        u = service.create_user(s, body.username, None, body.role, body.pool, principal.user.username,
+                                password_hash=password_hash)
         service.commit_or_conflict(s)
         return _user_json(u)
 
@@ -180,20 +208,30 @@ def add_member(request: Request, pid: int, body: MemberIn) -> dict:
     return {"project": p.name, "member": u.username}
 
 
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+
+
 @router.post("/projects/{pid}/items", status_code=201)
-def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
-    """Import items given as JSON objects (the format of a line of an import file)."""
-    principal = require_user(request, admin=True)
+async def import_items(request: Request, pid: int) -> dict:
+    """Import items: a JSON body `{"items": [...]}` (objects in the format of an import line), or the lines of
+    an import file as `application/x-ndjson` (plain or gzip), which is read line by line in bounded memory:
+    the way for large imports. The body is spooled to a temporary file as it arrives; the sender was checked
+    to be an admin before any of it was read (`app.BodyLimit`)."""
+    principal = await run_in_threadpool(require_user, request, True)
+    ndjson = request.headers.get("content-type", "").split(";")[0].strip().lower() in NDJSON_TYPES
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as f:
+        async for chunk in request.stream():
+            f.write(chunk)
+        f.seek(0)
+        return await run_in_threadpool(_import_body, request, pid, principal, f, ndjson)
+
+
+def _import_body(request: Request, pid: int, principal: Principal, f, ndjson: bool) -> dict:
+    limits = request.app.state.settings.limits
     with request.app.state.db.read() as s:
         p = _project_for(s, pid, principal)
-    items = []
     try:  # validated before the write transaction, which then holds the database only to insert
-        for i, d in enumerate(body.items):
-            if not isinstance(d, dict):
-                raise DataError(f"items[{i}]: expected a JSON object")
-            for it in exchange.validate_item(p.task_type, d, tuple(p.config["scale"]), f"items[{i}]"):
-                it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
-                items.append(it)
+        items = exchange.read_item_stream(f, p, "body", limits) if ndjson else _json_items(f.read(), p, limits)
     except DataError as e:
         raise AppError(str(e), 422) from None
     with request.app.state.db.write() as s:
@@ -202,22 +240,49 @@ def import_items(request: Request, pid: int, body: ItemsIn) -> dict:
     return {"imported": n}
 
 
+def _json_items(body: bytes, p, limits: exchange.ImportLimits) -> list[dict]:
+    doc = service.strict_json_loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise DataError('the body must be {"items": [...]} (or send the lines as application/x-ndjson)')
+    items = []
+    for i, d in enumerate(doc["items"]):
+        if not isinstance(d, dict):
+            raise DataError(f"items[{i}]: expected a JSON object")
+        for it in exchange.validate_item(p.task_type, d, tuple(p.config["scale"]), f"items[{i}]", limits):
+            it["id"] = (it["id"] if it["id"] is not None else f"api{i}") + it.pop("suffix")
+            items.append(it)
+    return items
+
+
+def _assignment_json(s, p, a) -> dict | None:
+    return service.assignment_view(p, service.item_content(s, a.item_id), a) if a is not None else None
+
+
 @router.get("/projects/{pid}/next")
-def next_assignment(request: Request, pid: int) -> JSONResponse:
-    """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left."""
+def open_assignment(request: Request, pid: int) -> JSONResponse:
+    """Your open assignment in the project, or `{"assignment": null}`; creates nothing (POST does)."""
     principal = require_user(request)
-    with request.app.state.db.write() as s:
+    with request.app.state.db.read() as s:
         p = _project_for(s, pid, principal, request.app.state)
-        checked = _member(s, p, principal, request.app.state)
-        if not checked:
+        return JSONResponse({"assignment": _assignment_json(s, p, service.open_assignment(s, p, principal.user))})
+
+
+@router.post("/projects/{pid}/next")
+def next_assignment(request: Request, pid: int) -> JSONResponse:
+    """Your open assignment in the project, or a new one; `{"assignment": null}` when none is left. Parallel
+    calls of one user get one assignment (a row lock on the user, and a unique index on open assignments)."""
+    principal = require_user(request)
+    state = request.app.state
+
+    def go(s):
+        p = _project_for(s, pid, principal, state)
+        if not _member(s, p, principal, state):
             raise AppError(f"you are not a member of project {p.name!r}", 403)
-        a = service.next_assignment(s, p, principal.user, request.app.state.key, member_checked=True)
-        if a is None:
-            s.commit()
-            return JSONResponse({"assignment": None})
-        view = service.assignment_view(p, service.item_content(s, a.item_id), a)
-        service.commit_or_conflict(s)
-    return JSONResponse({"assignment": view})  # plain JSON values: no response-model pass needed
+        a = service.next_assignment(s, p, principal.user, state.key, member_checked=True)
+        return _assignment_json(s, p, a)
+
+    # plain JSON values: no response-model pass needed
+    return JSONResponse({"assignment": service.run_write(state.db, go)})
 
 
 @router.get("/assignments/{aid}")
@@ -234,12 +299,14 @@ def submit_judgment(request: Request, aid: int, body: JudgmentIn) -> JSONRespons
     """Submit a judgment (in display positions; see `service.normalise_judgment`). The answer comes only after
     the commit; resending the same `submission_id` returns the stored judgment with `duplicate: true`."""
     principal = require_user(request)
-    with request.app.state.db.write() as s:
-        a = service.assignment_of(s, aid, principal.user)
-        p = request.app.state.projects.get(a.project_id) or s.get(service.Project, a.project_id)
-        jid, dup = service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value,
-                                           body.duration_ms)
-        service.commit_or_conflict(s)
+    state = request.app.state
+
+    def go(s):
+        a = service.assignment_of(s, aid, principal.user, lock=True)  # resends wait here, then see the first
+        p = state.projects.get(a.project_id) or s.get(service.Project, a.project_id)
+        return service.submit_judgment(s, p, a, principal.user, body.submission_id, body.value, body.duration_ms)
+
+    jid, dup = service.run_write(state.db, go)
     return JSONResponse({"judgment_id": jid, "duplicate": dup})
 
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import hmac
 import os
 import re
-import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from starlette.concurrency import run_in_threadpool
 
 from . import security, service
 from .db import Database, User, sqlite_path
+from .exchange import ImportLimits
 from .service import AppError
 
 HERE = Path(__file__).parent
@@ -31,10 +31,6 @@ SESSION_COOKIE = "pl_session"
 LOGIN_CSRF_COOKIE = "pl_login_csrf"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-# Swagger UI at /docs loads its code from a CDN and runs an inline script; it shows no annotation data
-DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -49,8 +45,13 @@ class Settings:
     max_body: int = 2 << 20
     """Largest request body in bytes (413 above), checked before the body is read or anyone authenticated."""
     max_import_body: int = 64 << 20
-    """Largest body of an item import (`POST /api/projects/{id}/items`, the import form); bigger files go
-    through `prefloop annotate import`."""
+    """Largest body of an item import (`POST /api/projects/{id}/items`, the import form), for admins only: the
+    sender is authenticated from the headers before any of the body is read; everyone else gets `max_body`.
+    Bigger files go through `prefloop annotate import`."""
+    limits: ImportLimits = field(default_factory=ImportLimits)
+    """Per-item limits of imports (text per field, decompressed size of an upload)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses of reverse proxies whose `X-Forwarded-For` names the client; from anyone else it is ignored."""
 
 
 @dataclass
@@ -74,12 +75,11 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        csp = DOCS_CSP if scope["path"] in ("/docs", "/docs/oauth2-redirect") else CSP
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", csp.encode()), (b"x-content-type-options", b"nosniff"),
+                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
                             (b"cache-control", b"no-store")]
                 message = {**message, "headers": headers}
@@ -94,7 +94,10 @@ IMPORT_PATH = re.compile(r"^/(api/projects/\d+/items|admin/projects/\d+/import)$
 class BodyLimit:
     """ASGI middleware refusing request bodies over the settings' limits with 413: FastAPI parses a JSON or
     form body before the handler asks who sent it, so without a limit anyone could make the server read and
-    parse any amount. A declared Content-Length is refused before reading; a streamed body when it passes."""
+    parse any amount. A declared Content-Length is refused before reading; a streamed body when it passes.
+
+    Imports get the larger limit only once the headers (token or session cookie) show an admin: anyone else
+    is answered (401, or 413 for a non-admin over the ordinary limit) before one byte of the body is read."""
 
     def __init__(self, app, settings: Settings):
         self.app, self.settings = app, settings
@@ -102,13 +105,17 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.settings.max_import_body if IMPORT_PATH.match(scope["path"]) else self.settings.max_body
+        limit = self.settings.max_body
+        if IMPORT_PATH.match(scope["path"]) and scope["method"] == "POST":
+            principal = await run_in_threadpool(authenticate, Request(scope))
+            if principal is None:
+                return await _refuse(scope, receive, send, 401, "not logged in")
+            if principal.is_admin:
+                limit = max(limit, self.settings.max_import_body)
         message = f"the request body is larger than {limit} bytes"
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            if scope["path"].startswith("/api/"):
-                return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
-            return await PlainTextResponse(message, status_code=413)(scope, receive, send)
+            return await _refuse(scope, receive, send, 413, message)
         received = 0
 
         async def limited_receive():
@@ -122,6 +129,22 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+async def _refuse(scope, receive, send, status: int, message: str) -> None:
+    if scope["path"].startswith("/api/"):
+        return await JSONResponse({"detail": message}, status_code=status)(scope, receive, send)
+    if status == 401:
+        return await RedirectResponse("/login", status_code=303)(scope, receive, send)
+    return await PlainTextResponse(message, status_code=status)(scope, receive, send)
+
+
+class PrefloopApp(FastAPI):
+    """FastAPI with the security headers outermost: Starlette answers an unhandled exception (500) in its
+    outermost middleware, outside every middleware added with `add_middleware`, so they would miss it."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def default_data_dir(db_url: str) -> Path | None:
     path = sqlite_path(db_url)
     return path.parent if path is not None else None
@@ -132,36 +155,59 @@ def create_app(settings: Settings) -> FastAPI:
 
     db = Database(settings.db_url)
     data_dir = settings.data_dir or default_data_dir(db.url)
-    app = FastAPI(title="prefloop feedback", version="1", docs_url="/docs", redoc_url=None)
+    # no /docs page: Swagger UI would load its code from a CDN; the OpenAPI document is at /openapi.json
+    app = PrefloopApp(title="prefloop feedback", version="1", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = db
     app.state.key = security.load_secret_key(data_dir)
     app.state.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                                       trim_blocks=True, lstrip_blocks=True)
-    app.state.token_cache = TokenCache()
     app.state.projects = {}
     app.state.members = set()
-    app.state.login_user_limiter = security.RateLimiter(settings.login_limit, settings.login_window)
-    app.state.login_ip_limiter = security.RateLimiter(4 * settings.login_limit, settings.login_window)
+    # in the database, so that several server processes share one count
+    app.state.login_user_limiter = security.DbRateLimiter(db, "user", settings.login_limit, settings.login_window)
+    app.state.login_ip_limiter = security.DbRateLimiter(db, "ip", 4 * settings.login_limit, settings.login_window)
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
     app.include_router(ui.router)
-
-    @app.exception_handler(AppError)
-    async def _app_error(request: Request, e: AppError):
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": str(e)}, status_code=e.status)
-        if e.status == 401:
-            return RedirectResponse("/login", status_code=303)
-        return render(request, "error.html", {"message": str(e)}, status=e.status)
+    _add_error_handlers(app)
 
     @app.on_event("shutdown")
     def _dispose():
         db.dispose()
 
     return app
+
+
+def _error_response(request: Request, message: str, status: int):
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=status)
+    if status == 401:
+        return RedirectResponse("/login", status_code=303)
+    return render(request, "error.html", {"message": message}, status=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    from sqlalchemy.exc import DataError as SQLDataError
+    from sqlalchemy.exc import StatementError
+
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, e: AppError):
+        return _error_response(request, str(e), e.status)
+
+    # the last line of defence behind the checks at each boundary: a value the database refuses (a number
+    # out of range, text it cannot store) is the request's fault, not the server's
+    @app.exception_handler(SQLDataError)
+    @app.exception_handler(OverflowError)
+    async def _unstorable(request: Request, e: Exception):
+        return _error_response(request, "a value in the request is out of range or cannot be stored", 422)
+
+    @app.exception_handler(StatementError)
+    async def _statement(request: Request, e: StatementError):
+        if isinstance(e.orig, (OverflowError, ValueError)):
+            return _error_response(request, "a value in the request is out of range or cannot be stored", 422)
+        raise e
 
 
 def render(request: Request, template: str, context: dict, status: int = 200) -> HTMLResponse:
@@ -171,45 +217,16 @@ def render(request: Request, template: str, context: dict, status: int = 200) ->
     return HTMLResponse(html, status_code=status)
 
 
-class TokenCache:
-    """API token -> user for `ttl` seconds, so a script's every request does not look its token up again.
-    A user deactivated or a token revoked outside this process takes effect within `ttl` seconds."""
-
-    def __init__(self, ttl: float = 10.0, size: int = 10_000):
-        self.ttl, self.size = ttl, size
-        self._map: dict[str, tuple[float, User]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, token: str) -> User | None:
-        hit = self._map.get(token)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
-
-    def put(self, token: str, user: User) -> None:
-        with self._lock:
-            if len(self._map) >= self.size:
-                self._map.clear()
-            self._map[token] = (time.monotonic() + self.ttl, user)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._map.clear()
-
-
 def authenticate(request: Request) -> Principal | None:
     """The user behind the request (bearer token or session cookie), or None."""
     db: Database = request.app.state.db
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-        cache: TokenCache = request.app.state.token_cache
-        user = cache.get(token)
-        if user is None:
-            with db.read() as s:
-                user = service.token_user(s, token)
-            if user is None:
-                return None
-            cache.put(token, user)
-        return Principal(user, "token")
+        # looked up on every request (one indexed query), never cached in the process: a revoked token or a
+        # deactivated user is refused at once by every server process
+        with db.read() as s:
+            user = service.token_user(s, auth[7:].strip())
+        return Principal(user, "token") if user is not None else None
     with db.read() as s:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
@@ -242,7 +259,18 @@ def require_user(request: Request, admin: bool = False, form_token: str | None =
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address: the connection's peer, or, when the peer is one of the configured
+    `trusted_proxies`, the nearest address in `X-Forwarded-For` that is not a trusted proxy. A client can put
+    anything in that header, so from anyone else it is ignored."""
+    peer = request.client.host if request.client else "unknown"
+    trusted = request.app.state.settings.trusted_proxies
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):  # each proxy appends the address it saw: read from the right
+        if hop not in trusted:
+            return hop[:64]
+    return peer
 
 
 def settings_from_env() -> Settings:
@@ -251,8 +279,9 @@ def settings_from_env() -> Settings:
     if not url:
         raise RuntimeError("set PREFLOOP_DB to the database URL or SQLite file")
     data_dir = os.environ.get("PREFLOOP_DATA_DIR")
+    proxies = tuple(x.strip() for x in os.environ.get("PREFLOOP_TRUSTED_PROXIES", "").split(",") if x.strip())
     return Settings(db_url=url, data_dir=Path(data_dir) if data_dir else None,
-                    secure_cookies=os.environ.get("PREFLOOP_SECURE_COOKIES", "") == "1")
+                    secure_cookies=os.environ.get("PREFLOOP_SECURE_COOKIES", "") == "1", trusted_proxies=proxies)
 
 
 def app_from_env() -> FastAPI:

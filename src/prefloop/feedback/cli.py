@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", type=Path, help="where the secret key lives (default: next to a SQLite file)")
     c.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (serve behind HTTPS)")
     c.add_argument("--log-level", default="warning")
+    c.add_argument("--workers", type=int, default=1, help="server processes (they share limits through the database)")
+    c.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                   help="a reverse proxy whose X-Forwarded-For names the client (repeatable); from anyone else "
+                        "that header is ignored")
     cmd("init", "create or upgrade the database schema")
     for name, help in (("create-admin", "create an admin (the first one: there are no default accounts)"),
                        ("add-user", "create a user")):
@@ -58,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("token", "create an API token for a user (printed once)")
     c.add_argument("--username", required=True)
     c.add_argument("--name", default="cli")
+    c = cmd("revoke-token", "revoke one API token, by id (see `tokens`) or given on stdin")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id", type=int, help="the token's id")
+    g.add_argument("--token-stdin", action="store_true", help="read the token itself from stdin")
+    c = cmd("tokens", "list API tokens (id, user, name, created, revoked); never the tokens themselves")
+    c.add_argument("--username", help="only this user's tokens")
     c = cmd("create-project", "create a project (campaign)")
     c.add_argument("--name", required=True)
     c.add_argument("--task", required=True, choices=["pairwise", "ranking", "rating", "demonstration"])
@@ -143,7 +153,9 @@ def _cmd_user(args) -> None:
 
     pw, generated = _password(args)
     role = "admin" if args.command == "create-admin" else args.role
-    _with_db(args, lambda s: service.create_user(s, args.username, pw, role, args.pool))
+    password_hash = service.new_password_hash(pw)  # before the write transaction opens
+    _with_db(args, lambda s: service.create_user(s, args.username, None, role, args.pool,
+                                                 password_hash=password_hash))
     print(f"created {role} {args.username!r} (pool {args.pool})")
     if generated:
         print(f"password: {pw}")
@@ -153,13 +165,14 @@ def _cmd_account(args) -> None:
     from . import service
 
     pw, generated = _password(args) if args.command == "set-password" else (None, False)
+    password_hash = service.new_password_hash(pw) if pw is not None else None
 
     def go(s):
         u = service.user_by_name(s, args.username)
         if u is None:
             raise CLIError(f"no user {args.username!r}")
         if pw is not None:
-            service.set_password(s, u, pw, "cli")
+            service.set_password(s, u, None, "cli", password_hash=password_hash)
         else:
             service.deactivate_user(s, u, "cli")
 
@@ -337,15 +350,70 @@ def _cmd_restore(args) -> None:
 
 
 def _cmd_serve(args) -> None:
+    import os
+
     import uvicorn
 
-    from .app import Settings, create_app
+    from .app import Settings, create_app, default_data_dir
+    from .db import normalise_url
+    from .security import SecretKeyError, load_secret_key
     from .service import migrate
 
+    if args.workers < 1:
+        raise CLIError("--workers must be at least 1")
+    data_dir = args.data_dir or default_data_dir(normalise_url(args.db))
+    try:
+        load_secret_key(data_dir)  # checked (and created) once, before any worker starts
+    except SecretKeyError as e:
+        raise CLIError(str(e)) from None
     migrate(args.db)
-    app = create_app(Settings(db_url=args.db, data_dir=args.data_dir, secure_cookies=args.secure_cookies))
-    print(f"serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # the app reads X-Forwarded-For itself, from the trusted proxies only; uvicorn's own handling (on by
+    # default for 127.0.0.1) is off
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False,
+              "proxy_headers": False}
+    print(f"serving on http://{args.host}:{args.port} (OpenAPI at /openapi.json)", flush=True)
+    if args.workers == 1:
+        app = create_app(Settings(db_url=args.db, data_dir=args.data_dir, secure_cookies=args.secure_cookies,
+                                  trusted_proxies=tuple(args.trusted_proxy)))
+        uvicorn.run(app, **common)
+        return
+    # several processes: each builds the app from the environment (uvicorn's factory mode)
+    os.environ.update({"PREFLOOP_DB": args.db, "PREFLOOP_TRUSTED_PROXIES": ",".join(args.trusted_proxy),
+                       "PREFLOOP_SECURE_COOKIES": "1" if args.secure_cookies else ""})
+    if data_dir is not None:
+        os.environ["PREFLOOP_DATA_DIR"] = str(data_dir)
+    uvicorn.run("prefloop.feedback.app:app_from_env", factory=True, workers=args.workers, **common)
+
+
+def _cmd_revoke(args) -> None:
+    from . import service
+
+    token = None
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise CLIError("no token on stdin")
+    t = _with_db(args, lambda s: service.revoke_token(s, token, args.id))
+    print(f"revoked token {t.id}")
+
+
+def _cmd_tokens(args) -> None:
+    from sqlalchemy import select
+
+    from . import service
+    from .db import ApiToken, User
+
+    def go(s):
+        q = select(ApiToken, User.username).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
+        if args.username:
+            u = service.user_by_name(s, args.username)
+            if u is None:
+                raise CLIError(f"no user {args.username!r}")
+            q = q.where(ApiToken.user_id == u.id)
+        return [(t.id, name, t.name, t.created_at, t.revoked) for t, name in s.execute(q)]
+
+    for tid, name, label, created, revoked in _with_db(args, go, write=False):
+        print(f"{tid}\t{name}\t{label}\t{created:%Y-%m-%d %H:%M}\t{'revoked' if revoked else 'active'}")
 
 
 def _cmd_simulate(args) -> None:
@@ -402,7 +470,8 @@ def _run(args) -> None:
         print(json.dumps(stats, indent=2))
     else:
         commands = {"import": _cmd_import, "sample": _cmd_sample, "export": _cmd_export, "backup": _cmd_backup,
-                    "restore": _cmd_restore, "serve": _cmd_serve, "simulate": _cmd_simulate}
+                    "restore": _cmd_restore, "serve": _cmd_serve, "simulate": _cmd_simulate,
+                    "revoke-token": _cmd_revoke, "tokens": _cmd_tokens}
         commands[c](args)
 
 

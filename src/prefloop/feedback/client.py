@@ -71,7 +71,7 @@ class FeedbackClient:
 
     def next(self, project_id: int) -> dict | None:
         """The next assignment view (prompt, responses in display order, ...) or None when none is left."""
-        return self._request("GET", f"/api/projects/{project_id}/next").json()["assignment"]
+        return self._request("POST", f"/api/projects/{project_id}/next").json()["assignment"]
 
     def submit(self, assignment_id: int, value: dict, submission_id: str | None = None,
                duration_ms: int | None = None) -> dict:

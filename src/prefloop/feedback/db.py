@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     text,
 )
 from sqlalchemy.engine import Engine
@@ -51,6 +52,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (Index("ix_users_username_lower", func.lower(text("username")), unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
@@ -123,7 +125,10 @@ class Item(Base):
 class Assignment(Base):
     __tablename__ = "assignments"
     __table_args__ = (UniqueConstraint("item_id", "user_id"),
-                      Index("ix_assignments_open", "user_id", "project_id", "done"))
+                      Index("ix_assignments_open", "user_id", "project_id", "done"),
+                      # at most one open assignment per user and project, even under parallel requests
+                      Index("ix_assignments_one_open", "user_id", "project_id", unique=True,
+                            sqlite_where=text("done = 0"), postgresql_where=text("done = false")))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
@@ -158,6 +163,18 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(255), default="")
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class RateEvent(Base):
+    """One counted attempt (a login) under a key such as `user:alice` or `ip:10.0.0.7`: kept in the database so
+    that every server process enforces one limit."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_key_at", "key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    at: Mapped[float] = mapped_column(Float)
+    """Wall-clock seconds (time.time()), comparable across processes."""
 
 
 def normalise_url(db: str | os.PathLike) -> str:

@@ -5,19 +5,44 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prefloop.data import DataError
-from prefloop.data.jsonl import iter_jsonl, write_jsonl
+from prefloop.data.jsonl import write_jsonl
 from prefloop.data.records import Comparison, Demonstration, Prompt, Ranking, Rating
 
 from .db import Item, Judgment, Project, User
-from .service import DEFAULT_SCALE, MAX_RESPONSES, AppError, audit, ranks_from_order, valid_ranks
+from .service import (
+    DEFAULT_SCALE,
+    MAX_RESPONSES,
+    AppError,
+    audit,
+    ranks_from_order,
+    strict_json_loads,
+    text_problem,
+    valid_ranks,
+)
 
 # ---------------------------------------------------------------- import
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What one import may hold; beyond it the import is refused with an error naming the line or item."""
+
+    max_field_chars: int = 200_000
+    """Characters in any one text of an item (the prompt, a response, a message, a `meta` value)."""
+    max_bytes: int = 256 << 20
+    """Bytes of an import file after decompression (a small gzip file can expand a thousandfold)."""
+
+
+DEFAULT_LIMITS = ImportLimits()
 
 def _responses_of(d: dict) -> list:
     if "responses" in d:
@@ -70,7 +95,20 @@ def _check_fit(meta: dict | None, ext: Any) -> None:
         raise DataError("field 'meta' must be plain JSON: no NaN or Infinity") from None
 
 
-def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -> list[dict]:
+def _check_content(task_type: str, d: dict, responses: list, limits: ImportLimits) -> None:
+    """Text every page, export and trainer can handle (no NUL, no lone surrogate, not over the size limit),
+    and responses that differ where they are compared."""
+    problem = text_problem(d, limits.max_field_chars)
+    if problem:
+        raise DataError(problem)
+    if task_type in ("pairwise", "ranking"):
+        # a comparison of a response with itself teaches nothing and would export chosen == rejected
+        if len({json.dumps(r, sort_keys=True) for r in responses}) < len(responses):
+            raise DataError("two responses are identical; a comparison needs different responses")
+
+
+def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str,
+                  limits: ImportLimits = DEFAULT_LIMITS) -> list[dict]:
     """The item(s) one import line makes (a rating line with K responses makes K items)."""
     try:
         prompt = Prompt.from_json({k: d[k] for k in ("prompt", "messages") if k in d}, where).prompt
@@ -103,6 +141,7 @@ def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -
         if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int))):
             raise DataError("field 'id' must be a string or an integer")
         _check_fit(meta, ext)
+        _check_content(task_type, d, responses, limits)
     except DataError as e:
         msg = str(e)
         raise DataError(msg if msg.startswith(where) else f"{where}: {msg}") from None
@@ -112,24 +151,91 @@ def validate_item(task_type: str, d: dict, scale: tuple[int, int], where: str) -
     return [{**base, "responses": responses, "suffix": ""}]
 
 
-def read_items(path: str | os.PathLike, project: Project) -> list[dict]:
-    """Validated items of a JSONL file (see docs/FEEDBACK_APP.md, "Import format"); `DataError` names the line.
+def iter_item_lines(lines: Iterable[bytes], where: str) -> Iterator[tuple[int, dict]]:
+    """`(line number, object)` of each non-blank JSONL line; `DataError` names the line: bytes that are not
+    UTF-8, malformed JSON, a key given twice in one object, or a line that is not an object."""
+    for line_no, raw in enumerate(lines, 1):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}:{line_no}: not valid UTF-8") from None
+        if not text.strip():
+            continue
+        try:
+            obj = strict_json_loads(text)
+        except AppError as e:
+            raise DataError(f"{where}:{line_no}: {e}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+        yield line_no, obj
 
-    Accepts `prefloop sample` output (`{"prompt", "responses", "ended"}`) as it is.
-    """
+
+def _capped(stream: IO[bytes], limit: int, where: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of `stream` in chunks, gunzipped if it starts with the gzip magic number, refusing more than
+    `limit` bytes of output (decompressed on the fly, never whole in memory)."""
+    head = stream.read(2)
+    unzip = zlib.decompressobj(wbits=31) if head == b"\x1f\x8b" else None
+    total, data = 0, head
+    while data:
+        if unzip is not None:
+            try:
+                data = unzip.decompress(data, limit + 1 - total)
+            except zlib.error as e:
+                raise DataError(f"{where}: not a valid gzip file ({e})") from None
+        total += len(data)
+        if total > limit:
+            raise DataError(f"{where}: more than {limit} bytes of items (after decompression); "
+                            "split the file or raise the import limit")
+        yield data
+        data = unzip.unconsumed_tail if unzip is not None and unzip.unconsumed_tail else stream.read(chunk)
+
+
+def _lines_of(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending: list[bytes] = []  # the start of a line that spans chunks (joined once, not per chunk)
+    for chunk in chunks:
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            continue
+        yield b"".join([*pending, parts[0]])
+        yield from parts[1:-1]
+        pending = [parts[-1]]
+    if any(pending):
+        yield b"".join(pending)
+
+
+def read_item_stream(stream: IO[bytes], project: Project, where: str,
+                     limits: ImportLimits = DEFAULT_LIMITS) -> list[dict]:
+    """Validated items of a JSONL stream (plain or gzip), read in chunks; `DataError` names the line."""
     scale = tuple(project.config.get("scale", DEFAULT_SCALE))
     out = []
     seen: dict[str, int] = {}
-    for line_no, d in iter_jsonl(path):
-        where = f"{path}:{line_no}"
-        for item in validate_item(project.task_type, d, scale, where):
+    for line_no, d in iter_item_lines(_lines_of(_capped(stream, limits.max_bytes, where)), where):
+        at = f"{where}:{line_no}"
+        for item in validate_item(project.task_type, d, scale, at, limits):
             ext = (item["id"] if item["id"] is not None else f"line{line_no}") + item.pop("suffix")
             if ext in seen:
-                raise DataError(f"{where}: duplicate item id {ext!r} (first on line {seen[ext]})")
+                raise DataError(f"{at}: duplicate item id {ext!r} (first on line {seen[ext]})")
             seen[ext] = line_no
             item["id"] = ext
             out.append(item)
+    if not out:
+        raise DataError(f"{where}: empty file (no items)")
     return out
+
+
+def read_items(path: str | os.PathLike, project: Project, limits: ImportLimits = DEFAULT_LIMITS) -> list[dict]:
+    """Validated items of a JSONL file, plain or gzip (see docs/FEEDBACK_APP.md, "Import format");
+    `DataError` names the line. Accepts `prefloop sample` output (`{"prompt", "responses", "ended"}`) as it is.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; the stream is read lazily)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        return read_item_stream(f, project, str(path), limits)
 
 
 def import_items(s: Session, project: Project, items: list[dict], actor: str = "cli", source: str = "") -> int:

@@ -61,15 +61,20 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class SecretKeyError(ValueError):
+    """No usable secret key: the message says what to set."""
+
+
 def load_secret_key(data_dir: str | os.PathLike | None) -> bytes:
     """`PREFLOOP_SECRET_KEY` from the environment, else `<data_dir>/secret_key` (created on first use)."""
     env = os.environ.get("PREFLOOP_SECRET_KEY")
     if env:
         if len(env) < 32:
-            raise ValueError("PREFLOOP_SECRET_KEY must have at least 32 characters")
+            raise SecretKeyError("PREFLOOP_SECRET_KEY must have at least 32 characters")
         return env.encode()
     if data_dir is None:
-        raise ValueError("no secret key: set PREFLOOP_SECRET_KEY or give a data directory")
+        raise SecretKeyError("no secret key: set PREFLOOP_SECRET_KEY (32+ characters, the same for every server "
+                             "process) or give --data-dir, where a key is generated once")
     path = Path(data_dir) / "secret_key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,8 @@ def keyed_bit_order(key: bytes, n: int, *parts: object) -> list[int]:
 
 
 class RateLimiter:
-    """At most `limit` events per `window` seconds per key (a sliding window, kept in memory)."""
+    """At most `limit` events per `window` seconds per key (a sliding window, kept in memory: one process only;
+    the app uses `DbRateLimiter`, which every worker shares)."""
 
     def __init__(self, limit: int, window: float):
         self.limit, self.window = limit, window
@@ -126,3 +132,58 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+
+class DbRateLimiter:
+    """`RateLimiter` with its events in the database table `rate_events`, so N server processes enforce the
+    same limit as one. `take` counts and records in one write transaction: SQLite serialises those; on
+    PostgreSQL a transaction-scoped advisory lock on the key does."""
+
+    def __init__(self, db, prefix: str, limit: int, window: float):
+        self.db, self.prefix, self.limit, self.window = db, prefix, limit, window
+
+    def _key(self, key: str) -> str:
+        # a key is what a client sent (a login name): keep it storable in any database (no NUL, no surrogate)
+        k = f"{self.prefix}:{key}"[:200]
+        return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in k)
+
+    def take(self, key: str) -> bool:
+        from sqlalchemy import delete, func, insert, select, text
+
+        from .db import RateEvent
+
+        k, now = self._key(key), time.time()
+        with self.db.write() as s:
+            if not self.db.is_sqlite:
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": k})
+            # forget this key's old events (and, now and then, everyone's) so the table stays small
+            s.execute(delete(RateEvent).where(RateEvent.key == k, RateEvent.at <= now - self.window))
+            n = s.scalar(select(func.count()).select_from(RateEvent).where(RateEvent.key == k))
+            if n >= self.limit:
+                s.commit()
+                return False
+            s.execute(insert(RateEvent).values(key=k, at=now))
+            if secrets.randbelow(100) == 0:
+                s.execute(delete(RateEvent).where(RateEvent.at <= now - self.window))
+            s.commit()
+            return True
+
+    def give_back(self, key: str) -> None:
+        from sqlalchemy import delete, func, select
+
+        from .db import RateEvent
+
+        k = self._key(key)
+        with self.db.write() as s:
+            newest = select(func.max(RateEvent.id)).where(RateEvent.key == k).scalar_subquery()
+            s.execute(delete(RateEvent).where(RateEvent.id == newest))
+            s.commit()
+
+    def reset(self, key: str) -> None:
+        from sqlalchemy import delete
+
+        from .db import RateEvent
+
+        with self.db.write() as s:
+            s.execute(delete(RateEvent).where(RateEvent.key == self._key(key)))
+            s.commit()

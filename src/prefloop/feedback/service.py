@@ -39,6 +39,7 @@ from .db import (
 )
 
 SESSION_LIFETIME = timedelta(hours=12)
+MAX_DB_ID = 2 ** 63 - 1  # ids are 64-bit integers in every database; a larger one names nothing
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_RESPONSES = 9
 DEFAULT_SCALE = (1, 3)
@@ -62,6 +63,11 @@ _PICK = (select(I.c.id, I.c.responses).where(I.c.project_id == _B("pid"), I.c.is
          .order_by(I.c.n_assigned.desc(), I.c.id).limit(1).with_for_update(skip_locked=True))
 _TAKE = I.update().where(I.c.id == _B("iid")).values(n_assigned=I.c.n_assigned + 1)
 _ASSIGNMENT = select(A).where(A.c.id == _B("aid"))
+# row locks (PostgreSQL; SQLite already runs one writer at a time): one user's parallel "next" calls, and
+# parallel resends of one submission, take their turns instead of racing
+_LOCK_USER = select(User.__table__.c.id).where(User.__table__.c.id == _B("uid")).with_for_update()
+_ASSIGNMENT_LOCKED = _ASSIGNMENT.with_for_update()
+SUBMISSION_ID_RE = re.compile(r"^[\x21-\x7e]{8,64}$")
 _CONTENT = select(I.c.prompt, I.c.responses).where(I.c.id == _B("iid"))
 _PRIOR = select(J.c.id, J.c.assignment_id).where(J.c.user_id == _B("uid"), J.c.submission_id == _B("sid"))
 _MARK_DONE = A.update().where(A.c.id == _B("aid"), A.c.done.is_(False)).values(done=True)
@@ -77,6 +83,90 @@ class AppError(ValueError):
 
 def not_found(what: str) -> AppError:
     return AppError(f"{what} not found", 404)
+
+
+# ---------------------------------------------------------------- text every layer can store and show
+
+def text_problem(value: Any, max_chars: int | None = None, where: str = "") -> str | None:
+    """Why the strings of a JSON value (keys included) cannot be stored and shown, or None: a NUL character
+    (PostgreSQL's text types refuse it), a lone UTF-16 surrogate such as the escape \\ud800 (not encodable
+    as UTF-8, so every page, export and trainer that shows it would fail), or a string over `max_chars`."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{where or 'a text'} contains a NUL character"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return f"{where or 'a text'} contains a lone surrogate (an escape such as \\ud800 that is not a character)"
+        if max_chars is not None and len(value) > max_chars:
+            return f"{where or 'a text'} is longer than {max_chars:,} characters"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        at = f"{where}.{k}" if where else f"field {k!r}"
+        problem = text_problem(k, None, at) if isinstance(k, str) else None
+        problem = problem or text_problem(v, max_chars, at)
+        if problem:
+            return problem
+    return None
+
+
+def check_text(value: Any, where: str, max_chars: int | None = None) -> None:
+    problem = text_problem(value, max_chars, where)
+    if problem:
+        raise AppError(problem, 422)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise AppError(f"key {k[:64]!r} appears twice in one object", 422)
+        out[k] = v
+    return out
+
+
+def strict_json_loads(text: str | bytes) -> Any:
+    """JSON as the app accepts it: a key given twice in one object is refused (a plain parser keeps the last
+    one silently, so a pair could become chosen == rejected), as are NUL and lone surrogates; `AppError`."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise AppError(f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})", 422) from None
+    except RecursionError:
+        raise AppError("malformed JSON: nested too deeply", 422) from None
+    except UnicodeDecodeError:
+        raise AppError("the body is not valid UTF-8", 422) from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise AppError(f"malformed JSON: {e}", 422) from None
+    check_text(value, "")
+    return value
+
+
+def run_write(db: Any, fn, attempts: int = 4) -> Any:
+    """fn(session) in a write transaction, committed; retried when PostgreSQL reports a serialization failure
+    or deadlock, or when a unique constraint caught a concurrent twin of this request (the retry then sees
+    the twin's result: an open assignment, a stored judgment). A conflict left after the retries is a 409."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        with db.write() as s:
+            try:
+                out = fn(s)
+                s.commit()
+                return out
+            except IntegrityError:
+                s.rollback()
+                if attempt == attempts - 1:
+                    raise AppError("conflicting concurrent change, please retry", 409) from None
+            except OperationalError as e:
+                s.rollback()
+                if getattr(e.orig, "sqlstate", None) not in ("40001", "40P01") or attempt == attempts - 1:
+                    raise
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- schema
@@ -100,26 +190,51 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+def _storable(text: str, n: int) -> str:
+    """`text` cut to `n` characters, with what PostgreSQL cannot store (NUL) or UTF-8 cannot encode (lone
+    surrogates) replaced: the audit log records what was sent, even a hostile login name."""
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in text[:n])
+
+
+def printable_name(name: str, n: int) -> str:
+    """A user-supplied name (an upload's file name) safe to show and store: cut to `n` characters, control
+    characters, NUL and lone surrogates replaced."""
+    return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else "\ufffd" for c in name[:n])
+
+
 def audit(s: Session, actor: str, action: str, target: str = "", **detail: Any) -> None:
-    s.add(AuditEvent(actor=actor, action=action, target=target[:255], detail=detail or None))
+    detail = {k: _storable(v, 1000) if isinstance(v, str) else v for k, v in detail.items()}
+    s.add(AuditEvent(actor=_storable(actor, 64), action=action, target=_storable(target, 255),
+                     detail=detail or None))
 
 
 # ---------------------------------------------------------------- users, sessions, tokens
 
-def create_user(s: Session, username: str, password: str, role: str = "annotator", pool: str = "default",
-                actor: str = "cli") -> User:
+def new_password_hash(password: str) -> str:
+    """The Argon2 hash of an acceptable new password. Callers hash before opening a write transaction, so the
+    tens of milliseconds of hashing never hold the database's write lock."""
+    problem = security.password_problem(password)
+    if problem:
+        raise AppError(problem)
+    return security.hash_password(password)
+
+
+def create_user(s: Session, username: str, password: str | None, role: str = "annotator", pool: str = "default",
+                actor: str = "cli", password_hash: str | None = None) -> User:
+    """A new user; `password_hash` (from `new_password_hash`) instead of `password` keeps hashing outside the
+    transaction. Usernames are unique regardless of case: "Alice" exists once "alice" does."""
     if not USERNAME_RE.match(username):
-        raise AppError(f"invalid username {username!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
+        raise AppError(f"invalid username {username[:64]!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
     if role not in ROLES:
         raise AppError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if not pool or len(pool) > 64:
         raise AppError("pool must be a non-empty name of at most 64 characters")
-    problem = security.password_problem(password)
-    if problem:
-        raise AppError(problem)
-    if s.scalar(select(User.id).where(User.username == username)) is not None:
+    check_text(pool, "pool")
+    if user_by_name(s, username) is not None:
         raise AppError(f"user {username!r} already exists", 409)
-    user = User(username=username, password_hash=security.hash_password(password), role=role, pool=pool)
+    if password_hash is None:
+        password_hash = new_password_hash(password or "")
+    user = User(username=username, password_hash=password_hash, role=role, pool=pool)
     s.add(user)
     s.flush()
     audit(s, actor, "user.create", username, role=role, pool=pool)
@@ -127,14 +242,15 @@ def create_user(s: Session, username: str, password: str, role: str = "annotator
 
 
 def user_by_name(s: Session, username: str) -> User | None:
-    return s.scalar(select(User).where(User.username == username))
+    """The user of that name in any case; None for a name no account can have (NUL, too long)."""
+    if not isinstance(username, str) or not USERNAME_RE.match(username):
+        return None
+    return s.scalar(select(User).where(func.lower(User.username) == username.lower()))
 
 
-def set_password(s: Session, user: User, password: str, actor: str) -> None:
-    problem = security.password_problem(password)
-    if problem:
-        raise AppError(problem)
-    user.password_hash = security.hash_password(password)
+def set_password(s: Session, user: User, password: str | None, actor: str, password_hash: str | None = None
+                 ) -> None:
+    user.password_hash = password_hash if password_hash is not None else new_password_hash(password or "")
     # A new password ends every way in that the old one may have opened: sessions and API tokens (a token
     # minted by someone who had the password keeps no access after the owner resets it).
     s.execute(LoginSession.__table__.delete().where(LoginSession.user_id == user.id))
@@ -183,6 +299,20 @@ def create_token(s: Session, user: User, name: str = "", actor: str = "cli") -> 
     return token
 
 
+def revoke_token(s: Session, token: str | None = None, token_id: int | None = None, actor: str = "cli") -> ApiToken:
+    """Revoke one API token, given as the token itself or by id (`prefloop annotate tokens` lists them)."""
+    if token is not None:
+        t = s.scalar(select(ApiToken).where(ApiToken.token_hash == security.token_hash(token)))
+    else:
+        t = s.get(ApiToken, token_id) if token_id is not None and 0 < token_id <= MAX_DB_ID else None
+    if t is None:
+        raise not_found("API token")
+    t.revoked = True
+    owner = s.get(User, t.user_id)
+    audit(s, actor, "token.revoke", owner.username if owner else "", token_id=t.id, name=t.name)
+    return t
+
+
 def token_user(s: Session, token: str) -> User | None:
     user = s.scalar(select(User).join(ApiToken, ApiToken.user_id == User.id)
                     .where(ApiToken.token_hash == security.token_hash(token), ApiToken.revoked.is_(False)))
@@ -226,6 +356,9 @@ class ProjectSpec:
 def create_project(s: Session, spec: ProjectSpec, actor: str = "cli") -> Project:
     if not spec.name or len(spec.name) > 128:
         raise AppError("project name must have 1-128 characters")
+    for what, value in (("project name", spec.name), ("guidelines", spec.guidelines),
+                        ("criteria", list(spec.criteria)), ("flags", list(spec.flags))):
+        check_text(value, what)
     if spec.task_type not in TASK_TYPES:
         raise AppError(f"unknown task type {spec.task_type!r}; task types: {', '.join(TASK_TYPES)}")
     if not 1 <= spec.overlap <= 100:
@@ -253,9 +386,9 @@ def create_project(s: Session, spec: ProjectSpec, actor: str = "cli") -> Project
 def project_by_ref(s: Session, ref: str | int) -> Project:
     """A project by id or name."""
     p = None
-    if isinstance(ref, int) or str(ref).isdigit():
+    if (isinstance(ref, int) or str(ref).isdigit()) and 0 < int(ref) <= MAX_DB_ID:
         p = s.get(Project, int(ref))
-    if p is None:
+    if p is None and text_problem(str(ref)) is None:
         p = s.scalar(select(Project).where(Project.name == str(ref)))
     if p is None:
         raise not_found(f"project {ref!r}")
@@ -321,6 +454,7 @@ def next_assignment(s: Session, project: Project, user: User, key: bytes, member
     """
     if not member_checked and not is_member(s, project, user):
         raise AppError(f"you are not a member of project {project.name!r}", 403)
+    s.connection().execute(_LOCK_USER, {"uid": user.id})
     current = open_assignment(s, project, user)
     if current is not None:
         return current
@@ -357,9 +491,12 @@ def release_stale(s: Session, project: Project, older_than: timedelta, actor: st
     return len(stale)
 
 
-def assignment_of(s: Session, assignment_id: int, user: User) -> Row:
-    """The user's own assignment; another user's is reported as not found (its existence is not revealed)."""
-    a = s.connection().execute(_ASSIGNMENT, {"aid": assignment_id}).first()
+def assignment_of(s: Session, assignment_id: int, user: User, lock: bool = False) -> Row:
+    """The user's own assignment; another user's is reported as not found (its existence is not revealed).
+    `lock`: hold its row until the transaction ends (before judging it)."""
+    if not 0 < assignment_id <= MAX_DB_ID:
+        raise not_found(f"assignment {assignment_id}")
+    a = s.connection().execute(_ASSIGNMENT_LOCKED if lock else _ASSIGNMENT, {"aid": assignment_id}).first()
     if a is None or a.user_id != user.id:
         raise not_found(f"assignment {assignment_id}")
     return a
@@ -450,8 +587,7 @@ def normalise_judgment(project: Project, a: Any, payload: Any) -> dict:
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise AppError("'text' must be a non-empty string", 422)
-    if len(text) > 100_000:
-        raise AppError("'text' is longer than 100,000 characters", 422)
+    check_text(text, "'text'", 100_000)
     return {"text": text}
 
 
@@ -459,8 +595,8 @@ def submit_judgment(s: Session, project: Project, a: Row, user: User, submission
                     duration_ms: int | None = None) -> tuple[int, bool]:
     """Store a judgment; returns (judgment id, duplicate). A retry with the same submission id returns the stored
     judgment and changes nothing; a different submission for a judged assignment is a conflict."""
-    if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
-        raise AppError("'submission_id' must be a string of 8-64 characters (e.g. a UUID)", 422)
+    if not isinstance(submission_id, str) or not SUBMISSION_ID_RE.match(submission_id):
+        raise AppError("'submission_id' must be a string of 8-64 printable ASCII characters (e.g. a UUID)", 422)
     conn = s.connection()
     prior = conn.execute(_PRIOR, {"uid": user.id, "sid": submission_id}).first()
     if prior is not None:
