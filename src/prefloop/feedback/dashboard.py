@@ -314,11 +314,13 @@ def annotator_detail(s: Session, project: Project, username: str) -> dict:
         answers.append({"item": item.external_id, "prompt": _snippet(item.prompt), "gold": gold,
                         "answer": answer_text(t, order, j.value), "edited": j.edited_at is not None,
                         "time_s": None if j.duration_ms is None else round(j.duration_ms / 1000, 1)})
-    skipped = [{"item": ext, "prompt": _snippet(prompt), "reason": skip_reason_text(reason)} for ext, prompt, reason in s.execute(
+    rows = s.execute(
         select(Item.external_id, Item.prompt, Assignment.skip_reason).join(Item, Item.id == Assignment.item_id)
         .join(User, User.id == Assignment.user_id)
         .where(Assignment.project_id == project.id, User.username == username, Assignment.skip_reason.is_not(None))
-        .order_by(Assignment.id))]
+        .order_by(Assignment.id))
+    skipped = [{"item": ext, "prompt": _snippet(prompt), "reason": skip_reason_text(reason)}
+               for ext, prompt, reason in rows]
     return {"row": row, "answers": answers, "skipped": skipped}
 
 
