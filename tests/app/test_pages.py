@@ -256,3 +256,12 @@ def test_rating_ranking_and_demonstration_forms(server):
     assert wins == sorted([(shown[1], shown[0]), (shown[1], shown[2])])  # rank 1 beats both others
     assert ties == [{shown[0], shown[2]}]  # the two ranked 2 tie
     assert demo_rec["completion"] == "line one\nline two" and demo_rec["annotator"] == "ann3"
+
+
+def test_the_sanitizer_removes_what_markdown_lets_through():
+    """Markdown allows data: images; the sanitizer's allow-list of URL schemes drops them (and anything else
+    the Markdown layer might let through), keeping the text."""
+    from prefloop.feedback.ui import guidelines_html
+
+    html = str(guidelines_html("See ![pixel](data:image/png;base64,iVBORw0KGgo=) and [docs](https://example.org)"))
+    assert "data:" not in html and 'href="https://example.org"' in html and "<img" in html

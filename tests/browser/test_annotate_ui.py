@@ -302,7 +302,8 @@ def test_digits_never_type_into_a_rank_box(site, browser):
     url = page.url
     press(page, "2", "Enter")
     assert page.locator("#form-message").inner_text() == "Rank every response first (1 of 3 ranked)."
-    assert page.url == url
+    assert page.url == url and page.evaluate("document.activeElement.tagName") == "BODY"
+    tab_to(page, "select[name=rank0]")  # even with a rank box focused, a digit ranks, it does not type
     press(page, "4", "3", "1")  # 4 is no response: ignored
     assert [page.input_value(f"select[name=rank{i}]") for i in range(3)] == ["3", "1", "2"]
     press(page, "Enter")
