@@ -85,7 +85,8 @@ def test_flags_for_too_fast_wrong_on_gold_and_always_one_side(server):
                 k += 1
     with server.client("admin") as c:
         rows = {r["annotator"]: r for r in c.get(f"/api/projects/{pid}/stats").json()["annotators"]}
-    assert {f["code"] for f in rows["ann1"]["flags"]} == {"too_fast", "one_side"}
+    # (ann1 may also miss gold items: "A" is the gold answer only where the gold response is shown first)
+    assert {"too_fast", "one_side"} <= {f["code"] for f in rows["ann1"]["flags"]}
     assert rows["ann1"]["same_side"] == 1.0 and "median 0.29 s" in rows["ann1"]["flags"][0]["detail"]
     assert [f["code"] for f in rows["ann2"]["flags"]] == ["gold"] and rows["ann2"]["gold_agreement"] == 0.0
     assert rows["ann3"]["flags"] == [] and rows["ann3"]["same_side"] == pytest.approx(0.5, abs=0.1)

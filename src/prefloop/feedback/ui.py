@@ -24,7 +24,7 @@ from prefloop.data import DataError
 
 from . import exchange, service
 from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
-from .dashboard import FLAG_TEXTS, METRICS, skip_reason_text
+from .dashboard import FLAG_TEXTS, METRICS, annotator_detail, project_stats, skip_reason_text
 from .db import Assignment, Item, Judgment, User
 from .service import AppError
 
@@ -392,8 +392,6 @@ def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # no
 
 @router.get("/admin/projects/{pid}", response_class=HTMLResponse)
 def admin_project(request: Request, pid: int) -> Response:
-    from .dashboard import project_stats
-
     require_user(request, admin=True)
     with request.app.state.db.read() as s:
         p = service.project_by_ref(s, pid)
@@ -422,8 +420,6 @@ def admin_guidelines(request: Request, pid: int, guidelines: str = Form(""), csr
 
 @router.get("/admin/projects/{pid}/annotators/{username}", response_class=HTMLResponse)
 def admin_annotator(request: Request, pid: int, username: str) -> Response:
-    from .dashboard import annotator_detail
-
     require_user(request, admin=True)
     with request.app.state.db.read() as s:
         p = service.project_by_ref(s, pid)
