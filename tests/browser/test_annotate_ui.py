@@ -131,6 +131,11 @@ def log_in(browser, url: str, username: str, password: str, **context):
     return page
 
 
+def ready(page, selector: str) -> None:
+    """Wait for `selector` on a page whose keyboard shortcuts are set up (the element can be parsed before)."""
+    page.wait_for_selector(f"html[data-keys=ready] {selector}")
+
+
 def press(page, *keys: str) -> None:
     for k in keys:
         page.keyboard.press(k)
@@ -222,12 +227,12 @@ def test_annotate_skip_edit_and_export_by_keyboard(site, browser, shots, tmp_pat
     if task == "pairwise":
         page.screenshot(path=str(shots / "annotate-start.png"))
     press(page, "Enter")
-    page.wait_for_selector("#task[data-mode=annotate]")
+    ready(page, "#task[data-mode=annotate]")
     page.screenshot(path=str(shots / f"annotate-{task}.png"), full_page=True)
     first_url, first_prompt = page.url, page.locator(".prompt .text").inner_text()
     first = answer(page, task, edit=False)
     page.wait_for_url(lambda u: u != first_url)
-    page.wait_for_selector("#task[data-mode=annotate]")
+    ready(page, "#task[data-mode=annotate]")
     assert page.locator("#guidelines").get_attribute("open") is None  # folded away after the first answer
 
     # skip the second item, with a reason and a note, by keyboard
@@ -242,14 +247,14 @@ def test_annotate_skip_edit_and_export_by_keyboard(site, browser, shots, tmp_pat
     if task == "pairwise":
         page.screenshot(path=str(shots / "annotate-skip.png"))
     press(page, "Enter")
-    page.wait_for_selector("#all-done")
+    ready(page, "#all-done")
 
     # back to the answer (B), edit it (E), and save
     press(page, "b")
     page.wait_for_url(first_url)
     assert mode(page) == "review" and page.locator(".prompt .text").inner_text() == first_prompt
     press(page, "e")
-    page.wait_for_selector("#task[data-mode=edit]")
+    ready(page, "#task[data-mode=edit]")
     if task == "ranking":
         assert [page.input_value(f"select[name=rank{i}]") for i in range(3)] == ["2", "3", "1"]
     if task == "rating":
@@ -257,7 +262,7 @@ def test_annotate_skip_edit_and_export_by_keyboard(site, browser, shots, tmp_pat
     if task == "pairwise":
         assert page.get_attribute("button.chosen", "data-key") == "1"
     want = answer(page, task, edit=True)
-    page.wait_for_selector("#saved")
+    ready(page, "#saved")
     assert mode(page) == "review" and first != want
     if task == "pairwise":
         page.screenshot(path=str(shots / "annotate-edited.png"))
@@ -272,7 +277,7 @@ def test_back_shows_the_answer_locked_and_a_key_there_changes_nothing(site, brow
     page = log_in(browser, srv.url, "ann1", ANN_PW)
     page.goto(f"{srv.url}/projects/{ids['back']}")
     press(page, "Enter")
-    page.wait_for_selector("#task[data-mode=annotate]")
+    ready(page, "#task[data-mode=annotate]")
     first_url, first_prompt = page.url, page.locator(".prompt .text").inner_text()
     press(page, "1")
     page.wait_for_url(lambda u: u != first_url)
@@ -298,7 +303,7 @@ def test_digits_never_type_into_a_rank_box(site, browser):
     page = log_in(browser, srv.url, "ann1", ANN_PW)
     page.goto(f"{srv.url}/projects/{ids['rank42']}")
     press(page, "Enter")
-    page.wait_for_selector("#task[data-mode=annotate]")
+    ready(page, "#task[data-mode=annotate]")
     url = page.url
     press(page, "2", "Enter")
     assert page.locator("#form-message").inner_text() == "Rank every response first (1 of 3 ranked)."
@@ -307,7 +312,7 @@ def test_digits_never_type_into_a_rank_box(site, browser):
     press(page, "4", "3", "1")  # 4 is no response: ignored
     assert [page.input_value(f"select[name=rank{i}]") for i in range(3)] == ["3", "1", "2"]
     press(page, "Enter")
-    page.wait_for_selector("#all-done")
+    ready(page, "#all-done")
     page.context.close()
 
 
@@ -316,7 +321,7 @@ def test_an_xss_item_renders_as_text_on_a_phone(site, browser):
     page = log_in(browser, srv.url, "ann1", ANN_PW, viewport={"width": 390, "height": 844})
     page.goto(f"{srv.url}/projects/{ids['xss']}")
     press(page, "Enter")
-    page.wait_for_selector("#task[data-mode=annotate]")
+    ready(page, "#task[data-mode=annotate]")
     assert XSS in page.locator(".pair").inner_text() and XSS in page.locator(".prompt").inner_text()
     assert page.evaluate("window.pwned") is None and page.locator(".pair img").count() == 0
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a phone

@@ -140,6 +140,7 @@
       if (taskKeys(e)) return;
       if (pageKeys(e, mode)) e.preventDefault();
     });
+    document.documentElement.dataset.keys = "ready";  // the shortcuts work from here on
   });
   // a page restored from the back/forward cache could show an item already judged: show it as it is now
   window.addEventListener("pageshow", function (e) { if (e.persisted) window.location.reload(); });
