@@ -123,7 +123,9 @@ def log_in(browser, url: str, username: str, password: str, **context):
     ctx = browser.new_context(**{"viewport": DESKTOP, **context})
     page = ctx.new_page()
     page.goto(url + "/login")
-    page.keyboard.type(username)  # the username box has the focus
+    # the username box takes the focus by itself (autofocus, which may come just after the load event)
+    page.wait_for_function("document.activeElement && document.activeElement.name === 'username'")
+    page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type(password)
     page.keyboard.press("Enter")

@@ -313,7 +313,7 @@ def annotator_detail(s: Session, project: Project, username: str) -> dict:
             gold = label_of(t, j.value) == gold_label(t, item.gold)
         answers.append({"item": item.external_id, "prompt": _snippet(item.prompt), "gold": gold,
                         "answer": answer_text(t, order, j.value), "edited": j.edited_at is not None,
-                        "time_s": None if j.duration_ms is None else round(j.duration_ms / 1000, 1)})
+                        "time_s": None if j.duration_ms is None else round(j.duration_ms / 1000, 2)})
     rows = s.execute(
         select(Item.external_id, Item.prompt, Assignment.skip_reason).join(Item, Item.id == Assignment.item_id)
         .join(User, User.id == Assignment.user_id)
