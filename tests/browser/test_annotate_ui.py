@@ -247,7 +247,7 @@ def test_annotate_skip_edit_and_export_by_keyboard(site, browser, shots, tmp_pat
     press(page, "Tab")
     page.keyboard.type("outside what I know")
     if task == "pairwise":
-        page.screenshot(path=str(shots / "annotate-skip.png"))
+        page.screenshot(path=str(shots / "annotate-skip.png"), full_page=True)
     press(page, "Enter")
     ready(page, "#all-done")
 
