@@ -12,6 +12,7 @@ import pytest
 from prefloop.feedback.cli import main as cli_main
 
 from .conftest import ADMIN_PW, ANN_PW, login, make_project
+from .test_pages import open_item
 
 XSS = '"><script>window.pwned=1</script><img src=x onerror=alert(1)>'
 
@@ -77,7 +78,7 @@ def test_names_chosen_by_admins_are_escaped_in_pages_and_attributes(server):
                        [{"id": "n0", "prompt": "p", "response": "r"}], members=["poolx"],
                        criteria=[XSS], flags=[XSS + "flag"], scale=[1, 3])
     ann = login(server, "poolx", "poolx-password-1")
-    page = ann.get(f"/projects/{pid}").text
+    page = open_item(ann, pid)
     assert "<script>window.pwned" not in page and "<img src=x" not in page
     assert 'name="criterion:&#34;&gt;&lt;script&gt;' in page  # the attribute stays one quoted value
     form = {"csrf_token": ann.csrf, "submission_id": uuid.uuid4().hex, "rating": "2", f"criterion:{XSS}": "3",
@@ -117,7 +118,7 @@ def test_odd_annotation_form_values_are_refused_not_a_server_error(server):
     ann = login(server, "ann2", ANN_PW)  # not ann4, whom test_api locks out
     action = {}
     for t, pid in pids.items():
-        page = ann.get(f"/projects/{pid}").text
+        page = open_item(ann, pid)
         action[t] = page.split('action="', 2)[2].split('"', 1)[0]
     base = {"csrf_token": ann.csrf, "submission_id": uuid.uuid4().hex}
     r = ann.post(action["ranking"], data={**base, "rank0": "\u00b2", "rank1": "1", "rank2": "3"})

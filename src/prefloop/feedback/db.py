@@ -137,6 +137,8 @@ class Assignment(Base):
     """Display order: position -> response index (randomised per annotator)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+    skip_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    """Set when the annotator skipped the item (then `done` and no judgment; the item goes to someone else)."""
 
 
 class Judgment(Base):
@@ -152,6 +154,8 @@ class Judgment(Base):
     """In response indices (not display positions): see `service.normalise_judgment`."""
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    """When the annotator last changed their answer (the audit log keeps the earlier values)."""
 
 
 class AuditEvent(Base):

@@ -627,3 +627,92 @@ def commit_or_conflict(s: Session) -> None:
     except IntegrityError:
         s.rollback()
         raise AppError("conflicting concurrent change, please retry", 409) from None
+
+
+# ---------------------------------------------------------------- the annotator's own work: skip, previous, edit
+# (state changes only on POST: a page view never creates or changes an assignment)
+
+SKIP_REASONS = {
+    "unsure": "I cannot judge this (outside what I know)",
+    "broken": "The text is broken, empty or unreadable",
+    "harmful": "Disturbing content I prefer not to judge",
+    "other": "Other reason",
+}
+
+
+def items_left(s: Session, project: Project, user: User) -> bool:
+    """Whether `next_assignment` would give the user something: an open assignment or an unseen regular item
+    with room (gold items are only mixed in between regular ones)."""
+    if open_assignment(s, project, user) is not None:
+        return True
+    unseen = ~exists().where(A.c.item_id == I.c.id, A.c.user_id == user.id)
+    return s.connection().execute(select(I.c.id).where(
+        I.c.project_id == project.id, I.c.is_gold.is_(False), I.c.n_assigned < project.overlap, unseen).limit(1)
+    ).first() is not None
+
+
+def skip_assignment(s: Session, project: Project, a: Row, user: User, reason: str, note: str = "") -> None:
+    """The user passes on an open assignment: it is closed without a judgment and its item goes back to the
+    pool for someone else (the user is not offered it again). `reason` is a key of SKIP_REASONS."""
+    if reason not in SKIP_REASONS:
+        raise AppError(f"unknown skip reason {reason!r}; reasons: {', '.join(SKIP_REASONS)}", 422)
+    note = " ".join(note.split())  # one line
+    if reason == "other" and not note:
+        raise AppError("say why you skip this item", 422)
+    if len(note) > 400:
+        raise AppError("the skip note is longer than 400 characters", 422)
+    if a.done:
+        raise AppError("this assignment is already closed", 409)
+    text = f"{reason}: {note}" if note else reason
+    conn = s.connection()
+    closed = conn.execute(A.update().where(A.c.id == a.id, A.c.done.is_(False)).values(done=True, skip_reason=text))
+    if closed.rowcount != 1:
+        raise AppError("this assignment is already closed", 409)
+    conn.execute(I.update().where(I.c.id == a.item_id).values(n_assigned=I.c.n_assigned - 1))
+    audit(s, user.username, "assignment.skip", project.name, assignment=a.id, reason=text)
+
+
+def judgment_of(s: Session, a: Any) -> Row | None:
+    """The judgment of an assignment (None when it was skipped or is still open)."""
+    return s.connection().execute(select(J).where(J.c.assignment_id == a.id)).first()
+
+
+def judged_neighbour(s: Session, project: Project, user: User, aid: int | None, older: bool) -> int | None:
+    """The id of the user's judged assignment just before (`older`) or after `aid` in the project (None: none;
+    `aid` None with `older`: the newest)."""
+    q = (select(A.c.id).join(J, J.c.assignment_id == A.c.id)
+         .where(A.c.project_id == project.id, A.c.user_id == user.id))
+    if aid is not None:
+        q = q.where(A.c.id < aid if older else A.c.id > aid)
+    q = q.order_by(A.c.id.desc() if older else A.c.id).limit(1)
+    return s.connection().execute(q).scalar()
+
+
+def edit_judgment(s: Session, project: Project, a: Row, user: User, payload: Any) -> dict:
+    """Replace the user's own answer to a judged assignment; returns the new stored value. Exports and the
+    dashboard read the stored value, so both reflect the edit; the audit log keeps the earlier value."""
+    prior = judgment_of(s, a)
+    if prior is None:
+        raise AppError("only an answered item can be edited", 409)
+    value = normalise_judgment(project, a, payload)
+    if value != prior.value:
+        s.connection().execute(J.update().where(J.c.id == prior.id).values(value=value, edited_at=utcnow()))
+        audit(s, user.username, "judgment.edit", project.name, judgment=prior.id, before=prior.value, after=value)
+    return value
+
+
+def set_guidelines(s: Session, project: Project, text: str, actor: str) -> None:
+    """Replace the project's guidelines (Markdown)."""
+    text = text.replace("\r\n", "\n")
+    if len(text) > 100_000:
+        raise AppError("the guidelines are longer than 100,000 characters", 422)
+    if text != project.guidelines:
+        project.guidelines = text
+        audit(s, actor, "project.guidelines", project.name, characters=len(text))
+
+
+def queue_depth(s: Session, project: Project) -> int:
+    """Regular items that can still be handed out (fewer than `overlap` assignments): when this runs low, a
+    project fed by the loop can ask it for more items before annotators run out of work."""
+    return s.connection().execute(select(func.count()).select_from(I).where(
+        I.c.project_id == project.id, I.c.is_gold.is_(False), I.c.n_assigned < project.overlap)).scalar() or 0

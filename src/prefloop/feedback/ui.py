@@ -7,6 +7,7 @@ rendered by Jinja2 with autoescaping on, and the pages load only /static scripts
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +23,7 @@ from prefloop.data import DataError
 
 from . import exchange, service
 from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
+from .dashboard import FLAG_TEXTS, METRICS, annotator_detail, project_stats, skip_reason_text
 from .db import Assignment, Item, Judgment, User
 from .service import AppError
 
@@ -118,22 +121,118 @@ def home(request: Request) -> Response:
     return render(request, "home.html", {"projects": projects})
 
 
+def _member_project(s, pid: int, user: User):
+    p = s.get(service.Project, pid)
+    if p is None or not service.is_member(s, p, user):
+        raise service.not_found(f"project {pid}")
+    return p
+
+
+def _page_context(s, p, user: User) -> dict:
+    """What every annotation page of the project shows: progress, guidelines, the key maps."""
+    progress = _progress(s, p, user)
+    ctx = {"project": p, "progress": progress, "pairwise_scale": PAIRWISE_SCALE, "flag_keys": FLAG_KEYS,
+           "guidelines_html": guidelines_html(p.guidelines), "skip_reasons": service.SKIP_REASONS,
+           # open before the first answer, folded away afterwards (the G key shows them again)
+           "guidelines_open": progress["mine"] == 0, "view": None, "answer": None, "mode": None}
+    if p.task_type == "rating":
+        ctx["scale_keys"] = scale_keys(*p.config["scale"])
+    return ctx
+
+
+def scale_keys(lo: int, hi: int) -> list[tuple[int, str]]:
+    """(value, key) of a rating scale: the digit itself on a scale within 1-10 (10 is key 0), otherwise by
+    position: 1-9, 0, then '-' (a scale has at most 11 values)."""
+    if 1 <= lo and hi <= 10:
+        return [(v, str(v % 10)) for v in range(lo, hi + 1)]
+    return [(v, "1234567890-"[i]) for i, v in enumerate(range(lo, hi + 1))]
+
+
+@functools.cache
+def _markdown():
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def guidelines_html(text: str) -> Markup:
+    """Guidelines as HTML: CommonMark (raw HTML in the source is shown as text), then nh3's allow-list
+    sanitizer as a second line of defence (no scripts, styles, event handlers or javascript: links)."""
+    if not text:
+        return Markup("")
+    import nh3
+
+    return Markup(nh3.clean(_markdown().render(text), link_rel="noopener noreferrer nofollow"))
+
+
+def shown_answer(task_type: str, order: list[int], value: dict) -> dict:
+    """A stored judgment value in the display positions of the form (the inverse of `normalise_judgment`)."""
+    if task_type == "pairwise":
+        if value["preferred"] is None:
+            return {"key": "4"}
+        pos = order.index(value["preferred"])
+        return {"key": next(k for k, _, c, st in PAIRWISE_SCALE if c == pos and st == value["strength"])}
+    if task_type == "ranking":
+        return {"ranks": [value["ranks"][i] for i in order]}
+    return value
+
+
 @router.get("/projects/{pid}", response_class=HTMLResponse)
-def annotate_page(request: Request, pid: int) -> Response:
+def project_page(request: Request, pid: int) -> Response:
+    """The project's entry: the open assignment if there is one, else a start button (a GET never creates an
+    assignment) or the all-done message."""
     principal = require_user(request)
+    with request.app.state.db.read() as s:
+        p = _member_project(s, pid, principal.user)
+        a = service.open_assignment(s, p, principal.user)
+        if a is not None:
+            return _redirect(f"/projects/{pid}/assignments/{a.id}")
+        ctx = _page_context(s, p, principal.user)
+        ctx["items_left"] = service.items_left(s, p, principal.user)
+        ctx["prev_id"] = service.judged_neighbour(s, p, principal.user, None, older=True)
+    return render(request, "annotate.html", ctx)
+
+
+@router.post("/projects/{pid}/next")
+def start(request: Request, pid: int, csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, form_token=csrf_token)
     with request.app.state.db.write() as s:
-        p = s.get(service.Project, pid)
-        if p is None or not service.is_member(s, p, principal.user):
-            raise service.not_found(f"project {pid}")
-        a = service.next_assignment(s, p, principal.user, request.app.state.key)
-        view = service.assignment_view(p, service.item_content(s, a.item_id), a) if a else None
-        s.commit()
-        progress = _progress(s, p, principal.user)
-    ctx = {"project": p, "view": view, "progress": progress, "submission_id": uuid.uuid4().hex,
-           "pairwise_scale": PAIRWISE_SCALE, "flag_keys": FLAG_KEYS}
-    if view and p.task_type == "rating":
-        lo, hi = p.config["scale"]
-        ctx["scale_values"] = list(range(lo, hi + 1))
+        p = _member_project(s, pid, principal.user)
+        return _to_next(request, s, p, principal.user)
+
+
+def _to_next(request: Request, s, p, user: User) -> Response:
+    """Create (or find) the user's next assignment, commit, and send the browser to it."""
+    a = service.next_assignment(s, p, user, request.app.state.key, member_checked=True)
+    service.commit_or_conflict(s)
+    return _redirect(f"/projects/{p.id}/assignments/{a.id}" if a else f"/projects/{p.id}")
+
+
+@router.get("/projects/{pid}/assignments/{aid}", response_class=HTMLResponse)
+def assignment_page(request: Request, pid: int, aid: int, edit: int = 0, saved: int = 0) -> Response:
+    """One assignment: the form while it is open; the user's answer once it is judged (read-only, so Back and a
+    stray key change nothing), editable with ?edit=1; the reason once it was skipped."""
+    principal = require_user(request)
+    user = principal.user
+    with request.app.state.db.read() as s:
+        p = _member_project(s, pid, user)
+        try:
+            a = service.assignment_of(s, aid, user)
+        except AppError:  # e.g. released after a long absence: the project page finds the current one
+            return _redirect(f"/projects/{pid}")
+        if a.project_id != p.id:
+            raise service.not_found(f"assignment {aid}")
+        ctx = _page_context(s, p, user)
+        ctx |= {"view": service.assignment_view(p, service.item_content(s, a.item_id), a), "saved": saved,
+                "prev_id": service.judged_neighbour(s, p, user, aid, older=True)}
+        if not a.done:
+            ctx |= {"mode": "annotate", "submission_id": uuid.uuid4().hex}
+        elif (j := service.judgment_of(s, a)) is None:
+            ctx |= {"mode": "skipped", "skip_reason": skip_reason_text(a.skip_reason or "")}
+        else:
+            ctx |= {"mode": "edit" if edit else "review", "answer": shown_answer(p.task_type, a.order, j.value),
+                    "edited": j.edited_at is not None,
+                    "next_id": service.judged_neighbour(s, p, user, aid, older=False)}
     return render(request, "annotate.html", ctx)
 
 
@@ -180,8 +279,40 @@ def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
             raise service.not_found(f"assignment {aid}")
         payload = _form_payload(p.task_type, form)
         service.submit_judgment(s, p, a, principal.user, str(form.get("submission_id", "")), payload)
+        return _to_next(request, s, p, principal.user)
+
+
+@router.post("/projects/{pid}/assignments/{aid}/edit")
+async def edit_form(request: Request, pid: int, aid: int) -> Response:
+    form = await request.form()
+    return await run_in_threadpool(_edit_form, request, pid, aid, form)
+
+
+def _edit_form(request: Request, pid: int, aid: int, form) -> Response:
+    principal = require_user(request, form_token=str(form.get("csrf_token", "")))
+    if any(not isinstance(v, str) for _, v in form.multi_items()):
+        raise AppError("the annotation form takes no files", 422)
+    with request.app.state.db.write() as s:
+        a = service.assignment_of(s, aid, principal.user)
+        p = s.get(service.Project, a.project_id)
+        if p.id != pid:
+            raise service.not_found(f"assignment {aid}")
+        service.edit_judgment(s, p, a, principal.user, _form_payload(p.task_type, form))
         service.commit_or_conflict(s)
-    return _redirect(f"/projects/{pid}")
+    return _redirect(f"/projects/{pid}/assignments/{aid}?saved=1")
+
+
+@router.post("/projects/{pid}/assignments/{aid}/skip")
+def skip(request: Request, pid: int, aid: int, reason: str = Form(""), note: str = Form(""),
+         csrf_token: str = Form("")) -> Response:
+    principal = require_user(request, form_token=csrf_token)
+    with request.app.state.db.write() as s:
+        a = service.assignment_of(s, aid, principal.user)
+        p = s.get(service.Project, a.project_id)
+        if p.id != pid:
+            raise service.not_found(f"assignment {aid}")
+        service.skip_assignment(s, p, a, principal.user, reason, note)
+        return _to_next(request, s, p, principal.user)
 
 
 # ---------------------------------------------------------------- admin pages
@@ -258,8 +389,6 @@ def admin_import(request: Request, pid: int, file: UploadFile = File(...),  # no
 
 @router.get("/admin/projects/{pid}", response_class=HTMLResponse)
 def admin_project(request: Request, pid: int) -> Response:
-    from .dashboard import project_stats
-
     require_user(request, admin=True)
     with request.app.state.db.read() as s:
         p = service.project_by_ref(s, pid)
@@ -270,7 +399,30 @@ def admin_project(request: Request, pid: int) -> Response:
                                                                             Assignment.done.is_(False)))
     return render(request, "dashboard.html", {"project": p, "stats": stats, "members": members,
                                               "open_assignments": open_assignments,
-                                              "export_kinds": _export_kinds(p.task_type)})
+                                              "export_kinds": _export_kinds(p.task_type),
+                                              "guidelines_html": guidelines_html(p.guidelines),
+                                              "metrics": METRICS, "flag_texts": FLAG_TEXTS})
+
+
+@router.post("/admin/projects/{pid}/guidelines")
+def admin_guidelines(request: Request, pid: int, guidelines: str = Form(""), csrf_token: str = Form("")
+                     ) -> Response:
+    principal = require_user(request, admin=True, form_token=csrf_token)
+    with request.app.state.db.write() as s:
+        p = service.project_by_ref(s, pid)
+        service.set_guidelines(s, p, guidelines, principal.user.username)
+        service.commit_or_conflict(s)
+    return _redirect(f"/admin/projects/{pid}#guidelines")
+
+
+@router.get("/admin/projects/{pid}/annotators/{username}", response_class=HTMLResponse)
+def admin_annotator(request: Request, pid: int, username: str) -> Response:
+    require_user(request, admin=True)
+    with request.app.state.db.read() as s:
+        p = service.project_by_ref(s, pid)
+        detail = annotator_detail(s, p, username)
+    return render(request, "annotator.html", {"project": p, "d": detail, "metrics": METRICS,
+                                              "flag_texts": FLAG_TEXTS})
 
 
 def _export_kinds(task_type: str) -> list[str]:
