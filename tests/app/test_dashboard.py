@@ -71,7 +71,7 @@ def test_flags_for_too_fast_wrong_on_gold_and_always_one_side(server):
     for name in ("ann1", "ann2", "ann3"):
         with server.client(name) as c:
             k = 0
-            while (v := c.get(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
+            while (v := c.post(f"/api/projects/{pid}/next").json()["assignment"]) is not None:
                 if name == "ann1":
                     choice, ms = 0, 290
                 elif v["prompt"].startswith("gold"):
