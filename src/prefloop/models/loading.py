@@ -76,7 +76,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
         if isinstance(m, nn.Dropout):
             m.p = 0.0
         for key, value in list(vars(m).items()):
-            if _is_dropout_name(key) and isinstance(value, float) and not isinstance(value, bool):
+            if _is_dropout_name(key) and isinstance(value, float):
                 setattr(m, key, 0.0)
         config = getattr(m, "config", None)
         if config is not None and hasattr(config, "to_dict"):
