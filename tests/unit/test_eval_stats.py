@@ -109,3 +109,32 @@ def test_win_values_and_regressions_sorted_safety_first():
     better = {"gold_reward_mean": 1, "redteam_bad_answer_rate": -1, "hallucination_rate": -1, "distinct_2": 1}
     regs = find_regressions(diffs, better, first=("redteam_bad_answer_rate",))
     assert [r["metric"] for r in regs] == ["redteam_bad_answer_rate", "gold_reward_mean"]
+
+
+def test_wilson_interval_matches_scipy_on_whole_counts():
+    """The project keeps its own Wilson interval only because ties make the count fractional (half a win)."""
+    from scipy.stats import binomtest
+
+    from prefloop.eval import wilson_interval
+
+    for k, n in ((7, 10), (0, 12), (45, 48), (300, 400)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = wilson_interval(k / n, n, z=1.959963984540054)
+        assert (lo, hi) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_judgments_file_repeats_of_a_prompt_use_the_bootstrap_and_get_a_length_control():
+    from prefloop.data import Comparison
+    from prefloop.eval import judged_win_rate
+
+    rng = np.random.default_rng(7)
+    recs = []
+    for i in range(60):
+        for _ in range(3):  # three judges per prompt, who all prefer the longer answer
+            long, short = "word " * int(rng.integers(8, 20)), "word " * int(rng.integers(2, 12))
+            mine_long = rng.random() < 0.8
+            recs.append(Comparison(f"q{i}", long, short, meta={"chosen_policy": "ppo" if mine_long else "sft",
+                                                               "rejected_policy": "sft" if mine_long else "ppo"}))
+    wr = judged_win_rate(recs, "ppo", "sft")
+    assert wr["interval"] == "bootstrap over prompts" and wr["prompts"] == 60 and wr["n"] == 180
+    assert wr["win_rate"] > 0.7 and wr["lc_win_rate"] < wr["win_rate"] - 0.1 and wr["length_coef"] > 0
