@@ -136,7 +136,8 @@ vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}
 font-size:0.9em}td{max-width:520px}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.worse{background:#fde2e0;font-weight:600}td.better{background:#e3f4e1}.box{border:2px solid #c33;border-radius:6px;
 padding:0.6em 1em;margin:1em 0;background:#fff6f5}.box.ok{border-color:#4a7;background:#f3fbf2}.note{color:#555;
-font-size:0.92em}details{margin:0.5em 0 1.5em}td.sample{font-size:0.92em}"""
+font-size:0.92em}details{margin:0.5em 0 1.5em}table.stages,table.win-rates{font-size:0.9em}
+table.stages td:first-child{min-width:15em}"""
 
 
 def atomic_bytes(path: Path, data: bytes) -> None:

@@ -243,7 +243,7 @@ def curve_figure(doc: Doc, name: str, rows: list[dict], keys: list[str], kl_targ
     for ax, k in zip(axes.flat, keys):
         pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), int | float)]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        span = max(1, len(ys) // 15)
+        span = max(3, len(ys) // 10) if len(ys) >= 10 else 1
         ax.plot(xs, ys, lw=0.8, alpha=0.3 if span > 1 else 1.0, color="#36c")
         if span > 1:
             ax.plot(xs, smooth(ys, span), lw=1.6, color="#36c", label=f"moving average ({span})")
@@ -292,7 +292,7 @@ def _first(rows: list[dict], k: str):
 def fit_sentence(q: dict, fit: dict | None) -> str:
     """The fit's goodness and peak interval, or why it is not shown."""
     if fit is None or not q.get("supported"):
-        return f"The Gao et al. form is not drawn: {q.get('reason') or 'no fit'}."
+        return f"Not drawn: {q.get('reason') or 'no fit'}."
     ci = q.get("peak_kl_ci")
     peak = (f"fitted peak at KL {fmt(fit['peak_kl'])}" + (f" (95% interval {fmt(ci[0])} - {fmt(ci[1])}, a peak in "
                                                           f"{100 * q['peak_share']:.0f}% of resamples)" if ci else "")
@@ -319,7 +319,8 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
     best = max(range(len(gold)), key=lambda i: gold[i])
     doc.para(f"Gold reward of each training batch against its KL to the reference, {len(pts)} logged updates "
              f"(highest batch: {fmt(gold[best])} at KL {fmt(kl[best])}; single batches are noisy). "
-             f"Fit form R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL) (Gao et al. 2022). " + fit_sentence(q, fit))
+             "The RL form of Gao et al. (2022), R(d) = R(0) + d (alpha - beta log d) with d = sqrt(KL): "
+             + fit_sentence(q, fit))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kl, gold, marker="o", ms=3, lw=0, color="#c63", label="gold")
@@ -427,9 +428,9 @@ def section_samples(doc: Doc, path: Path, n: int) -> None:
         table = [[f"sample {k + 1}"] + [_scored(r["responses"][k], r, k) if k < len(r["responses"]) else ""
                                         for r in stages.values()] for k in range(k_max)]
         ideal = next((r["ideal"] for r in stages.values() if r.get("ideal")), None)
-        if ideal:
-            table.append(["gold-best answer", ideal] + [""] * (len(stages) - 1))
         doc.table([""] + list(stages), table, "samples")
+        if ideal:
+            doc.para(f"The answer the gold judge rates best: {str(ideal).strip()}")
 
 
 def section_summary(doc: Doc, m: dict) -> None:

@@ -128,7 +128,7 @@ def section_regressions(doc: Doc, m: dict) -> None:
 # -- the stage table -----------------------------------------------------------------------------------------------
 def _diff_cell(dd: dict | None, better: int | None) -> Cell:
     if not dd or dd.get("diff") is None:
-        return Cell("")
+        return Cell("n/a")
     text = fmt_ci({**dd, "mean": dd["diff"]}, sign=True)
     if not dd.get("significant") or not better:
         return Cell(text)

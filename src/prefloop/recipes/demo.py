@@ -22,7 +22,7 @@ from prefloop.eval.compare import pairwise_accuracy
 from prefloop.eval.diversity import distinct_n
 from prefloop.eval.policy import mean, sample_policy
 from prefloop.eval.report_cmd import write_demo_samples, write_report
-from prefloop.eval.run_eval import redteam_questions
+from prefloop.eval.run_eval import clean, redteam_questions
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
@@ -288,7 +288,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                "seconds": {**watch.seconds, "total": round(sum(watch.seconds.values()), 1)},
                "preset": cfg.preset, "seed": cfg.seed, "torch_threads": torch.get_num_threads(),
                "settings": {f.name: getattr(p, f.name) for f in fields(p)}}
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", clean(metrics))  # strict JSON: a metric no prompt had is null, not NaN
     write_demo_samples(out / "samples.jsonl", samples, world)
     write_report(out)  # report.html (self-contained) and report.md, with plots
     console.print(f"[bold green]demo done[/] in {metrics['seconds']['total']} s: {out / 'report.md'}")
