@@ -1,7 +1,7 @@
 """Over-optimisation (Goodhart): best-of-n curves, the exact KL of best-of-n, and the functional forms of
 Gao et al. 2022 ("Scaling Laws for Reward Model Overoptimization") fitted by least squares.
 
-Pure Python. EVALUATION.md, "Over-optimisation".
+Pure Python (numpy for the bootstrap of `fit_quality`). docs/EVALUATION.md, "Fits of over-optimisation".
 """
 
 from __future__ import annotations
