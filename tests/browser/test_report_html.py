@@ -14,6 +14,7 @@ import pytest
 from prefloop.eval.overopt import best_of_n_curve, fit_bon, peak
 from prefloop.eval.report_cmd import write_report
 from prefloop.eval.reward_metrics import reward_model_metrics
+from prefloop.eval.run_eval import add_curve_intervals
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -77,6 +78,7 @@ def _eval_run(run: Path) -> None:
     proxy = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(20)]
     gold = [[p - 0.3 * p * p for p in row] for row in proxy]
     curve = best_of_n_curve(proxy, gold)
+    add_curve_intervals(curve, proxy, gold)
     d = [r["d"] for r in curve]
     pk = peak([r["kl"] for r in curve], [r["gold"] for r in curve])
     bon = {"curve": curve, "n_max": 8, "prompts": 20, "fit_proxy": fit_bon(d, [r["proxy"] for r in curve]),
@@ -168,6 +170,9 @@ def test_eval_report_calibration_best_of_n_redteam(browser, tmp_path):
     assert page.locator("table.calibration tbody tr").count() == 5
     assert page.locator("table.pools tbody tr").count() == 2
     assert page.locator("table.bon tbody tr").count() == 8
+    # Every point of the curve with its interval over the 20 prompts (n = 1 included), the fit with its R^2.
+    assert all("[" in t for t in page.locator("table.bon tbody td:nth-child(3)").all_inner_texts())
+    assert "R^2" in page.locator("table.fits thead").inner_text()
     assert "0.60 [0.50, 0.70]" in page.locator("table.win-rates").inner_text()
     assert "bad answers, frame story" in page.locator("table.redteam").inner_text()
     assert not errors

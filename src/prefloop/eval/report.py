@@ -12,15 +12,6 @@ import os
 import re
 from pathlib import Path
 
-STAGE_COLUMNS = [
-    ("gold_reward_mean", "gold reward"), ("gold_win_rate_vs_sft", "gold win rate vs SFT"),
-    ("reward_model_mean", "reward model"), ("kl_to_sft", "KL to SFT (k1)"), ("kl_to_sft_k3", "KL to SFT (k3)"),
-    ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("self_bleu", "self-BLEU (per prompt)"),
-    ("mean_response_tokens", "response tokens"), ("no_eos_fraction", "never ends"),
-    ("hallucination_rate", "made-up facts"), ("needless_refusal_rate", "needless refusals"),
-    ("harmful_compliance_rate", "harmful compliance"),
-]
-
 
 def fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

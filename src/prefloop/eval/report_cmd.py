@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from .report import CSS, STAGE_COLUMNS, Doc, atomic_bytes, fmt, pyplot
+from .report import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
 from .report_sections import (
     pipeline_rank,
     section_evaluation_note,
@@ -30,16 +30,6 @@ from .report_sections import (
     section_win_rates_lc,
 )
 
-EXTRA_STAGE_COLUMNS = [
-    ("win_rate_vs_ref", "win rate vs reference"), ("kl_to_ref", "KL to reference (k1)"),
-    ("kl_to_ref_k3", "KL to reference (k3)"), ("entropy", "token entropy (nats)"),
-    ("per_input/distinct_2", "distinct-2 per prompt"), ("across_input/distinct_2", "distinct-2 across prompts"),
-    ("per_input/self_bleu", "self-BLEU per prompt"), ("across_input/self_bleu", "self-BLEU across prompts"),
-    ("per_input/ead", "EAD per prompt"), ("across_input/ead", "EAD across prompts"),
-    ("redteam_bad_answer_rate", "red team: bad answers"),
-    ("redteam_needless_refusal_rate", "red team: needless refusals"),
-]
-ALL_STAGE_COLUMNS = STAGE_COLUMNS + EXTRA_STAGE_COLUMNS
 SKIP_CURVE_KEYS = ("step", "time", "lr", "epoch")
 CURVE_KEYS = ("loss/total", "loss/policy", "loss/value", "loss/reward", "loss/lm", "loss", "rollout/score_mean",
               "kl/k1", "gold/mean", "accuracy", "eval/accuracy", "kl/coef", "policy/entropy")
@@ -114,6 +104,11 @@ def section_reward_model(doc: Doc, rm: dict) -> None:
         doc.figure("calibration.png", fig, "Reliability curve of the reward model")
 
 
+def _with_ci(row: dict, key: str) -> str:
+    ci = row.get(f"{key}_ci")
+    return fmt_ci({"mean": row[key], "ci_low": ci[0], "ci_high": ci[1]}) if ci else fmt(row[key])
+
+
 def fits_table(doc: Doc, fits: list, quality: dict) -> None:
     """Fitted parameters with R^2 and the peak's interval; a fit the points cannot support says why instead."""
     rows = []
@@ -139,7 +134,8 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
              "estimator for every n <= N, against KL = log n - (n - 1)/n. Fit: R(d) = R(0) + d (alpha - beta d), "
              "d = sqrt(KL) (Gao et al. 2022).")
     header = ["n", "KL", "proxy (reward model)"] + (["gold"] if has_gold else [])
-    doc.table(header, [[r["n"], r["kl"], r["proxy"]] + ([r["gold"]] if has_gold else []) for r in curve], "bon")
+    doc.table(header, [[r["n"], r["kl"], _with_ci(r, "proxy")] + ([_with_ci(r, "gold")] if has_gold else [])
+                       for r in curve], "bon")
     fits = [(k, bon[k]) for k in ("fit_proxy", "fit_gold") if bon.get(k)]
     quality = {k: fit_quality("bon", [r["d"] for r in curve], [r[k.replace("fit_", "")] for r in curve])
                for k, _ in fits}
@@ -154,6 +150,9 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
     for key, color in (("proxy", "#36c"), ("gold", "#c63")):
         if key in curve[0]:
             ax.plot(kl, [r[key] for r in curve], marker="o", ms=3, lw=0, color=color, label=key)
+            if all(r.get(f"{key}_ci") for r in curve):
+                ax.fill_between(kl, [r[f"{key}_ci"][0] for r in curve], [r[f"{key}_ci"][1] for r in curve],
+                                color=color, alpha=0.12, lw=0, label=f"{key}, 95% interval over prompts")
             f = bon.get(f"fit_{key}")
             if f and quality[f"fit_{key}"]["supported"]:
                 ax.plot(dense, [predict(f, math.sqrt(x)) for x in dense], color=color, lw=1, label=f"{key} fit")

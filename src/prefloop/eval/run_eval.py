@@ -378,6 +378,7 @@ def eval_best_of_n(cfg) -> dict:
     gold = ([[world.gold.score(p, r) for r in rs] for p, rs in zip(prompts, s.responses)]
             if world is not None else None)
     curve = best_of_n_curve(proxy, gold)
+    add_curve_intervals(curve, proxy, gold, cfg.seed)
     d = [r["d"] for r in curve]
     bon = {"curve": curve, "n_max": cfg.n, "prompts": len(prompts),
            "fit_proxy": fit_bon(d, [r["proxy"] for r in curve])}
@@ -395,6 +396,22 @@ def eval_best_of_n(cfg) -> dict:
     write_samples(out / "samples.jsonl", {"policy": s}, {"policy": gold or []}, {"policy": proxy})
     finish(out, metrics)
     return metrics
+
+
+def add_curve_intervals(curve: list[dict], proxy: list[list[float]], gold: list[list[float]] | None,
+                        seed: int = 0) -> None:
+    """A 95% interval over prompts on every point of a best-of-n curve ("proxy_ci", "gold_ci")."""
+    from .overopt import best_of_n_expectation
+    from .stats import cluster_mean
+
+    for row in curve:
+        n = row["n"]
+        iv = cluster_mean([[best_of_n_expectation(p, n)] for p in proxy if len(p) >= n], seed=seed)
+        row["proxy_ci"] = [iv["ci_low"], iv["ci_high"]]
+        if gold is not None:
+            iv = cluster_mean([[best_of_n_expectation(g, n, key=p)] for p, g in zip(proxy, gold) if len(p) >= n],
+                              seed=seed)
+            row["gold_ci"] = [iv["ci_low"], iv["ci_high"]]
 
 
 # -- judgments from people ---------------------------------------------------------------------------------
