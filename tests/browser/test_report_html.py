@@ -188,11 +188,12 @@ def test_real_demo_report_reads_in_order_and_screenshots(browser):
     run = Path(REAL_RUN)
     shots = Path(os.environ.get("PREFLOOP_SCREENSHOTS", Path(__file__).parents[2] / "docs" / "img"))
     shots.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1150, "height": 1500})
+    page = browser.new_page(viewport={"width": 1320, "height": 1500})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(write_report(run).resolve().as_uri())
     page.wait_for_load_state("load")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing cut off at the right
     # The regression box (empty or not, as measured) comes before the run summary and the stage table.
     box = page.locator("div.box")
     assert box.count() == 1

@@ -121,7 +121,7 @@ def _css(c: str) -> str:
 
 _NUM = re.compile(r"^[+-]?(\d|n/a$)")
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
 vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;
 font-size:0.9em}td{max-width:520px}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}

@@ -84,8 +84,11 @@ def section_run_summary(doc: Doc, m: dict, run_dir: Path) -> None:
                      seconds.get(name, seconds.get("pretrain" if name == "base" else name)), sets])
     if not rows:
         return
+    header = ["stage", "started from", "trained on", "steps", "seconds", "settings"]
+    if all(r[4] is None for r in rows):  # a run without timings: no column of n/a
+        header, rows = header[:4] + header[5:], [r[:4] + r[5:] for r in rows]
     doc.heading("What was run")
-    doc.table(["stage", "started from", "trained on", "steps", "seconds", "settings"], rows, "run-summary")
+    doc.table(header, rows, "run-summary")
 
 
 def section_evaluation_note(doc: Doc, m: dict) -> None:

@@ -107,7 +107,7 @@ def _fit_logistic(y: np.ndarray, x: np.ndarray, w: np.ndarray, ridge: float, ite
     allowed: the loss is the cross-entropy. Returns (B, 2) rows [theta, phi]."""
     beta = np.zeros((w.shape[0], 2))
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(beta[:, :1] + beta[:, 1:] * x)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(beta[:, :1] + beta[:, 1:] * x, -30, 30)))
         r = w * (y - p)
         s = w * p * (1 - p)
         g = np.stack([r.sum(1), (r * x).sum(1) - ridge * beta[:, 1]], 1)
@@ -147,7 +147,7 @@ def length_controlled_win_rate(wins: Sequence[Sequence[float]], len_diff: Sequen
     np.add.at(per_prompt, (np.arange(n_resamples)[:, None], picks), 1.0)
     w = np.vstack([np.ones(len(y)), per_prompt[:, cluster]])
     beta = _fit_logistic(y, x, w, ridge)
-    lc = 1.0 / (1.0 + np.exp(-beta[:, 0]))
+    lc = 1.0 / (1.0 + np.exp(-np.clip(beta[:, 0], -30, 30)))
     raw = (w * y).sum(1) / w.sum(1)
     alpha = (1 - level) / 2
     lo, hi = (np.quantile(lc[1:], [alpha, 1 - alpha]) if len(rows) > 1 else (np.nan, np.nan))
