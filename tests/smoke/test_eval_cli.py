@@ -82,6 +82,8 @@ def test_eval_policy_against_a_reference(setup, tmp_path):
     assert wr["judge"] == "gold" and wr["n"] == 12 and wr["ci_low"] <= wr["win_rate"] <= wr["ci_high"]
     assert wr["interval"] == "bootstrap over prompts" and 0 <= wr["lc_win_rate"] <= 1 and "length_coef" in wr
     assert m["win_rates"]["ppo vs sft, reward model"]["judge"] == "reward-model"  # every judge the run has
+    assert m["intervals"]["ppo"]["win_rate_vs_ref"]["mean"] == pytest.approx(wr["win_rate"])
+    assert m["stages"]["sft"]["win_rate_vs_ref"] == 0.5
     # Every mean carries an interval over the 6 prompts (12 samples); the difference is paired on them.
     for st in ("ppo", "sft"):
         iv = m["intervals"][st]["gold_reward_mean"]

@@ -262,6 +262,7 @@ def policy_metrics(cfg, judge, world, red, models, tok, scfg, samples, rm_scores
     """metrics.json of `eval policy`: every stage's means with intervals over prompts, the paired difference
     policy - reference, regressions, win rates under each judge, red-team rates."""
     from .intervals import summarise
+    from .stats import win_values
 
     vocab = word_vocab(world, prompts, samples[cfg.name].responses)
     stages, gold, values = {}, {}, {}
@@ -282,6 +283,10 @@ def policy_metrics(cfg, judge, world, red, models, tok, scfg, samples, rm_scores
         metrics["redteam"] = rt
     for name in samples:
         values[name].update(rt_values.get(name, {}))
+    scores = {"gold": gold, "reward-model": rm_scores}.get(judge, {})
+    if scores.get(cfg.name) and scores.get(cfg.reference_name):  # the headline win rate, with its interval
+        for name in (cfg.reference_name, cfg.name):
+            values[name]["win_rate_vs_ref"] = win_values(scores[name], scores[cfg.reference_name])
     summary = summarise(values, list(samples), seed=cfg.seed)
     for name in samples:
         stages[name].update({m: iv["mean"] for m, iv in summary["intervals"][name].items()})
