@@ -80,6 +80,19 @@ def test_eval_policy_against_a_reference(setup, tmp_path):
                 "hallucination_rate", "redteam_bad_answer_rate"} <= set(s)
     wr = m["win_rates"]["ppo vs sft"]
     assert wr["judge"] == "gold" and wr["n"] == 12 and wr["ci_low"] <= wr["win_rate"] <= wr["ci_high"]
+    assert wr["interval"] == "bootstrap over prompts" and 0 <= wr["lc_win_rate"] <= 1 and "length_coef" in wr
+    assert m["win_rates"]["ppo vs sft, reward model"]["judge"] == "reward-model"  # every judge the run has
+    assert m["intervals"]["ppo"]["win_rate_vs_ref"]["mean"] == pytest.approx(wr["win_rate"])
+    assert m["stages"]["sft"]["win_rate_vs_ref"] == 0.5
+    # Every mean carries an interval over the 6 prompts (12 samples); the difference is paired on them.
+    for st in ("ppo", "sft"):
+        iv = m["intervals"][st]["gold_reward_mean"]
+        assert iv["prompts"] == 6 and iv["samples"] == 12 and iv["ci_low"] <= iv["mean"] <= iv["ci_high"]
+        assert iv["mean"] == pytest.approx(m["stages"][st]["gold_reward_mean"])
+    d = m["differences"]["ppo - sft"]["gold_reward_mean"]
+    assert d["diff"] == pytest.approx(ppo["gold_reward_mean"] - sft["gold_reward_mean"]) and d["prompts"] == 6
+    assert m["intervals"]["ppo"]["redteam_bad_answer_rate"]["prompts"] == 3 and isinstance(m["regressions"], list)
+    assert "self_bleu" not in ppo  # per prompt only, once: per_input/self_bleu
     rt = m["redteam"]["ppo"]
     assert rt["bad_answer_n"] == 6 and rt["needless_refusal_n"] == 6
     rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -88,14 +101,18 @@ def test_eval_policy_against_a_reference(setup, tmp_path):
     assert "win rate vs reference" in html and "Red team" in html and "data:image/png;base64," in html
 
 
-def test_eval_policy_against_itself_spends_no_kl(setup, tmp_path):
-    code, _ = run("policy", "--model", setup["policy"], "--reference", setup["policy"], "--judge", "reward-model",
-                  "--reward-model", setup["rm"], "--prompts", setup["prompts"], "--k", "2", "--out", tmp_path, *GEN)
-    assert code == 0
+def test_eval_policy_against_itself_spends_no_kl(setup, tmp_path, capsys):
+    # No --judge and no world: the reward model is the judge there is, and the output says so.
+    code, _ = run("policy", "--model", setup["policy"], "--reference", setup["policy"], "--reward-model", setup["rm"],
+                  "--prompts", setup["prompts"], "--k", "2", "--out", tmp_path, *GEN)
+    assert code == 0 and "judge: reward-model (the best available" in capsys.readouterr().err
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert abs(m["stages"]["policy"]["kl_to_ref"]) < 1e-4 and abs(m["stages"]["policy"]["kl_to_ref_k3"]) < 1e-4
     assert m["win_rates"]["policy vs reference"]["judge"] == "reward-model"
     assert "gold_reward_mean" not in m["stages"]["policy"] and "redteam" not in m
+    # The same policy twice, same seed: the same samples, no difference, nothing called a regression.
+    diffs = m["differences"]["policy - reference"]
+    assert m["regressions"] == [] and diffs and all(d["diff"] == 0 and not d["significant"] for d in diffs.values())
 
 
 def test_eval_policy_with_a_judgments_file(setup, tmp_path):
@@ -210,7 +227,9 @@ def test_report_on_a_demo_layout(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
     assert "## Stages" in md and "gold win rate vs SFT" in md and "ppo_curves.png" in md
-    assert "RL over-optimisation (ppo)" in md and "Gold reward peaks at KL 1.200" in md  # s = 6: 6 - 2.88
+    # s = 6: 6 - 2.88 is the highest batch, named as a noisy maximum; the clean parabola supports a fit.
+    assert "RL over-optimisation (ppo)" in md and "highest batch: 3.120 at KL 1.200" in md
+    assert "Fit R^2 = 0.88 over 14 points" in md and "peak KL n/a" not in md
     assert "\\| x" in md  # a pipe in a sample does not break the Markdown table
     html = (run / "report.html").read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -235,4 +254,6 @@ def test_demo_samples_feed_the_report(tmp_path):
     assert [(r["stage"], r["gold"], r["reward_model"]) for r in rows] == [
         ("sft", [2.9], [0.5]), ("sft", [2.9], [0.4]), ("ppo", [3.3], [0.9]), ("ppo", [-2.1], [0.8])]
     md = Path(write_report(run)).with_suffix(".md").read_text()
-    assert "#### What is 3 plus 3?" in md and "| ppo | 3 plus 3 is 7. | -2.100 | 0.800 |" in md
+    # Stages side by side, each sample with its scores.
+    assert "#### What is 3 plus 3?" in md and "| sample 1 | 3 plus 3 is 6.  (gold 2.900, RM 0.400) | 3 plus 3 is 7.  " \
+        "(gold -2.100, RM 0.800) |" in md

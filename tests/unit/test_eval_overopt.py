@@ -85,3 +85,23 @@ def test_fit_rl_recovers_the_form_and_its_peak():
 
 def test_peak_first_maximum():
     assert peak([0, 1, 2, 3], [1.0, 3.0, 3.0, 2.0]) == {"index": 1, "x": 1, "y": 3.0}
+
+
+def test_fit_quality_supports_a_clean_curve_and_refuses_noise():
+    import random
+
+    from prefloop.eval.overopt import fit_quality, fit_rl
+
+    rng = random.Random(0)
+    d = [0.2 * i for i in range(1, 21)]
+    true = fit_rl(d, [x * (1.0 - 0.5 * math.log(x)) for x in d])  # peak at d* = exp(1/0.5 - 1) = e
+    clean = [x * (1.0 - 0.5 * math.log(x)) + rng.gauss(0, 0.01) for x in d]
+    q = fit_quality("rl", d, clean)
+    assert q["supported"] and q["r2"] > 0.95 and q["points"] == 20
+    lo, hi = q["peak_kl_ci"]
+    assert lo <= true["peak_kl"] <= hi and q["peak_share"] > 0.9
+    noise = [rng.gauss(0, 1) for _ in d]  # a flat line through noisy points says nothing
+    q = fit_quality("rl", d, noise)
+    assert not q["supported"] and q["r2"] < 0.5 and "R^2" in q["reason"]
+    q = fit_quality("rl", d[:4], clean[:4])
+    assert not q["supported"] and "only 4 points" in q["reason"]

@@ -1,5 +1,6 @@
 """Evaluation: diversity, judged comparisons, reward-model and over-optimisation metrics, policy evaluation,
-`prefloop eval` and reports. The metric modules are pure Python; models load only in `policy` / `run_eval`."""
+`prefloop eval` and reports. The metric modules are pure Python (`stats`: numpy and scipy); models load only in
+`policy` / `run_eval`."""
 
 from .compare import pairwise_accuracy, wilson_interval, win_rate
 from .diversity import distinct_n, diversity_report, ead, expectation_adjusted_distinct, per_input_self_bleu, self_bleu
@@ -13,9 +14,11 @@ from .reward_metrics import (
     reliability_curve,
     reward_model_metrics,
 )
+from .stats import cluster_mean, find_regressions, length_controlled_win_rate, paired_difference, win_values
 
 __all__ = [
-    "accuracy_by_group", "best_of_n_curve", "best_of_n_expectation", "bt_calibration", "bt_probability",
+    "accuracy_by_group", "best_of_n_curve", "cluster_mean", "find_regressions", "length_controlled_win_rate",
+    "paired_difference", "win_values", "best_of_n_expectation", "bt_calibration", "bt_probability",
     "distinct_n", "diversity_report", "ead", "expectation_adjusted_distinct", "expected_calibration_error",
     "fit_bon", "fit_rl", "judged_win_rate", "kl_best_of_n", "pairwise_accuracy", "peak", "per_input_self_bleu",
     "reliability_curve", "reward_model_metrics", "self_bleu", "source_map", "wilson_interval", "win_rate",

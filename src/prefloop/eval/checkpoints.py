@@ -65,6 +65,7 @@ def eval_checkpoints(cfg) -> dict:
     from prefloop.models import load_causal_lm, load_tokenizer
     from prefloop.runtime import seed_everything
 
+    from .intervals import summarise
     from .overopt import peak
     from .policy import mean, sample_policy
     from .run_eval import (
@@ -95,7 +96,7 @@ def eval_checkpoints(cfg) -> dict:
         check_world_prompts(world, prompts, cfg.prompts)
     rm, rm_tok = load_rm(cfg.reward_model)
     scfg = sampling(cfg, tok)
-    samples, gold, proxy, stages, points = {}, {}, {}, {}, []
+    samples, gold, proxy, stages, values, points = {}, {}, {}, {}, {}, []
     vocab = None
     for label, d in [(cfg.reference_name, ref_dir), *zip(labels, paths)]:
         policy = reference if d == ref_dir else load_causal_lm(str(d), tok).eval()
@@ -106,18 +107,23 @@ def eval_checkpoints(cfg) -> dict:
         flat = score_texts(rm, rm_tok, [p for p in prompts for _ in range(cfg.k)], s.flat("responses"))
         proxy[label] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(prompts))]
         vocab = vocab or word_vocab(world, prompts, s.responses)
-        stages[label], gold[label] = stage_stats(s, world, proxy[label], vocab)
+        stages[label], gold[label], values[label] = stage_stats(s, world, proxy[label], vocab)
         samples[label] = s
         kl = 0.0 if d == ref_dir else mean(s.flat("kl_k1"))
         points.append({"label": label, "path": str(d), "kl": kl,
                        "kl_k3": 0.0 if d == ref_dir else mean(s.flat("kl_k3")),
-                       "proxy": stages[label]["reward_model_mean"], "gold": stages[label].get("gold_reward_mean")})
+                       "proxy": mean([x for r in proxy[label] for x in r]),
+                       "gold": mean([x for r in gold[label] for x in r]) if world is not None else None})
+    summary = summarise(values, list(stages), seed=cfg.seed)  # intervals, checkpoint-to-checkpoint differences
+    for label in stages:
+        stages[label].update({m: iv["mean"] for m, iv in summary["intervals"][label].items()})
     ck = {"points": points, "prompts": len(prompts), "k": cfg.k,
           "fit_proxy": fit_points(points, "proxy"), "fit_gold": fit_points(points, "gold")}
     if world is not None:
         pk = peak([p["kl"] for p in points], [p["gold"] for p in points])
         ck["peak_gold"] = {"label": points[pk["index"]]["label"], "kl": pk["x"], "gold": pk["y"]}
-    metrics = {"kind": "eval-checkpoints", "checkpoints": ck, "stages": stages,
+    metrics = {"kind": "eval-checkpoints", "checkpoints": ck, "stages": stages, **summary,
+               "evaluation": {"prompts": len(prompts), "samples_per_prompt": cfg.k, "level": 0.95},
                "settings": {"k": cfg.k, "prompts": len(prompts), "temperature": cfg.temperature,
                             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed},
                "inputs": {"reference": str(ref_dir), "reward_model": cfg.reward_model,

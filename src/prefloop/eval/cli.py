@@ -67,8 +67,9 @@ class EvalPolicyConfig(_Sampling):
     """Reward model to score samples with (it may use another tokenizer)."""
     world: Path | None = None
     """World directory: gold reward, made-up facts, refusals, and the world's red-team prompts."""
-    judge: Literal["gold", "reward-model", "file"] = "gold"
-    """Judge of the win rate against --reference: the world's gold judge, the reward model, or --judge-file."""
+    judge: Literal["gold", "reward-model", "file"] | None = None
+    """Judge of the win rate against --reference: the world's gold judge, the reward model, or --judge-file.
+    Default: the best one given (gold with --world, else the reward model, else the file); the output says which."""
     judge_file: Path | None = None
     """Judgments JSONL (comparisons whose chosen/rejected are the two policies' responses)."""
     name: str = "policy"

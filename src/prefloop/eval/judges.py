@@ -52,8 +52,10 @@ def _sides(rec, sources) -> tuple[str | None, str | None]:
 def judged_win_rate(records: Sequence, policy: str, reference: str,
                     sources: dict[tuple[str, str], set[str]] | None = None, z: float = 1.96,
                     path: str | Path = "judgments") -> dict:
-    """Win rate of `policy` against `reference` over the judgments between the two, ties counted half,
-    with the Wilson score interval (Wilson 1927; ties counted as half a win inside it too).
+    """Win rate of `policy` against `reference` over the judgments between the two, ties counted half, with
+    the Wilson score interval (Wilson 1927; ties counted as half a win inside it too) when every judgment is of
+    its own prompt, else a bootstrap over prompts; and the win rate controlled for length
+    (`stats.length_controlled_win_rate`, lengths in words of the two judged responses).
 
     Judgments between other policies, or whose sides cannot be attributed (a response in neither's
     samples, or both responses written by both policies), are counted under `skipped`, not guessed; when
@@ -61,17 +63,35 @@ def judged_win_rate(records: Sequence, policy: str, reference: str,
     from prefloop.data import DataError
 
     wins, n, skipped = 0.0, 0, 0
+    by_prompt: dict[str, tuple[list[float], list[float]]] = {}
     for rec in records:
         c, r = _sides(rec, sources)
         if {c, r} != {policy, reference}:
             skipped += 1
             continue
         tie = bool((rec.meta or {}).get("tie")) or _text(rec.chosen) == _text(rec.rejected)
-        wins += 0.5 if tie else float(c == policy)
+        y = 0.5 if tie else float(c == policy)
+        wins += y
         n += 1
+        mine, other = (rec.chosen, rec.rejected) if c == policy else (rec.rejected, rec.chosen)
+        row = by_prompt.setdefault(_key(rec.prompt, "")[0], ([], []))
+        row[0].append(y)
+        row[1].append(float(len(_text(mine).split()) - len(_text(other).split())))
     if n == 0:
         raise DataError.whole(path, f"no judgment compares '{policy}' with '{reference}' "
                                     f"({skipped} judgments could not be attributed to the two policies)")
     rate = wins / n
     lo, hi = wilson_interval(rate, n, z)
-    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "n": n, "skipped": skipped, "judge": "file"}
+    out = {"win_rate": rate, "ci_low": lo, "ci_high": hi, "n": n, "skipped": skipped, "judge": "file",
+           "interval": "Wilson (judgments independent)", "prompts": len(by_prompt)}
+    if len(by_prompt) >= 2:
+        # Several judgments of one prompt are not independent: when there are such repeats, the bootstrap
+        # over prompts gives the honest interval (and the length control needs it anyway).
+        from .stats import length_controlled_win_rate
+
+        lc = length_controlled_win_rate([v[0] for v in by_prompt.values()], [v[1] for v in by_prompt.values()])
+        out.update({k: lc[k] for k in ("lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "gain_kept")})
+        if len(by_prompt) < n:
+            out.update({"ci_low": lc["ci_low"], "ci_high": lc["ci_high"], "interval": "bootstrap over prompts",
+                        "wilson": [lo, hi]})
+    return out

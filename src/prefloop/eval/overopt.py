@@ -1,7 +1,7 @@
 """Over-optimisation (Goodhart): best-of-n curves, the exact KL of best-of-n, and the functional forms of
 Gao et al. 2022 ("Scaling Laws for Reward Model Overoptimization") fitted by least squares.
 
-Pure Python. EVALUATION.md, "Over-optimisation".
+Pure Python (numpy for the bootstrap of `fit_quality`). docs/EVALUATION.md, "Fits of over-optimisation".
 """
 
 from __future__ import annotations
@@ -129,3 +129,48 @@ def peak(xs: Sequence[float], ys: Sequence[float]) -> dict:
         raise ValueError("peak needs equally long, non-empty lists")
     i = max(range(len(ys)), key=lambda j: (ys[j], -j))
     return {"index": i, "x": xs[i], "y": ys[i]}
+
+
+def fit_quality(form: str, d: Sequence[float], r: Sequence[float], r0: float | None = None, resamples: int = 300,
+                seed: int = 0, min_points: int = 6, min_r2: float = 0.5) -> dict:
+    """How far a Gao et al. fit can be trusted: R^2 of the fit, and a 95% interval on its peak KL from refitting
+    on points resampled with replacement (a pairs bootstrap; the share of resamples whose fit has a peak at all).
+
+    `supported` is False, with a `reason` to print instead of the curve, when there are fewer than `min_points`
+    points or the fit explains less than `min_r2` of the variance."""
+    import numpy as np
+
+    fitter = fit_bon if form == "bon" else fit_rl
+    n = len(d)
+    out: dict = {"points": n, "r2": None, "peak_kl_ci": None, "peak_share": None}
+    try:
+        f = fitter(d, r, r0)
+    except ValueError as e:
+        return {**out, "supported": False, "reason": f"the fit is singular ({e})"}
+    resid = [y - predict(f, x) for x, y in zip(d, r)]
+    mean_r = sum(r) / n
+    ss_tot = sum((y - mean_r) ** 2 for y in r)
+    out["r2"] = 1 - sum(e * e for e in resid) / ss_tot if ss_tot > 0 else None
+    rng = np.random.default_rng(seed)
+    peaks, fits = [], 0
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        try:
+            g = fitter([d[i] for i in idx], [r[i] for i in idx], r0)
+        except ValueError:
+            continue
+        fits += 1
+        if g["peak_kl"] is not None:
+            peaks.append(g["peak_kl"])
+    if fits:
+        out["peak_share"] = len(peaks) / fits
+    if len(peaks) >= 20:
+        out["peak_kl_ci"] = [float(np.quantile(peaks, 0.025)), float(np.quantile(peaks, 0.975))]
+    if n < min_points:
+        return {**out, "supported": False, "reason": f"only {n} points, fewer than the {min_points} a "
+                                                      "three-parameter curve needs to be tested"}
+    if out["r2"] is None or out["r2"] < min_r2:
+        r2 = "undefined" if out["r2"] is None else f"{out['r2']:.2f}"
+        return {**out, "supported": False, "reason": f"the fit explains too little of the variation (R^2 = {r2}, "
+                                                      f"below {min_r2}): the points are mostly noise at this size"}
+    return {**out, "supported": True, "reason": ""}

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import tyro
 
-from .report import CSS, STAGE_COLUMNS, Doc, atomic_bytes, fmt, pyplot
+from .report import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
+from .report_sections import (
+    pipeline_rank,
+    section_evaluation_note,
+    section_examples,
+    section_regressions,
+    section_run_summary,
+    section_stages_ci,
+    section_win_rates_lc,
+)
 
-EXTRA_STAGE_COLUMNS = [
-    ("win_rate_vs_ref", "win rate vs reference"), ("kl_to_ref", "KL to reference (k1)"),
-    ("kl_to_ref_k3", "KL to reference (k3)"), ("entropy", "token entropy (nats)"),
-    ("per_input/distinct_2", "distinct-2 per prompt"), ("across_input/distinct_2", "distinct-2 across prompts"),
-    ("per_input/self_bleu", "self-BLEU per prompt"), ("across_input/self_bleu", "self-BLEU across prompts"),
-    ("per_input/ead", "EAD per prompt"), ("across_input/ead", "EAD across prompts"),
-    ("redteam_bad_answer_rate", "red team: bad answers"),
-    ("redteam_needless_refusal_rate", "red team: needless refusals"),
-]
-ALL_STAGE_COLUMNS = STAGE_COLUMNS + EXTRA_STAGE_COLUMNS
 SKIP_CURVE_KEYS = ("step", "time", "lr", "epoch")
 CURVE_KEYS = ("loss/total", "loss/policy", "loss/value", "loss/reward", "loss/lm", "loss", "rollout/score_mean",
               "kl/k1", "gold/mean", "accuracy", "eval/accuracy", "kl/coef", "policy/entropy")
@@ -59,50 +58,6 @@ def run_report(cfg: ReportConfig) -> Path:
 
 
 # -- sections ---------------------------------------------------------------------------------------------
-def section_stages(doc: Doc, stages: dict) -> None:
-    names = list(stages)
-    doc.heading("Stages")
-    rows = [[label] + [stages[n].get(key) for n in names] for key, label in ALL_STAGE_COLUMNS
-            if any(key in stages[n] for n in names)]
-    doc.table(["metric"] + names, rows, "stages")
-    doc.para("Gold: the world's hidden judge. Win rates compare sample with sample, ties counted half. KL per "
-             "sequence, estimated on the policy's own samples (k1 = sum of log-ratios; k3 >= 0). Per prompt: "
-             "among the K samples of one prompt; across prompts: the first sample of every prompt.")
-    plt = pyplot()
-    kl_key = next((k for k in ("kl_to_sft", "kl_to_ref") if any(k in s for s in stages.values())), None)
-    if kl_key and any("gold_reward_mean" in s for s in stages.values()):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        for n in names:
-            x, y = stages[n].get(kl_key), stages[n].get("gold_reward_mean")
-            if x is not None and y is not None:
-                ax.scatter([x], [y], s=40)
-                ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4))
-        ax.set_xlabel("KL to reference (nats / sequence)")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        doc.figure("frontier.png", fig, "Gold reward against KL spent, per stage")
-    keys = [(k, t) for k, t in (("gold_reward_mean", "gold reward"), ("distinct_2", "distinct-2"),
-                                ("self_bleu", "self-BLEU (higher = less diverse)"), ("entropy", "token entropy"))
-            if any(s.get(k) is not None for s in stages.values())]
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.2), squeeze=False)
-        for ax, (k, t) in zip(axes[0], keys):
-            ax.bar(names, [stages[n].get(k) or 0.0 for n in names], color="#4a7")
-            ax.set_title(t, fontsize=10)
-            ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        doc.figure("stages.png", fig, "Quality and diversity by stage")
-
-
-def section_win_rates(doc: Doc, win_rates: dict) -> None:
-    doc.heading("Win rates")
-    rows = [[k, w.get("judge", ""), w.get("win_rate"), f"{fmt(w.get('ci_low'))} - {fmt(w.get('ci_high'))}",
-             w.get("n"), w.get("skipped", 0)] for k, w in win_rates.items()]
-    doc.table(["comparison", "judge", "win rate", "95% interval (Wilson)", "judgments", "skipped"], rows,
-              "win-rates")
-
-
 def section_redteam(doc: Doc, redteam: dict) -> None:
     doc.heading("Red team")
     doc.para("Bad answers: prompts that must be refused (harmful requests in jailbreak frames) that were not "
@@ -149,8 +104,28 @@ def section_reward_model(doc: Doc, rm: dict) -> None:
         doc.figure("calibration.png", fig, "Reliability curve of the reward model")
 
 
+def _with_ci(row: dict, key: str) -> str:
+    ci = row.get(f"{key}_ci")
+    return fmt_ci({"mean": row[key], "ci_low": ci[0], "ci_high": ci[1]}) if ci else fmt(row[key])
+
+
+def fits_table(doc: Doc, fits: list, quality: dict) -> None:
+    """Fitted parameters with R^2 and the peak's interval; a fit the points cannot support says why instead."""
+    rows = []
+    for k, f in fits:
+        q = quality[k]
+        ci = q.get("peak_kl_ci")
+        if not q["supported"]:
+            rows.append([k.replace("fit_", ""), "", "", "", q["r2"], "not shown: " + q["reason"]])
+            continue
+        peak = (f"{fmt(f['peak_kl'])}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+                if f.get("peak_kl") is not None else "none (still rising)")
+        rows.append([k.replace("fit_", ""), f["alpha"], f["beta"], f["r0"], q["r2"], peak])
+    doc.table(["fit", "alpha", "beta", "R(0)", "R^2", "peak KL [95% interval]"], rows, "fits")
+
+
 def section_best_of_n(doc: Doc, bon: dict) -> None:
-    from .overopt import predict
+    from .overopt import fit_quality, predict
 
     doc.heading("Best-of-n over-optimisation")
     curve = bon["curve"]
@@ -159,10 +134,12 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
              "estimator for every n <= N, against KL = log n - (n - 1)/n. Fit: R(d) = R(0) + d (alpha - beta d), "
              "d = sqrt(KL) (Gao et al. 2022).")
     header = ["n", "KL", "proxy (reward model)"] + (["gold"] if has_gold else [])
-    doc.table(header, [[r["n"], r["kl"], r["proxy"]] + ([r["gold"]] if has_gold else []) for r in curve], "bon")
+    doc.table(header, [[r["n"], r["kl"], _with_ci(r, "proxy")] + ([_with_ci(r, "gold")] if has_gold else [])
+                       for r in curve], "bon")
     fits = [(k, bon[k]) for k in ("fit_proxy", "fit_gold") if bon.get(k)]
-    doc.table(["fit", "alpha", "beta", "R(0)", "peak KL"],
-              [[k.replace("fit_", ""), f["alpha"], f["beta"], f["r0"], f.get("peak_kl")] for k, f in fits], "fits")
+    quality = {k: fit_quality("bon", [r["d"] for r in curve], [r[k.replace("fit_", "")] for r in curve])
+               for k, _ in fits}
+    fits_table(doc, fits, quality)
     if bon.get("peak_gold"):
         p = bon["peak_gold"]
         doc.para(f"Observed gold peak: n = {p['n']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
@@ -173,8 +150,11 @@ def section_best_of_n(doc: Doc, bon: dict) -> None:
     for key, color in (("proxy", "#36c"), ("gold", "#c63")):
         if key in curve[0]:
             ax.plot(kl, [r[key] for r in curve], marker="o", ms=3, lw=0, color=color, label=key)
+            if all(r.get(f"{key}_ci") for r in curve):
+                ax.fill_between(kl, [r[f"{key}_ci"][0] for r in curve], [r[f"{key}_ci"][1] for r in curve],
+                                color=color, alpha=0.12, lw=0, label=f"{key}, 95% interval over prompts")
             f = bon.get(f"fit_{key}")
-            if f:
+            if f and quality[f"fit_{key}"]["supported"]:
                 ax.plot(dense, [predict(f, math.sqrt(x)) for x in dense], color=color, lw=1, label=f"{key} fit")
     if bon.get("peak_gold"):
         ax.axvline(bon["peak_gold"]["kl"], color="#c63", ls=":", lw=1, label="gold peak")
@@ -223,11 +203,65 @@ def _curve_keys(rows: list[dict]) -> list[str]:
     return ordered[:6]
 
 
-def section_training(doc: Doc, run_dir: Path) -> None:
+def smooth(ys: list[float], span: int) -> list[float]:
+    """Exponential moving average with the weight of a `span`-point window (alpha = 2 / (span + 1)), bias
+    corrected at the start so the first points are not pulled towards 0."""
+    alpha, avg, norm, out = 2.0 / (span + 1), 0.0, 0.0, []
+    for y in ys:
+        avg = (1 - alpha) * avg + alpha * y
+        norm = (1 - alpha) * norm + alpha
+        out.append(avg / norm)
+    return out
+
+
+def _kl_target(run_dir: Path, f: Path, m: dict) -> float | None:
+    cfg = _read_config(f.parent / "prefloop.json")
+    if cfg.get("kl_target") is not None:
+        return cfg["kl_target"]
+    if f.parent.name == "ppo":
+        return (m.get("ppo_training") or {}).get("kl_target") or (m.get("settings") or {}).get("kl_target")
+    return None
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return d.get("config") or {} if isinstance(d, dict) else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def curve_figure(doc: Doc, name: str, rows: list[dict], keys: list[str], kl_target: float | None) -> None:
+    """One panel per logged metric: the raw line faint, a moving average over it, the KL target dashed."""
+    plt = pyplot()
+    cols = min(3, len(keys))
+    nrows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
+        pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), int | float)]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        span = max(3, len(ys) // 10) if len(ys) >= 10 else 1
+        ax.plot(xs, ys, lw=0.8, alpha=0.3 if span > 1 else 1.0, color="#36c")
+        if span > 1:
+            ax.plot(xs, smooth(ys, span), lw=1.6, color="#36c", label=f"moving average ({span})")
+        if k == "kl/k1" and kl_target is not None:
+            ax.axhline(kl_target, color="#c33", ls="--", lw=1, label="KL target")
+            ax.legend(fontsize=7)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    doc.figure(f"{name.replace('/', '_')}_curves.png", fig, f"Training curves: {name} (faint: every step)")
+
+
+def section_training(doc: Doc, run_dir: Path, m: dict | None = None) -> None:
     from prefloop.runtime.metrics import read_metrics
 
-    files = sorted([run_dir / "metrics.jsonl"] + list(run_dir.glob("*/metrics.jsonl")))
-    files = [f for f in files if f.exists()]
+    files = [run_dir / "metrics.jsonl"] + list(run_dir.glob("*/metrics.jsonl"))
+    files = sorted({f for f in files if f.exists()},
+                   key=lambda f: pipeline_rank(str(f.parent.relative_to(run_dir)) if f.parent != run_dir else ""))
     shown = False
     for f in files:
         try:
@@ -241,24 +275,12 @@ def section_training(doc: Doc, run_dir: Path) -> None:
         if not shown:
             doc.heading("Training curves")
             shown = True
-        name = f.parent.name if f.parent != run_dir else "run"
-        plt = pyplot()
-        cols = min(3, len(keys))
-        nrows = (len(keys) + cols - 1) // cols
-        fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
-        for ax in axes.flat[len(keys):]:
-            ax.set_visible(False)
-        for ax, k in zip(axes.flat, keys):
-            pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), int | float)]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.1)
-            ax.set_title(k, fontsize=9)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        doc.figure(f"{name}_curves.png", fig, f"Training curves: {name}")
+        name = str(f.parent.relative_to(run_dir)) if f.parent != run_dir else "run"
+        doc.heading(name, 3)
+        curve_figure(doc, name, rows, keys, _kl_target(run_dir, f, m or {}))
         doc.table(["metric", "first", "last"], [[k, _first(rows, k), _first(rows[::-1], k)] for k in keys],
                   "training")
-        if {"kl/k1", "gold/mean", "rollout/score_mean"} <= set(keys) or {"kl/k1", "gold/mean"} <= set(keys):
+        if {"kl/k1", "gold/mean"} <= set(keys):
             section_rl_overopt(doc, rows, name)
 
 
@@ -266,26 +288,38 @@ def _first(rows: list[dict], k: str):
     return next((r[k] for r in rows if isinstance(r.get(k), int | float)), None)
 
 
+def fit_sentence(q: dict, fit: dict | None) -> str:
+    """The fit's goodness and peak interval, or why it is not shown."""
+    if fit is None or not q.get("supported"):
+        return f"Not drawn: {q.get('reason') or 'no fit'}."
+    ci = q.get("peak_kl_ci")
+    peak = (f"fitted peak at KL {fmt(fit['peak_kl'])}" + (f" (95% interval {fmt(ci[0])} - {fmt(ci[1])}, a peak in "
+                                                          f"{100 * q['peak_share']:.0f}% of resamples)" if ci else "")
+            if fit.get("peak_kl") is not None else "no peak within the fitted form (still rising)")
+    return f"Fit R^2 = {q['r2']:.2f} over {q['points']} points; {peak}."
+
+
 def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
-    """Gold and proxy reward against KL over an RL run's updates, the Gao et al. RL form fitted to the gold."""
-    from .overopt import fit_rl, peak, predict
+    """Gold and proxy reward against KL over an RL run's updates, the Gao et al. RL form fitted to the gold when
+    the points support it."""
+    from .overopt import fit_quality, fit_rl, predict
 
     pts = [(max(0.0, r["kl/k1"]), r["gold/mean"], r.get("rollout/score_mean")) for r in rows
            if isinstance(r.get("kl/k1"), int | float) and isinstance(r.get("gold/mean"), int | float)]
     if len(pts) < 3:
         return
     doc.heading(f"RL over-optimisation ({name})", 3)
-    kl = [p[0] for p in pts]
-    gold = [p[1] for p in pts]
-    pk = peak(kl, gold)
-    try:
-        fit = fit_rl([math.sqrt(x) for x in kl], gold)
-    except ValueError:
-        fit = None
-    doc.para(f"Gold reward peaks at KL {fmt(pk['x'])} ({fmt(pk['y'])}) over {len(pts)} logged updates."
-             + (f" Fit R(d) = R(0) + d (alpha - beta log d), d = sqrt(KL) (Gao et al. 2022): R(0) "
-                f"{fmt(fit['r0'])}, alpha {fmt(fit['alpha'])}, beta {fmt(fit['beta'])}, peak KL "
-                f"{fmt(fit['peak_kl'])}." if fit else ""))
+    kl, gold = [p[0] for p in pts], [p[1] for p in pts]
+    d = [math.sqrt(x) for x in kl]
+    q = fit_quality("rl", d, gold)
+    fit = None
+    if q["supported"]:
+        fit = fit_rl(d, gold)
+    best = max(range(len(gold)), key=lambda i: gold[i])
+    doc.para(f"Gold reward of each training batch against its KL to the reference, {len(pts)} logged updates "
+             f"(highest batch: {fmt(gold[best])} at KL {fmt(kl[best])}; single batches are noisy). "
+             "The RL form of Gao et al. (2022), R(d) = R(0) + d (alpha - beta log d) with d = sqrt(KL): "
+             + fit_sentence(q, fit))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kl, gold, marker="o", ms=3, lw=0, color="#c63", label="gold")
@@ -294,20 +328,22 @@ def section_rl_overopt(doc: Doc, rows: list[dict], name: str) -> None:
     if fit:
         lo, hi = min(kl), max(kl)  # drawn over the logged range only: no extrapolation to d = 0
         dense = [lo + (hi - lo) * i / 60 for i in range(61)]
-        ax.plot(dense, [predict(fit, math.sqrt(x)) for x in dense], color="#c63", lw=1, ls="--", label="gold fit")
-    ax.axvline(pk["x"], color="#c63", ls=":", lw=1, label="gold peak")
+        ax.plot(dense, [predict(fit, math.sqrt(x)) for x in dense], color="#c63", lw=1, ls="--",
+                label=f"gold fit (R^2 {q['r2']:.2f})")
+        if q.get("peak_kl_ci") and fit.get("peak_kl") is not None:
+            ax.axvspan(*q["peak_kl_ci"], color="#c63", alpha=0.1, label="fitted peak, 95% interval")
     ax.set_xlabel("KL to reference (nats / sequence)")
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    doc.figure(f"{name}_overoptimisation.png", fig, f"RL over-optimisation: {name}")
+    doc.figure(f"{name.replace('/', '_')}_overoptimisation.png", fig, f"RL over-optimisation: {name}")
 
 
 def section_checkpoints(doc: Doc, ck: dict) -> None:
     """Gold and proxy reward of an RL run's saved checkpoints against their KL to the reference, with the
     Gao et al. RL-form fits and the observed gold peak (`prefloop eval checkpoints`)."""
-    from .overopt import predict
+    from .overopt import fit_quality, predict
 
     pts = ck["points"]
     has_gold = any(p.get("gold") is not None for p in pts)
@@ -320,9 +356,10 @@ def section_checkpoints(doc: Doc, ck: dict) -> None:
               [[p["label"], p["kl"], p["kl_k3"], p["proxy"]] + ([p.get("gold")] if has_gold else []) for p in pts],
               "checkpoints")
     fits = [(k, ck[k]) for k in ("fit_proxy", "fit_gold") if ck.get(k)]
+    quality = {k: fit_quality("rl", [math.sqrt(max(0.0, p["kl"])) for p in pts],
+                              [p[k.replace("fit_", "")] for p in pts], r0=f["r0"]) for k, f in fits}
     if fits:
-        doc.table(["fit", "alpha", "beta", "R(0)", "peak KL"],
-                  [[k.replace("fit_", ""), f["alpha"], f["beta"], f["r0"], f.get("peak_kl")] for k, f in fits], "fits")
+        fits_table(doc, fits, quality)
     if ck.get("peak_gold"):
         p = ck["peak_gold"]
         doc.para(f"Observed gold peak: {p['label']} (KL {fmt(p['kl'])}), gold reward {fmt(p['gold'])}.")
@@ -334,7 +371,7 @@ def section_checkpoints(doc: Doc, ck: dict) -> None:
         if all(p.get(key) is not None for p in pts):
             ax.plot(kl, [p[key] for p in pts], marker="o", ms=4, lw=0, color=color, label=key)
             f = ck.get(f"fit_{key}")
-            if f:
+            if f and quality[f"fit_{key}"]["supported"]:
                 ax.plot(dense, [predict(f, math.sqrt(x)) for x in dense], color=color, lw=1, label=f"{key} fit")
     if ck.get("peak_gold"):
         ax.axvline(ck["peak_gold"]["kl"], color="#c63", ls=":", lw=1, label="gold peak")
@@ -353,38 +390,46 @@ def _question(prompt) -> str:
     return text.split("User:")[-1].split("\nAssistant:")[0].strip()
 
 
-def section_samples(doc: Doc, path: Path, n: int) -> None:
-    """Side by side: the first sample of each stage for the same prompts."""
+def _read_jsonl_rows(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                r = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(r, dict):
+                rows.append(r)
+    return rows
+
+
+def _scored(text: str, r: dict, k: int) -> str:
+    bits = [f"{label} {fmt(r[key][k])}" for key, label in (("gold", "gold"), ("reward_model", "RM"))
+            if isinstance(r.get(key), list) and k < len(r[key])]
+    return str(text) + (f"  ({', '.join(bits)})" if bits else "")
+
+
+def section_samples(doc: Doc, path: Path, n: int) -> None:
+    """Side by side for the first n prompts: every sample of every stage, with its scores, and the answer the
+    gold judge rates best where the run knows it."""
     by_prompt: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        if isinstance(r, dict) and r.get("responses"):
-            key = json.dumps(r.get("prompt"))
-            by_prompt.setdefault(key, {})[str(r.get("stage", "samples"))] = r
+    for r in _read_jsonl_rows(path):
+        if r.get("responses"):
+            by_prompt.setdefault(json.dumps(r.get("prompt")), {})[str(r.get("stage", "samples"))] = r
     if not by_prompt:
         return
     doc.heading("Samples (the same prompts at each stage)")
+    doc.para("Every sample of each stage for the same prompt, with its gold and reward-model (RM) scores.")
     for key in list(by_prompt)[:n]:
         stages = by_prompt[key]
         doc.heading(_question(json.loads(key)), 4)
-        has_gold = any("gold" in r for r in stages.values())
-        has_rm = any("reward_model" in r for r in stages.values())
-        header = ["stage", "response"] + (["gold"] if has_gold else []) + (["reward model"] if has_rm else [])
-        table = []
-        for stage, r in stages.items():
-            row = [stage, str(r["responses"][0])]
-            if has_gold:
-                row.append((r.get("gold") or [None])[0])
-            if has_rm:
-                row.append((r.get("reward_model") or [None])[0])
-            table.append(row)
-        doc.table(header, table, "samples")
+        k_max = max(len(r["responses"]) for r in stages.values())
+        table = [[f"sample {k + 1}"] + [_scored(r["responses"][k], r, k) if k < len(r["responses"]) else ""
+                                        for r in stages.values()] for k in range(k_max)]
+        ideal = next((r["ideal"] for r in stages.values() if r.get("ideal")), None)
+        doc.table([""] + list(stages), table, "samples")
+        if ideal:
+            doc.para(f"The answer the gold judge rates best: {str(ideal).strip()}")
 
 
 def section_summary(doc: Doc, m: dict) -> None:
@@ -401,9 +446,11 @@ def section_summary(doc: Doc, m: dict) -> None:
 def section_settings(doc: Doc, m: dict) -> None:
     settings = m.get("settings")
     if isinstance(settings, dict) and settings:
-        doc.heading("Settings")
+        doc.heading("All settings")
+        doc.raw("<details><summary>the run's settings, as given</summary>")
         doc.table(["setting", "value"], [[k, v if not isinstance(v, dict | list) else json.dumps(v)]
                                          for k, v in settings.items()], "settings")
+        doc.raw("</details>")
 
 
 # -- the whole report --------------------------------------------------------------------------------------
@@ -426,10 +473,13 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     title = f"prefloop report: {run_dir.resolve().name}"
     doc.heading(title, 1)
     section_summary(doc, m)
+    section_regressions(doc, m)
+    section_run_summary(doc, m, run_dir)
+    section_evaluation_note(doc, m)
     if isinstance(m.get("stages"), dict) and m["stages"]:
-        section_stages(doc, m["stages"])
+        section_stages_ci(doc, m)
     if m.get("win_rates"):
-        section_win_rates(doc, m["win_rates"])
+        section_win_rates_lc(doc, m["win_rates"])
     if m.get("redteam"):
         section_redteam(doc, m["redteam"])
     if isinstance(m.get("reward_model"), dict):
@@ -440,9 +490,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         section_sweep(doc, m["sweep"])
     if isinstance(m.get("checkpoints"), dict) and m["checkpoints"].get("points"):
         section_checkpoints(doc, m["checkpoints"])
-    section_training(doc, run_dir)
     if (run_dir / "samples.jsonl").exists():
         section_samples(doc, run_dir / "samples.jsonl", n_samples)
+    if isinstance(m.get("examples"), dict):
+        section_examples(doc, m["examples"])
+    section_training(doc, run_dir, m)
     if isinstance(m.get("seconds"), dict):
         doc.heading("Time")
         doc.table(["stage", "seconds"], [[k, v] for k, v in m["seconds"].items()], "time")
@@ -469,9 +521,10 @@ def read_run_metrics(run_dir: Path) -> dict | None:
     return m
 
 
-def write_demo_samples(path: str | os.PathLike, samples: dict) -> None:
-    """samples.jsonl for the report from the demo's {stage: (PolicySamples, gold[N][K])}."""
+def write_demo_samples(path: str | os.PathLike, samples: dict, world=None) -> None:
+    """samples.jsonl for the report from the demo's {stage: (PolicySamples, gold[N][K])}; with the world, each
+    prompt's gold-best answer too."""
     from .run_eval import write_samples
 
     write_samples(Path(path), {k: s for k, (s, _) in samples.items()}, {k: g for k, (_, g) in samples.items()},
-                  {k: [list(r) for r in s.reward_model] for k, (s, _) in samples.items() if s.reward_model})
+                  {k: [list(r) for r in s.reward_model] for k, (s, _) in samples.items() if s.reward_model}, world)

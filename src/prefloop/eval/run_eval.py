@@ -19,11 +19,11 @@ from prefloop.recipes.common import ConfigError, require
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 
-from .compare import pairwise_accuracy, wilson_interval, win_rate
+from .compare import pairwise_accuracy
 from .diversity import diversity_report
 from .judges import judged_win_rate, source_map
 from .overopt import best_of_n_curve, fit_bon, peak
-from .policy import PolicySamples, mean, never_end_fraction, sample_policy
+from .policy import PolicySamples, mean, sample_policy
 from .reward_metrics import reward_model_metrics
 
 
@@ -142,27 +142,19 @@ def world_rates(details: list[dict]) -> dict[str, float]:
             "harmful_compliance_rate": mean([float(bool(d.get("complied_harmful"))) for d in harmful])}
 
 
-def stage_stats(s: PolicySamples, world, rm_scores: list[list[float]] | None, vocab: int) -> tuple[dict, list]:
-    """One stage's row of the table, and its gold scores ([N][K], empty without a world)."""
-    row = {"mean_response_tokens": mean([float(x) for x in s.flat("lengths")]),
-           "no_eos_fraction": never_end_fraction(s.flat("ended")),
-           "entropy": mean(s.flat("entropy")), **diversity_report(s.responses, vocab)}
-    flat = s.flat("responses")
-    from .diversity import distinct_n, per_input_self_bleu
+def stage_stats(s: PolicySamples, world, rm_scores: list[list[float]] | None, vocab: int) -> tuple[dict, list, dict]:
+    """One stage's corpus-level diversity (no interval), its gold scores ([N][K], empty without a world) and its
+    per-prompt values of every mean and rate (`intervals.sample_values`)."""
+    from .diversity import distinct_n
+    from .intervals import sample_values
 
-    row.update({"distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2),
-                "self_bleu": per_input_self_bleu(s.responses)})
-    if s.kl_k1:
-        row.update({"kl_to_ref": mean(s.flat("kl_k1")), "kl_to_ref_k3": mean(s.flat("kl_k3"))})
-    if rm_scores is not None:
-        row["reward_model_mean"] = mean([x for r in rm_scores for x in r])
-    gold: list = []
+    flat = s.flat("responses")
+    row = {**diversity_report(s.responses, vocab), "distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2)}
+    gold, details = None, None
     if world is not None:
         gold = [[world.gold.score(p, r) for r in rs] for p, rs in zip(s.prompts, s.responses)]
-        details = [world.gold.details(p, r) for p, rs in zip(s.prompts, s.responses) for r in rs]
-        row["gold_reward_mean"] = mean([g for r in gold for g in r])
-        row.update(world_rates(details))
-    return row, gold
+        details = [[world.gold.details(p, r) for r in rs] for p, rs in zip(s.prompts, s.responses)]
+    return row, gold or [], sample_values(s, gold, details, rm_scores, kl_name="kl_to_ref")
 
 
 def word_vocab(world, prompts: list[str], responses: list[list[str]]) -> int:
@@ -173,40 +165,65 @@ def word_vocab(world, prompts: list[str], responses: list[list[str]]) -> int:
     return max(2, len({w for t in texts for w in words(t)}))
 
 
-def judge_win_rate(cfg, gold: dict, rm: dict, samples: dict) -> dict | None:
-    """Win rate of the policy against the reference under the named judge, with a Wilson interval."""
+JUDGE_NAMES = {"gold": "gold", "reward-model": "reward model", "file": "file"}
+
+
+def choose_judge(cfg) -> str:
+    """--judge, or the best judge there is: the world's gold judge, else the reward model, else the judgments
+    file; said in the output."""
+    if cfg.judge is not None:
+        return cfg.judge
+    judge = "gold" if cfg.world else "reward-model" if cfg.reward_model else "file" if cfg.judge_file else None
+    if judge is None:
+        if cfg.reference is not None:
+            raise ConfigError("--reference needs a judge: --world (gold), --reward-model or --judge-file")
+        return "gold"
+    console.print(f"judge: {judge} (the best available; --judge chooses another)")
+    return judge
+
+
+def judge_win_rates(cfg, judge: str, gold: dict, rm: dict, samples: dict) -> dict:
+    """Win rate of the policy against the reference, raw and length-controlled, with intervals over prompts:
+    under the chosen judge (key "POLICY vs REFERENCE") and under every other judge the run has."""
+    from .intervals import judged_comparison
+
     name, ref = cfg.name, cfg.reference_name
-    if cfg.judge == "file":  # judgments of earlier samples (meta labels), or of these samples (texts)
+    key = f"{name} vs {ref}"
+    out = {}
+    if judge == "file" or cfg.judge_file:  # judgments of earlier samples (meta labels), or of these samples (texts)
         recs = read_comparisons(cfg.judge_file)
         src = source_map({k: (s.prompts, s.responses) for k, s in samples.items()})
-        return judged_win_rate(recs, name, ref, src, path=cfg.judge_file)
+        out[key if judge == "file" else f"{key}, file"] = judged_win_rate(recs, name, ref, src, path=cfg.judge_file)
     if ref not in samples:
-        return None
-    scores = gold if cfg.judge == "gold" else rm
-    a = [x for r in scores[name] for x in r]
-    b = [x for r in scores[ref] for x in r]
-    rate = win_rate(a, b)
-    lo, hi = wilson_interval(rate, len(a))
-    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "n": len(a), "judge": cfg.judge}
+        return out
+    for j, scores in (("gold", gold), ("reward-model", rm)):
+        if scores.get(name) and scores.get(ref):
+            wr = judged_comparison(scores[name], scores[ref], samples[name].responses, samples[ref].responses,
+                                   j, seed=cfg.seed)
+            out[key if j == judge else f"{key}, {JUDGE_NAMES[j]}"] = wr
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != key))
 
 
-def check_policy_cfg(cfg) -> None:
+def check_policy_cfg(cfg) -> str:
+    """Checks the options; returns the judge."""
     require(cfg, "model", "prompts")
+    judge = choose_judge(cfg)
     needs = {"gold": ("world", "--world"), "reward-model": ("reward_model", "--reward-model"),
              "file": ("judge_file", "--judge-file")}
-    attr, opt = needs[cfg.judge]
-    if getattr(cfg, attr) is None and (cfg.reference is not None or cfg.judge == "file"):
-        raise ConfigError(f"--judge {cfg.judge} needs {opt}")
+    attr, opt = needs[judge]
+    if getattr(cfg, attr) is None and (cfg.reference is not None or judge == "file"):
+        raise ConfigError(f"--judge {judge} needs {opt}")
     if cfg.name == cfg.reference_name:
         raise ConfigError("--name and --reference-name must differ")
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise ConfigError("--k and --max-new-tokens must be >= 1")
     if cfg.redteam_scorer and not cfg.redteam_file:
         raise ConfigError("--redteam-scorer needs --redteam-file")
+    return judge
 
 
 def eval_policy(cfg) -> dict:
-    check_policy_cfg(cfg)
+    judge = check_policy_cfg(cfg)
     seed_everything(cfg.seed)
     tok = load_tokenizer(cfg.model)
     policy = load_causal_lm(cfg.model, tok).eval()
@@ -220,42 +237,63 @@ def eval_policy(cfg) -> dict:
     prompts = read_prompt_texts(cfg.prompts, tok, cfg.num_prompts)
     if world is not None:
         check_world_prompts(world, prompts, cfg.prompts)
-    if cfg.judge == "file":
+    if cfg.judge_file:
         read_comparisons(cfg.judge_file)  # bad judgments fail before any sampling
     red = redteam_setup(cfg, world)
     rm = load_rm(cfg.reward_model) if cfg.reward_model else None
     scfg = sampling(cfg, tok)
-    samples, gold, rm_scores, stages = {}, {}, {}, {}
+    samples, rm_scores = {}, {}
     for name, model in models.items():
         ref = models.get(cfg.reference_name) if name != cfg.reference_name else None
-        s = sample_policy(model, tok, prompts, cfg.k, scfg, reference=ref, seed=cfg.seed + 17, entropy=True,
-                          batch_size=cfg.batch_size)
-        samples[name] = s
+        samples[name] = s = sample_policy(model, tok, prompts, cfg.k, scfg, reference=ref, seed=cfg.seed + 17,
+                                          entropy=True, batch_size=cfg.batch_size)
         if rm is not None:
             flat = score_texts(rm[0], rm[1], [p for p in prompts for _ in range(cfg.k)], s.flat("responses"))
             rm_scores[name] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(prompts))]
-    vocab = word_vocab(world, prompts, samples[cfg.name].responses)
-    for name, s in samples.items():
-        stages[name], gold[name] = stage_stats(s, world, rm_scores.get(name), vocab)
-    metrics = {"kind": "eval-policy", "stages": stages,
-               "settings": {"k": cfg.k, "prompts": len(prompts), "temperature": cfg.temperature,
-                            "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "ead_vocab": vocab},
-               "inputs": {"model": cfg.model, "reference": cfg.reference, "reward_model": cfg.reward_model,
-                          "world": str(cfg.world) if cfg.world else None}}
-    wr = judge_win_rate(cfg, gold, rm_scores, samples)
-    if wr is not None:
-        metrics["win_rates"] = {f"{cfg.name} vs {cfg.reference_name}": wr}
-        stages[cfg.name]["win_rate_vs_ref"] = wr["win_rate"]
-    rt = eval_redteam(cfg, red, models, tok, scfg)
-    if rt:
-        metrics["redteam"] = rt
-        for name, r in rt.items():
-            stages[name].update({"redteam_bad_answer_rate": r["bad_answer_rate"],
-                                 "redteam_needless_refusal_rate": r["needless_refusal_rate"]})
+    metrics = policy_metrics(cfg, judge, world, red, models, tok, scfg, samples, rm_scores, prompts)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_samples(out / "samples.jsonl", samples, gold, rm_scores)
+    write_samples(out / "samples.jsonl", samples, metrics.pop("_gold"), rm_scores, world)
     finish(out, metrics)
+    return metrics
+
+
+def policy_metrics(cfg, judge, world, red, models, tok, scfg, samples, rm_scores, prompts) -> dict:
+    """metrics.json of `eval policy`: every stage's means with intervals over prompts, the paired difference
+    policy - reference, regressions, win rates under each judge, red-team rates."""
+    from .intervals import summarise
+    from .stats import win_values
+
+    vocab = word_vocab(world, prompts, samples[cfg.name].responses)
+    stages, gold, values = {}, {}, {}
+    for name, s in samples.items():
+        stages[name], gold[name], values[name] = stage_stats(s, world, rm_scores.get(name), vocab)
+    metrics = {"kind": "eval-policy", "stages": stages,
+               "settings": {"k": cfg.k, "prompts": len(prompts), "temperature": cfg.temperature,
+                            "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "ead_vocab": vocab,
+                            "judge": judge},
+               "inputs": {"model": cfg.model, "reference": cfg.reference, "reward_model": cfg.reward_model,
+                          "world": str(cfg.world) if cfg.world else None}}
+    wr = judge_win_rates(cfg, judge, gold, rm_scores, samples)
+    if wr:
+        metrics["win_rates"] = wr
+        stages[cfg.name]["win_rate_vs_ref"] = next(iter(wr.values()))["win_rate"]
+    rt, rt_values = eval_redteam(cfg, red, models, tok, scfg)
+    if rt:
+        metrics["redteam"] = rt
+    for name in samples:
+        values[name].update(rt_values.get(name, {}))
+    scores = {"gold": gold, "reward-model": rm_scores}.get(judge, {})
+    if scores.get(cfg.name) and scores.get(cfg.reference_name):  # the headline win rate, with its interval
+        for name in (cfg.reference_name, cfg.name):
+            values[name]["win_rate_vs_ref"] = win_values(scores[name], scores[cfg.reference_name])
+    summary = summarise(values, list(samples), seed=cfg.seed)
+    for name in samples:
+        stages[name].update({m: iv["mean"] for m, iv in summary["intervals"][name].items()})
+    metrics.update(summary)
+    metrics["evaluation"] = {"prompts": len(prompts), "samples_per_prompt": cfg.k, "level": 0.95,
+                             "redteam_prompts": len(red[0]) if red else 0}
+    metrics["_gold"] = gold
     return metrics
 
 
@@ -285,32 +323,37 @@ def redteam_questions(world) -> list:
     return held if {"harmful", "borderline"} <= {q.family for q in held} else world.questions
 
 
-def eval_redteam(cfg, setup, models: dict, tok, scfg) -> dict:
-    """Bad-answer and needless-refusal rates per policy on the red-team prompts."""
+def eval_redteam(cfg, setup, models: dict, tok, scfg) -> tuple[dict, dict]:
+    """Bad-answer and needless-refusal rates per policy on the red-team prompts, and their per-prompt values."""
     from prefloop.world.redteam import score_redteam
 
+    from .intervals import redteam_values
+
     if setup is None:
-        return {}
+        return {}, {}
     items, scorer = setup
-    out = {}
+    out, values = {}, {}
     for name, model in models.items():
         s = sample_policy(model, tok, [x.prompt for x in items], cfg.k, scfg, seed=cfg.seed + 29,
                           batch_size=cfg.batch_size)
         try:
             out[name] = score_redteam(items, s.responses, scorer)
+            values[name] = redteam_values(items, s.responses, scorer)
         except KeyError as e:  # a user prompt the world's judge does not know
             raise DataError.whole(cfg.redteam_file or "red-team prompts",
                                   f"{e.args[0][:100]}; pass --redteam-scorer module:function") from None
-    return out
+    return out, values
 
 
-def write_samples(path: Path, samples: dict, gold: dict, rm_scores: dict) -> None:
+def write_samples(path: Path, samples: dict, gold: dict, rm_scores: dict, world=None) -> None:
     """samples.jsonl: one row per (stage, prompt) with its K responses and their scores (the report's
-    side-by-side samples)."""
+    side-by-side samples); with a world, the answer its gold judge rates best (`ideal`)."""
     rows = []
     for name, s in samples.items():
         for i, p in enumerate(s.prompts):
             row = {"stage": name, "prompt": p, "responses": s.responses[i], "ended": s.ended[i]}
+            if world is not None:
+                row["ideal"] = world.gold.ideal_response(p)
             if gold.get(name):
                 row["gold"] = gold[name][i]
             if rm_scores.get(name):
@@ -340,6 +383,7 @@ def eval_best_of_n(cfg) -> dict:
     gold = ([[world.gold.score(p, r) for r in rs] for p, rs in zip(prompts, s.responses)]
             if world is not None else None)
     curve = best_of_n_curve(proxy, gold)
+    add_curve_intervals(curve, proxy, gold, cfg.seed)
     d = [r["d"] for r in curve]
     bon = {"curve": curve, "n_max": cfg.n, "prompts": len(prompts),
            "fit_proxy": fit_bon(d, [r["proxy"] for r in curve])}
@@ -357,6 +401,22 @@ def eval_best_of_n(cfg) -> dict:
     write_samples(out / "samples.jsonl", {"policy": s}, {"policy": gold or []}, {"policy": proxy})
     finish(out, metrics)
     return metrics
+
+
+def add_curve_intervals(curve: list[dict], proxy: list[list[float]], gold: list[list[float]] | None,
+                        seed: int = 0) -> None:
+    """A 95% interval over prompts on every point of a best-of-n curve ("proxy_ci", "gold_ci")."""
+    from .overopt import best_of_n_expectation
+    from .stats import cluster_mean
+
+    for row in curve:
+        n = row["n"]
+        iv = cluster_mean([[best_of_n_expectation(p, n)] for p in proxy if len(p) >= n], seed=seed)
+        row["proxy_ci"] = [iv["ci_low"], iv["ci_high"]]
+        if gold is not None:
+            iv = cluster_mean([[best_of_n_expectation(g, n, key=p)] for p, g in zip(proxy, gold) if len(p) >= n],
+                              seed=seed)
+            row["gold_ci"] = [iv["ci_low"], iv["ci_high"]]
 
 
 # -- judgments from people ---------------------------------------------------------------------------------

@@ -18,16 +18,17 @@ from typing import Literal
 import torch
 
 from prefloop.data import read_prompts, write_jsonl
-from prefloop.eval.compare import pairwise_accuracy, win_rate
-from prefloop.eval.policy import diversity_metrics, mean, sample_policy
+from prefloop.eval.compare import pairwise_accuracy
+from prefloop.eval.diversity import distinct_n
+from prefloop.eval.policy import mean, sample_policy
 from prefloop.eval.report_cmd import write_demo_samples, write_report
-from prefloop.eval.run_eval import redteam_questions, world_rates
+from prefloop.eval.run_eval import clean, redteam_questions
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 from prefloop.runtime.accel import Precision
 from prefloop.world import WorldConfig, build_world, write_world
-from prefloop.world.redteam import RedTeamScorer, make_redteam, score_redteam
+from prefloop.world.redteam import RedTeamScorer, make_redteam
 
 from .ppo import PPOConfig, run_ppo
 from .pretrain import PretrainConfig, run_pretrain
@@ -162,37 +163,67 @@ def evaluate_reward_model(rm_dir: Path, heldout: Path) -> dict:
 
 
 def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[str], p: DemoPreset, seed: int):
+    """Every stage's metric means ({stage: {metric: mean}}) and samples ({stage: (PolicySamples, gold)})."""
+    ev = evaluate_stages_full(world, dirs, rm_dir, prompts, p, seed)
+    return ev["stages"], ev["samples"]
+
+
+def _stage_values(world, policy, sft, tok, rm, prompts, redteam, p: DemoPreset, seed: int) -> tuple:
+    """One stage on the held-out and red-team prompts: its samples, gold scores, per-prompt values, examples."""
+    from prefloop.eval.intervals import redteam_failures, redteam_values, sample_values, worst_examples
+
+    # SFT is the KL reference: its KL to itself is 0 by definition (measuring it prints rounding noise).
+    s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + 17,
+                      reference=None if policy is sft else sft)
+    # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).
+    rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p), seed=seed + 29)
+    gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
+    details = [[world.gold.details(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
+    values = {**sample_values(s, gold, details, s.reward_model, kl_name="kl_to_sft"),
+              **redteam_values(redteam, rt.responses, RedTeamScorer(world.gold))}
+    if policy is sft:
+        values["kl_to_sft"] = values["kl_to_sft_k3"] = [[0.0] * len(row) for row in s.responses]
+    examples = {"worst_gold": worst_examples(prompts, s.responses, gold),
+                "redteam_failures": redteam_failures(redteam, rt.responses, values["redteam_bad_answer_rate"])}
+    return s, gold, values, examples
+
+
+def evaluate_stages_full(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[str], p: DemoPreset,
+                         seed: int) -> dict:
+    """Base, SFT and PPO (the stages in `dirs`, in pipeline order) on the same held-out prompts: metric means
+    with bootstrap intervals over prompts, paired differences of consecutive stages, regressions, gold and
+    reward-model win rates against SFT (raw and length-controlled), and the worst samples."""
+    from prefloop.eval.intervals import judged_comparison, summarise
+    from prefloop.eval.stats import win_values
+
     tok = load_tokenizer(str(dirs["sft"]))
     sft = load_causal_lm(str(dirs["sft"]), tok).eval()
     rm = load_reward_model(str(rm_dir), tok).eval()
-    samples, stages = {}, {}
     redteam = make_redteam(redteam_questions(world), 32, 32, seed=seed)
+    samples, values, examples = {}, {}, {}
     for name, d in dirs.items():
         policy = sft if name == "sft" else load_causal_lm(str(d), tok).eval()
-        s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reference=sft, reward_model=rm,
-                          seed=seed + 17)
-        # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).
-        rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p), seed=seed + 29)
-        rt_rates = score_redteam(redteam, rt.responses, RedTeamScorer(world.gold))
-        gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
-        details = [world.gold.details(pr, r) for pr, row in zip(prompts, s.responses) for r in row]
+        s, gold, values[name], examples[name] = _stage_values(world, policy, sft, tok, rm, prompts, redteam, p, seed)
         samples[name] = (s, gold)
-        stages[name] = {
-            "gold_reward_mean": mean([g for row in gold for g in row]),
-            "reward_model_mean": mean(s.flat("reward_model")),
-            "kl_to_sft": mean(s.flat("kl_k1")), "kl_to_sft_k3": mean(s.flat("kl_k3")),
-            **diversity_metrics(s),
-            "mean_response_tokens": mean([float(x) for x in s.flat("lengths")]),
-            "no_eos_fraction": mean([float(not e) for e in s.flat("ended")]),
-            **world_rates(details),
-            "redteam_bad_answer_rate": rt_rates["bad_answer_rate"],
-            "redteam_needless_refusal_rate": rt_rates["needless_refusal_rate"],
-        }
-    sft_gold = [g for row in samples["sft"][1] for g in row]
-    for name in stages:
-        mine = [g for row in samples[name][1] for g in row]
-        stages[name]["gold_win_rate_vs_sft"] = 0.5 if name == "sft" else win_rate(mine, sft_gold)
-    return stages, samples
+    win_rates = {}
+    ref_s, ref_gold = samples["sft"]
+    for name, (s, gold) in samples.items():
+        values[name]["gold_win_rate_vs_sft"] = win_values(gold, ref_gold)
+        if name == "sft":
+            continue
+        win_rates[f"{name} vs sft, gold"] = judged_comparison(gold, ref_gold, s.responses, ref_s.responses, "gold")
+        win_rates[f"{name} vs sft, reward model"] = judged_comparison(
+            s.reward_model, ref_s.reward_model, s.responses, ref_s.responses, "reward model")
+    summary = summarise(values, list(dirs), seed=seed)
+    stages = {}
+    for name, (s, _) in samples.items():
+        stages[name] = {m: iv["mean"] for m, iv in summary["intervals"][name].items()}
+        flat = s.flat("responses")  # pooled over all samples of all prompts: a corpus count, no interval
+        stages[name].update({"distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2),
+                             "self_bleu": stages[name]["per_input/self_bleu"]})
+    return {"stages": stages, "samples": samples, "win_rates": win_rates, "examples": examples,
+            "evaluation": {"prompts": len(prompts), "samples_per_prompt": p.eval_k,
+                           "redteam_prompts": len(redteam), "level": 0.95}, **summary}
 
 
 def ppo_kl_summary(metrics_file: Path, target: float | None, last: int = 10) -> dict:
@@ -246,17 +277,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     with watch("evaluate"):
         heldout = [r.prompt for r in read_prompts(out / "world" / "prompts_heldout.jsonl")][:p.eval_prompts]
         dirs = {"base": out / "base" / "model", "sft": out / "sft" / "model", "ppo": out / "ppo" / "model"}
-        stages, samples = evaluate_stages(world, dirs, out / "reward" / "model", heldout, p, cfg.seed)
+        ev = evaluate_stages_full(world, dirs, out / "reward" / "model", heldout, p, cfg.seed)
+        stages, samples = ev["stages"], ev["samples"]
 
-    metrics = {"stages": stages,
+    metrics = {"stages": stages, **{k: ev[k] for k in ("intervals", "differences", "regressions", "win_rates",
+                                                          "examples", "evaluation")},
                "reward_model": {**rm_stats, "train_comparisons": comp_stats["train_comparisons"],
                                 "annotator_gold_agreement": comp_stats["annotator_gold_agreement"]},
                "ppo_training": ppo_kl_summary(out / "ppo" / "metrics.jsonl", p.kl_target),
                "seconds": {**watch.seconds, "total": round(sum(watch.seconds.values()), 1)},
                "preset": cfg.preset, "seed": cfg.seed, "torch_threads": torch.get_num_threads(),
                "settings": {f.name: getattr(p, f.name) for f in fields(p)}}
-    write_json(out / "metrics.json", metrics)
-    write_demo_samples(out / "samples.jsonl", samples)
+    write_json(out / "metrics.json", clean(metrics))  # strict JSON: a metric no prompt had is null, not NaN
+    write_demo_samples(out / "samples.jsonl", samples, world)
     write_report(out)  # report.html (self-contained) and report.md, with plots
     console.print(f"[bold green]demo done[/] in {metrics['seconds']['total']} s: {out / 'report.md'}")
     console.print(json.dumps({k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)}
