@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prefloop.data.errors import InputError
 
-class ModelLoadError(ValueError):
+
+class ModelLoadError(InputError):
     """A model or tokenizer could not be loaded; the message is one line naming the path."""
 
 
