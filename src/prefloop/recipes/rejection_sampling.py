@@ -26,7 +26,7 @@ from prefloop.models.ensemble import EnsembleMode
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, run_meta, save_hf, seed_everything, write_json
 
-from .common import CommonConfig, ConfigError, require
+from .common import CommonConfig, ConfigError, output_dir, require
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 
@@ -128,6 +128,7 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
 
 def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
     require(cfg, "policy", "prompts")
+    output_dir(cfg, "rejection-sampling")
     if cfg.rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {cfg.rounds}")
     if cfg.num_samples < 1:

@@ -52,6 +52,7 @@ from .common import (
     CommonConfig,
     ConfigError,
     micro_batches,
+    output_dir,
     require,
     shard,
     total_steps,
@@ -361,6 +362,7 @@ def check_config(cfg: RewardConfig) -> None:
 
 def run_reward(cfg: RewardConfig) -> dict:
     check_config(cfg)
+    output_dir(cfg, "reward")
     if cfg.ensemble_size > 1:
         return run_ensemble(cfg)
     return train_reward_model(cfg, split_seed=cfg.seed)
