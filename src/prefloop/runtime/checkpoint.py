@@ -164,6 +164,7 @@ class Checkpointer:
 
     def load_state(self) -> dict:
         """Load `state.pt` and this process's RNG streams; returns the state dict (with `step`)."""
+        self.recover()
         state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
         rng_file = self.dir / f"rng_rank{self.acc.process_index}.pt"
         if rng_file.exists():
