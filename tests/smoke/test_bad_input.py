@@ -244,3 +244,28 @@ def test_installed_cli_exit_code_and_stderr(command, extra, message, files, tmp_
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines == [f"error: {message}"], res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["reward", "dpo"])
+def test_an_empty_reply_is_a_valid_response(command, files, tmp_path, capsys):
+    """HH-RLHF's harmless-base test set prefers " " (silence) to some replies: it trains as EOS only."""
+    rows = [{"prompt": q(i), "chosen": [" ", "", " It is 3."][i % 3], "rejected": f" No {i}."} for i in range(8)]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    rc, lines = run_in_process(base_args(command, files, data=data) + ["--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, lines
+    assert json.loads((tmp_path / "o" / "prefloop.json").read_text())["metrics"]["steps"] == 1
+
+
+def test_skip_invalid_trains_on_the_rest_and_reports(files, tmp_path, capsys):
+    good = files["demos"].read_text().splitlines()
+    bad = ['{"prompt": "q", "completion": ""}', '{"prompt": "q", "completion": " a\\ud800"}', "{not json"]
+    data = _write(tmp_path / "demos.jsonl", good[:3] + bad + good[3:])
+    args = base_args("sft", files, data=data) + ["--out", str(tmp_path / "o")]
+    rc, lines = run_in_process(args, capsys)
+    assert_refused(rc, lines, f"{data}:4:", "'completion' is empty")
+    rc, lines = run_in_process(args + ["--skip-invalid"], capsys)
+    assert rc == 0, lines
+    warning = [ln for ln in lines if ln.startswith("warning:")]
+    assert warning == [f"warning: {data}: skipped 3 invalid record(s) (lines 4, 5, 6); line 4: field 'completion' "
+                       "is empty"]
+    assert json.loads((tmp_path / "o" / "prefloop.json").read_text())["metrics"]["examples"] == len(good)
