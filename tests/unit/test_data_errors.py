@@ -193,9 +193,10 @@ def test_identical_responses_need_a_recorded_tie(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(lines(GOOD, {**GOOD, "rejected": GOOD["chosen"]}))
     with pytest.raises(DataError, match=r"c.jsonl:2: fields 'chosen' and 'rejected' are identical"):
-        read_comparisons(path)
+        read_comparisons(path, allow_identical=False)
+    assert len(read_comparisons(path)) == 2  # a judge's tie between two policies that wrote the same text
     path.write_bytes(lines(GOOD, {**GOOD, "rejected": GOOD["chosen"], "meta": {"tie": True}}))
-    assert len(read_comparisons(path)) == 2
+    assert len(read_comparisons(path, allow_identical=False)) == 2
 
 
 def test_empty_replies_are_valid_judged_responses(tmp_path):

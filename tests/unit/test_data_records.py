@@ -73,7 +73,7 @@ def test_comparisons_standard_and_conversational(tmp_path):
         {"prompt": Q, "chosen": " 7.", "rejected": " 8.", "margin": 2, "annotator": "a", "pool": "p",
          "id": "c1", "meta": {"k": [1, 2]}},
         {"prompt": USER, "chosen": assistant("7."), "rejected": assistant("8.")},
-        {"prompt": Q, "chosen": " same", "rejected": " same", "meta": {"tie": True}},  # a recorded tie
+        {"prompt": Q, "chosen": " same", "rejected": " same"},  # a tie is allowed
     ])
     assert recs[0] == Comparison(Q, " 7.", " 8.", margin=2.0, annotator="a", pool="p", id="c1",
                                  meta={"k": [1, 2]})

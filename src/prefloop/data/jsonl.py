@@ -193,10 +193,13 @@ def read_demonstrations(path: str | os.PathLike) -> list[Demonstration]:
     return read_records(path, Demonstration)
 
 
-def read_comparisons(path: str | os.PathLike) -> list[Comparison]:
+def read_comparisons(path: str | os.PathLike, *, allow_identical: bool = True) -> list[Comparison]:
     """`{"prompt", "chosen", "rejected"}` (standard or conversational) or implicit prompt
-    (`{"chosen", "rejected"}` only); optional `margin`, `annotator`, `pool`, `id`, `meta`."""
-    return read_records(path, Comparison)
+    (`{"chosen", "rejected"}` only); optional `margin`, `annotator`, `pool`, `id`, `meta`.
+    `allow_identical=False` (training data) refuses a response compared with itself unless `meta.tie` is set."""
+    if allow_identical:
+        return read_records(path, Comparison)
+    return [r for _, r in _records(path, lambda d: Comparison.parse(d).check_distinct())]
 
 
 def read_rankings(path: str | os.PathLike) -> list[Ranking]:

@@ -115,9 +115,9 @@ class Demonstration(_Record):
 class Comparison(_Record):
     """A preference between two responses to one prompt (`chosen` preferred over `rejected`).
 
-    `margin` is how strongly `chosen` is preferred (e.g. Llama 2's margin loss). `chosen == rejected` is
-    refused unless the record marks a tie (`"meta": {"tie": true}`): a response preferred over itself is
-    usually a mistake upstream (e.g. a duplicate key where the last value won), and teaches nothing.
+    `margin` is how strongly `chosen` is preferred (e.g. Llama 2's margin loss). `chosen == rejected` is a
+    valid record (a judge's tie between two policies that wrote the same text), but training data refuses it
+    (`check_distinct`; `read_comparisons(..., allow_identical=False)`) unless `meta.tie` marks a recorded tie.
     """
 
     prompt: Text
@@ -141,11 +141,15 @@ class Comparison(_Record):
             rejected = F.response(F.required(d, "rejected"), "rejected", prompt, allow_empty=True)
         else:
             prompt, chosen, rejected = _implicit(F.required(d, "chosen"), F.required(d, "rejected"))
-        common = _common(d)
-        if chosen == rejected and not (common["meta"] or {}).get("tie"):
+        return cls(prompt, chosen, rejected, margin=F.optional_number(d, "margin"), **_common(d))
+
+    def check_distinct(self) -> Comparison:
+        """Raise `RecordError` for a response compared with itself (usually a mistake upstream, e.g. a repeated
+        key where the last value won; it teaches nothing) unless `meta.tie` marks a recorded tie."""
+        if self.chosen == self.rejected and not (self.meta or {}).get("tie"):
             raise RecordError("fields 'chosen' and 'rejected' are identical (mark a recorded tie with "
                               "\"meta\": {\"tie\": true})")
-        return cls(prompt, chosen, rejected, margin=F.optional_number(d, "margin"), **common)
+        return self
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -149,7 +150,8 @@ def detect_kind(path: Path) -> str:
     return "comparisons"
 
 
-READERS = {"comparisons": read_comparisons, "rankings": read_rankings, "ratings": read_ratings}
+READERS = {"comparisons": partial(read_comparisons, allow_identical=False), "rankings": read_rankings,
+           "ratings": read_ratings}
 
 
 # -- one task per kind of feedback: encoding, the loss of a micro-batch, held-out metrics ------------------
