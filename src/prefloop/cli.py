@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         text = help_text(module_name, cls_name, f"prefloop {command}", description)
         if text is not None:
             print(text)
-            return 0
+            raise SystemExit(0)  # as argparse does, so callers of main() see --help the same way
     module = importlib.import_module(module_name)
     return run_command(getattr(module, cls_name), getattr(module, fn_name), rest, f"prefloop {command}", description)
 

@@ -46,7 +46,9 @@ def test_top_level_help_lists_commands(capsys):
     ("world", ["--out", "--preset"]),
 ])
 def test_command_help_documents_options(command, flags, capsys):
-    assert main([command, "--help"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
     text = capsys.readouterr().out
     for f in flags:
         assert f in text, f
