@@ -195,9 +195,13 @@ def _check_writable(out: Path) -> None:
 def check_out(cfg, command: str) -> None:
     """Resolve a left-out --out and check it before anything is loaded: a directory (a file for
     commands that write one file) that can be written, and not another run's unless asked."""
-    if "out" not in {f.name for f in dataclasses.fields(cfg)}:
+    out_field = next((f for f in dataclasses.fields(cfg) if f.name == "out"), None)
+    if out_field is None:
         return
-    run_dir = hasattr(cfg, "overwrite")
+    run_dir = hasattr(cfg, "overwrite")  # the training commands' run directories
+    # Other commands: only those that write one file (their default has a suffix, e.g. samples.jsonl).
+    if not run_dir and not Path(str(out_field.default)).suffix:
+        return
     if cfg.out is None and run_dir:
         cfg.out = default_out(command, bool(cfg.resume))
     if cfg.out is None:
