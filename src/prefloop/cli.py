@@ -1,15 +1,22 @@
 """`prefloop <command> [options]`: parses options into a recipe's config dataclass and dispatches.
 
 Options come from the dataclass fields (their docstrings are the --help text). `--config FILE.yaml`
-supplies values first; options on the command line override them. Bad input exits with code 2 and
-one line on stderr naming what is wrong and where.
+supplies values first; options on the command line override them. Every option is checked (type, valid
+range, output directory; see `prefloop.recipes.options`) before the command loads a model or reads data.
+Bad input exits with code 2 and one line on stderr naming what is wrong and where.
+
+`prefloop <command> --help` reads the config class from the recipe's source instead of importing it, so
+help comes without importing torch (seconds faster).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -55,7 +62,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
 
 
 class CLIError(ValueError):
-    pass
+    """A command-line error (unknown option in a --config file, a missing value); exit code 2."""
 
 
 def _usage() -> str:
@@ -96,6 +103,8 @@ def config_from_yaml(cls, path: Path):
         raise CLIError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise CLIError(f"{path}: expected a mapping of option names to values")
+    from prefloop.recipes.options import type_problem
+
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -103,18 +112,31 @@ def config_from_yaml(cls, path: Path):
         name = str(key).replace("-", "_")
         if name not in fields:
             raise CLIError(f"{path}: unknown option '{key}'")
+        problem = type_problem(value, hints[name])
+        if problem:
+            raise CLIError(f"{path}: option '{key}' {problem}")
         if value is not None and _is_path_type(hints[name]):
             value = Path(value)
         kwargs[name] = value
     return dataclasses.replace(cls(), config=path, **kwargs)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from prefloop.data import DataError
-    from prefloop.models import ModelLoadError
-    from prefloop.recipes.common import ConfigError
+def _given(args: list[str], config_path: Path | None, default) -> set[str]:
+    """Field names the user set, on the command line or in the YAML file (for derived defaults)."""
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")}
+    names |= {n[3:] for n in names if n.startswith("no_")}
+    if config_path is not None:
+        changed = {f.name for f in dataclasses.fields(default)
+                   if getattr(default, f.name) != getattr(type(default)(), f.name)}
+        names |= changed
+    return names
 
-    return (DataError, ConfigError, ModelLoadError, CLIError)
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    # One family: DataError, ConfigError and ModelLoadError all derive from InputError.
+    from prefloop.data.errors import InputError
+
+    return (InputError, CLIError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,19 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, cls_name, fn_name, description = COMMANDS[command]
+    if "-h" in rest or "--help" in rest:
+        text = help_text(module_name, cls_name, f"prefloop {command}", description)
+        if text is not None:
+            print(text)
+            raise SystemExit(0)  # as argparse does, so callers of main() see --help the same way
     module = importlib.import_module(module_name)
     return run_command(getattr(module, cls_name), getattr(module, fn_name), rest, f"prefloop {command}", description)
 
 
 def run_command(cls, fn, args: list[str], prog: str, description: str) -> int:
-    """Parse `args` (after `--config FILE.yaml` values) into `cls` and call `fn` with it; returns the exit
-    code: 0, 2 with one `error: ...` line for bad input, 130 when interrupted."""
+    """Parse `args` (after `--config FILE.yaml` values) into `cls`, check the options, and call `fn` with
+    them; returns the exit code: 0, 2 with one `error: ...` line for bad input, 130 when interrupted."""
     import tyro
+
+    from prefloop.data.jsonl import skipping_invalid
+    from prefloop.recipes.options import validate
 
     try:
         config_path, rest = _split_config_arg(args)
         default = config_from_yaml(cls, config_path) if config_path else cls()
-        fn(tyro.cli(cls, args=rest, default=default, prog=prog, description=description))
+        cfg = tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
+        validate(cfg, prog.split()[-1], _given(rest, config_path, default))
+        with skipping_invalid(bool(getattr(cfg, "skip_invalid", False))):
+            fn(cfg)
     except _known_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -155,6 +188,108 @@ def run_command(cls, fn, args: list[str], prog: str, description: str) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+# -- help without importing the recipe (and torch) -------------------------------------------------------
+
+
+def _module_tree(module_name: str) -> ast.Module:
+    # The file by path: find_spec would import the parent packages, and some of them import torch.
+    root = Path(__file__).parent
+    first, _, rest = module_name.partition(".")
+    if first != "prefloop":
+        return ast.parse(Path(importlib.util.find_spec(module_name).origin).read_text())
+    base = root.joinpath(*rest.split(".")) if rest else root
+    path = base.with_suffix(".py") if base.with_suffix(".py").exists() else base / "__init__.py"
+    return ast.parse(path.read_text())
+
+
+def _imported_from(tree: ast.Module, module_name: str) -> dict[str, str]:
+    """name -> absolute module of each `from X import name` at the top of a module."""
+    out = {}
+    package = module_name.rsplit(".", 1)[0]
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            mod = ".".join(p for p in (base, node.module or "") if p)
+            for a in node.names:
+                out[a.asname or a.name] = mod
+    return out
+
+
+def _aliases(tree: ast.Module) -> dict[str, str]:
+    """Module-level type aliases (`Precision = Literal[...]`) as source text."""
+    return {n.targets[0].id: ast.unparse(n.value) for n in tree.body
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+            and isinstance(n.value, ast.Subscript)}
+
+
+def _fields_from_source(module_name: str, cls_name: str) -> dict[str, list]:
+    """Dataclass fields of `cls_name` as {name: [type text, default text or None, doc]}, bases first."""
+    tree = _module_tree(module_name)
+    imports, aliases = _imported_from(tree, module_name), _aliases(tree)
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+    fields: dict[str, list] = {}
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id != "object":
+            fields.update(_fields_from_source(imports.get(base.id, module_name), base.id))
+    for i, stmt in enumerate(node.body):
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        ann = ast.unparse(stmt.annotation)
+        for name in aliases.keys() | {k for k in imports if k[:1].isupper()}:
+            if name in ann and name in aliases:
+                ann = ann.replace(name, aliases[name])
+            elif name in ann and name not in aliases and name != "Path":
+                ann = ann.replace(name, _aliases(_module_tree(imports[name])).get(name, name))
+        nxt = node.body[i + 1] if i + 1 < len(node.body) else None
+        doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and \
+            isinstance(nxt.value.value, str) else None
+        old = fields.get(stmt.target.id)
+        fields[stmt.target.id] = [ann, ast.unparse(stmt.value) if stmt.value else None,
+                                  doc or (old[2] if old else "")]
+    return fields
+
+
+def _metavar(ann: str) -> str:
+    parts = [p.strip() for p in ann.split("|")]
+    out = []
+    for p in parts:
+        if p.startswith("Literal["):
+            out.append("{" + ",".join(str(ast.literal_eval(x)) for x in
+                                      ast.parse(p, mode="eval").body.slice.elts) + "}"
+                       if isinstance(ast.parse(p, mode="eval").body.slice, ast.Tuple)
+                       else "{" + str(ast.literal_eval(ast.parse(p, mode="eval").body.slice)) + "}")
+        else:
+            out.append(p.upper() if p != "None" else "None")
+    return "|".join(out)
+
+
+def help_text(module_name: str, cls_name: str, prog: str, description: str) -> str | None:
+    """The --help text of a command from its config class's source, or None if it cannot be read."""
+    try:
+        fields = _fields_from_source(module_name, cls_name)
+    except (OSError, SyntaxError, StopIteration, KeyError, AttributeError, ValueError):
+        return None
+    lines = [f"usage: {prog} [OPTIONS]", "", description, "", "options:",
+             "  -h, --help              show this help message and exit"]
+    for name, (ann, default, doc) in fields.items():
+        opt = "--" + name.replace("_", "-")
+        if ann == "bool":
+            head = f"{opt}, --no-{name.replace('_', '-')}"
+        else:
+            head = f"{opt} {_metavar(ann)}"
+        default_text = "required" if default is None else f"default: {default.replace('Path(', '').rstrip(')')}" \
+            if default.startswith("Path(") else f"default: {default}"
+        body = " ".join(f"{' '.join((doc or '').split())} ({default_text})".split())
+        wrapped = textwrap.wrap(body, 96, initial_indent=" " * 26, subsequent_indent=" " * 26,
+                                break_on_hyphens=False)
+        if len(head) <= 22:
+            wrapped[0] = f"  {head:<24}" + wrapped[0][26:]
+        else:
+            wrapped.insert(0, f"  {head}")
+        lines += wrapped
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

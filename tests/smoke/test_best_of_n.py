@@ -119,5 +119,5 @@ def test_rejection_sampling_cli_bad_input(tmp_path, policy_dir, toy_data, capsys
     assert main(args + ["--reward-fn", "no_such_module_xyz:f"]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
     assert main(args + ["--reward-fn", "x:y", "--rounds", "0"]) == 2
-    assert "--rounds must be at least 1" in capsys.readouterr().err
+    assert "--rounds must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "rs").exists()

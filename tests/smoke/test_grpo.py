@@ -164,7 +164,7 @@ def test_cli_bad_input(tmp_path, policy_dir, toy_data, toy_reward, capsys, cmd):
     assert "package.module:function" in cli_error(capsys, *base, "--reward-fn", "just_a_name")
     assert "not both" in cli_error(capsys, *base, "--reward-fn", toy_reward, "--reward", str(policy_dir))
     assert "--num-generations" in cli_error(capsys, *base, "--reward-fn", toy_reward, "--num-generations", "1")
-    line = cli_error(capsys, *base, "--reward-fn", toy_reward, "--num-generations", "3")
+    line = cli_error(capsys, *base, "--reward-fn", toy_reward, "--num-generations", "3", "--rollout-batch-size", "64")
     assert "multiple of --num-generations" in line
     line = cli_error(capsys, *base, "--reward-fn", "prefloop_toy_reward:wrong_length")
     assert "prefloop_toy_reward:wrong_length: returned 1 scores for 2 responses" in line

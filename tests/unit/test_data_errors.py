@@ -159,3 +159,68 @@ def test_an_integer_too_long_to_convert_is_malformed_json_not_a_crash(tmp_path):
     with pytest.raises(DataError) as e:
         read_comparisons(p)
     assert str(e.value).startswith(f"{p}:2: malformed JSON") and "\n" not in str(e.value)
+
+
+# -- text no tokenizer can take, repeated keys, self-comparisons, empty judged responses -----------------------
+
+
+@pytest.mark.parametrize("raw,problem", [
+    (b'{"prompt": "a\\ud800b"}', "field 'prompt' holds a lone surrogate"),
+    (b'{"prompt": [{"role": "user", "content": "x\\u0000"}]}', "field 'prompt[0].content' holds a NUL character"),
+    (b'{"prompt": "a", "meta": {"\\udfff": 1}}', "holds a lone surrogate"),
+    (b'{"prompt": "a", "prompt": "b"}', "key \"prompt\" appears twice in one object"),
+    (b'{"prompt": "a", "meta": {"k": 1, "k": 2}}', "key \"k\" appears twice"),
+])
+def test_text_and_key_problems_name_the_line(tmp_path, raw, problem):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(lines({"prompt": "fine"}) + raw + b"\n")
+    with pytest.raises(DataError) as e:
+        read_prompts(path)
+    assert e.value.line == 2 and problem in str(e.value), str(e.value)
+
+
+def test_jsonl_checks_work_on_single_lines_without_torch():
+    from prefloop.data.errors import RecordError
+    from prefloop.data.jsonl import parse_line, text_problem
+
+    assert parse_line('{"a": "\\u00e9"}') == {"a": "é"}
+    assert text_problem({"a": ["ok", "bad\x00"]}) == "field 'a[1]' holds a NUL character"
+    with pytest.raises(RecordError, match="appears twice"):
+        parse_line('{"a": 1, "a": 1}')
+
+
+def test_identical_responses_need_a_recorded_tie(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(lines(GOOD, {**GOOD, "rejected": GOOD["chosen"]}))
+    with pytest.raises(DataError, match=r"c.jsonl:2: fields 'chosen' and 'rejected' are identical"):
+        read_comparisons(path, allow_identical=False)
+    assert len(read_comparisons(path)) == 2  # a judge's tie between two policies that wrote the same text
+    path.write_bytes(lines(GOOD, {**GOOD, "rejected": GOOD["chosen"], "meta": {"tie": True}}))
+    assert len(read_comparisons(path, allow_identical=False)) == 2
+
+
+def test_empty_replies_are_valid_judged_responses(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(lines({**GOOD, "chosen": " "}, {**GOOD, "chosen": ""},
+                           {"prompt": MSG, "chosen": [{"role": "assistant", "content": ""}],
+                            "rejected": [{"role": "assistant", "content": "no"}]}))
+    assert [c.chosen for c in read_comparisons(path)][:2] == [" ", ""]
+    path.write_bytes(lines({"prompt": "q", "responses": ["", " a"], "ranking": [1, 0]}))
+    assert read_rankings(path)[0].responses == ["", " a"]
+    path.write_bytes(lines({"prompt": "q", "response": "", "rating": 1, "scale": [1, 7]}))
+    assert read_ratings(path)[0].response == ""
+
+
+def test_skipping_invalid_records_reports_them(tmp_path, capsys):
+    from prefloop.data.jsonl import skipping_invalid
+
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(lines({"prompt": "a"}, b"{bad", {"prompt": 3}, {"prompt": "b"}))
+    with skipping_invalid():
+        assert [p.prompt for p in read_prompts(path)] == ["a", "b"]
+    assert "skipped 2 invalid record(s) (lines 2, 3)" in capsys.readouterr().err
+    path.write_bytes(lines({"prompt": 3}))
+    with skipping_invalid(), pytest.raises(DataError, match="no valid records"):
+        read_prompts(path)
+    with pytest.raises(DataError, match=":1: field 'prompt'"):  # outside the block: stop at the first
+        read_prompts(path)

@@ -73,11 +73,14 @@ def prompt(value: Any, name: str = "prompt", *, allow_empty: bool = True) -> Tex
     raise RecordError(f"field '{name}' must be a string or a list of messages, got {type_name(value)}")
 
 
-def response(value: Any, name: str, prompt_value: Text) -> Text:
+def response(value: Any, name: str, prompt_value: Text, *, allow_empty: bool = False) -> Text:
     """A response to `prompt_value`. After a text prompt it is text. After a conversational prompt it is
-    either the assistant's text or a list of messages ending with a non-empty assistant message."""
+    either the assistant's text or a list of messages ending with an assistant message.
+
+    `allow_empty`: an empty reply is a valid response where it is judged (comparisons, rankings, ratings):
+    people do prefer silence to some answers, and it trains as EOS only. A demonstration must show something."""
     if isinstance(value, str):
-        return text(value, name)
+        return text(value, name, allow_empty=allow_empty)
     if not isinstance(value, list):
         raise RecordError(f"field '{name}' must be a string or a list of messages, got {type_name(value)}")
     if isinstance(prompt_value, str):
@@ -86,7 +89,7 @@ def response(value: Any, name: str, prompt_value: Text) -> Text:
     last = value[-1]
     if last["role"] != "assistant":
         raise RecordError(f"field '{name}' must end with an assistant message, got role '{last['role']}'")
-    if not last["content"].strip():
+    if not allow_empty and not last["content"].strip():
         raise RecordError(f"field '{name}' is empty")
     return value
 

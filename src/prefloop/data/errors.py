@@ -1,11 +1,20 @@
-"""The one error type of bad input data, with a one-line message that names the file and line."""
+"""Errors of bad input, each with a one-line message that names what is wrong and where.
+
+`InputError` is the family the command line catches (exit code 2, `error: {message}`): bad data
+(`DataError`), bad options (`ConfigError`), a model that cannot be loaded (`ModelLoadError`) and
+command-line errors all derive from it. This module imports nothing heavy, so anything may use it.
+"""
 
 from __future__ import annotations
 
 import os
 
 
-class DataError(ValueError):
+class InputError(ValueError):
+    """Bad input of any kind: the message is one line naming what is wrong and where."""
+
+
+class DataError(InputError):
     """Bad input data. The message is one line: ``"{path}:{line}: {problem}"`` or ``"{path}: {problem}"``.
 
     Build it with `DataError.at` (a record on a line) or `DataError.whole` (the whole file); the parts stay

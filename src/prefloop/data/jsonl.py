@@ -3,24 +3,113 @@
 Readers stop at the first bad record with a `DataError` naming the file and the line (1-based, blank
 lines counted, so the number is the one an editor shows). Blank lines are skipped. The file is read as
 bytes and decoded line by line, so undecodable bytes are reported on their own line.
+
+Beyond well-formed JSON, a record must not hold text no tokenizer can take or that is almost surely
+damage: lone UTF-16 surrogates (`"\\ud800"`, which cannot be encoded as UTF-8) and NUL characters; and
+no object may repeat a key (JSON parsers keep the last value silently, so a pair can lose its rejected
+response). `parse_line` and `text_problem` make these checks available to any other reader (no torch).
+
+Inside `skipping_invalid()` (the CLI's `--skip-invalid`) readers skip bad records instead of stopping,
+and report how many they skipped and the first few lines on stderr; problems of the whole file (missing,
+unreadable, no valid record) still stop them.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import contextvars
 import gzip
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._fields import type_name
+from ._fields import short, type_name
 from .errors import DataError, RecordError
 from .records import Comparison, Demonstration, Prompt, Ranking, Rating
 
 GZIP_MAGIC = b"\x1f\x8b"
 R = TypeVar("R")
+# How many skipped line numbers a --skip-invalid report lists.
+SHOWN_SKIPS = 5
+_SKIP_INVALID: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_invalid", default=False)
+
+
+@contextlib.contextmanager
+def skipping_invalid(enabled: bool = True):
+    """Within this block readers skip bad records (with a report on stderr) instead of raising."""
+    token = _SKIP_INVALID.set(enabled)
+    try:
+        yield
+    finally:
+        _SKIP_INVALID.reset(token)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RecordError(f"key {short(dup)} appears twice in one object (the last value would win silently)")
+    return d
+
+
+def _string_problem(s: str) -> str | None:
+    if "\x00" in s:
+        return "holds a NUL character"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (\\ud800-\\udfff), which is not text"
+    return None
+
+
+def text_problem(obj: Any, where: str = "") -> str | None:
+    """The first string (key or value) in a JSON value that holds a NUL or a lone surrogate, as
+    "field 'a.b[2]' holds ...", or None when all text is clean."""
+    if isinstance(obj, str):
+        problem = _string_problem(obj)
+        return f"field '{where or 'value'}' {problem}" if problem else None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            name = f"{where}.{k}" if where else str(k)
+            if _string_problem(k):
+                return f"key {short(k)} {_string_problem(k)}"
+            found = text_problem(v, name)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = text_problem(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def parse_line(line: str) -> dict:
+    """One JSONL line (decoded) -> the object; raises `RecordError` with the problem (malformed JSON, not
+    an object, a repeated key, a NUL or a lone surrogate in any string)."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"malformed JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise RecordError("malformed JSON: nested too deeply") from None
+    except RecordError:
+        raise
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int/str conversion limit)
+        raise RecordError(f"malformed JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type_name(obj)}")
+    # Both can only come from a \u escape: raw UTF-8 has no surrogates and JSON forbids a raw NUL.
+    if "\\u" in line:
+        problem = text_problem(obj)
+        if problem:
+            raise RecordError(problem)
+    return obj
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -48,43 +137,50 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, object)` for each non-blank line; raise `DataError` on a missing file,
-    undecodable bytes, malformed JSON, a line that is not a JSON object, or a file with no records."""
+    undecodable bytes, a line `parse_line` refuses, or a file with no records. Inside
+    `skipping_invalid()` bad lines are skipped and reported instead."""
+    yield from _records(path, lambda obj: obj)
+
+
+def _records(path: str | os.PathLike, parse) -> Iterator[tuple[int, Any]]:
     path = Path(path)
-    n = 0
+    skip = _SKIP_INVALID.get()
+    n, skipped = 0, []
     for line_no, raw in _lines(path):
         if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError.at(path, line_no, "not valid UTF-8") from None
-        if not line.strip():
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordError("not valid UTF-8") from None
+            if not line.strip():
+                continue
+            record = parse(parse_line(line))
+        except RecordError as e:
+            if not skip:
+                raise DataError.at(path, line_no, str(e)) from None
+            skipped.append((line_no, str(e)))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError.at(path, line_no, f"malformed JSON: {e.msg} (column {e.colno})") from None
-        except RecursionError:
-            raise DataError.at(path, line_no, "malformed JSON: nested too deeply") from None
-        except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int/str conversion limit)
-            raise DataError.at(path, line_no, f"malformed JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise DataError.at(path, line_no, f"expected a JSON object, got {type_name(obj)}")
         n += 1
-        yield line_no, obj
+        yield line_no, record
+    if skipped:
+        _report_skipped(path, skipped)
     if n == 0:
-        raise DataError.whole(path, "empty file (no records)")
+        raise DataError.whole(path, f"no valid records ({len(skipped)} skipped)" if skipped else
+                              "empty file (no records)")
+
+
+def _report_skipped(path: Path, skipped: list[tuple[int, str]]) -> None:
+    lines = ", ".join(str(n) for n, _ in skipped[:SHOWN_SKIPS]) + (", ..." if len(skipped) > SHOWN_SKIPS else "")
+    first_line, first_problem = skipped[0]
+    print(f"warning: {path}: skipped {len(skipped)} invalid record(s) (lines {lines}); "
+          f"line {first_line}: {first_problem}", file=sys.stderr)
 
 
 def read_records(path: str | os.PathLike, record_type: type[R]) -> list[R]:
     """All records of `path` parsed as `record_type` (one of the classes in `prefloop.data.records`)."""
-    out = []
-    for line_no, obj in iter_jsonl(path):
-        try:
-            out.append(record_type.parse(obj))  # type: ignore[attr-defined]
-        except RecordError as e:
-            raise DataError.at(path, line_no, str(e)) from None
-    return out
+    return [r for _, r in _records(path, record_type.parse)]  # type: ignore[attr-defined]
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
@@ -97,10 +193,13 @@ def read_demonstrations(path: str | os.PathLike) -> list[Demonstration]:
     return read_records(path, Demonstration)
 
 
-def read_comparisons(path: str | os.PathLike) -> list[Comparison]:
+def read_comparisons(path: str | os.PathLike, *, allow_identical: bool = True) -> list[Comparison]:
     """`{"prompt", "chosen", "rejected"}` (standard or conversational) or implicit prompt
-    (`{"chosen", "rejected"}` only); optional `margin`, `annotator`, `pool`, `id`, `meta`."""
-    return read_records(path, Comparison)
+    (`{"chosen", "rejected"}` only); optional `margin`, `annotator`, `pool`, `id`, `meta`.
+    `allow_identical=False` (training data) refuses a response compared with itself unless `meta.tie` is set."""
+    if allow_identical:
+        return read_records(path, Comparison)
+    return [r for _, r in _records(path, lambda d: Comparison.parse(d).check_distinct())]
 
 
 def read_rankings(path: str | os.PathLike) -> list[Ranking]:

@@ -3,9 +3,10 @@
 A prompt is raw text (`"User: ...\\nAssistant:"`) or a list of chat messages `{"role", "content"}`.
 After a text prompt, responses are text; after a conversational prompt, a response is either the
 assistant's text or a list of messages ending with the assistant's message (TRL's conversational form).
-Responses must not be empty. A text prompt may be `""` in demonstrations and feedback records (an
-implicit-prompt split gives `""` when the two texts share no whitespace boundary), but not in a prompts
-file, where sampling needs something to continue.
+A demonstration's completion must not be empty; a judged response (comparison, ranking, rating) may be,
+since people sometimes prefer no answer (it trains as EOS only). A text prompt may be `""` in
+demonstrations and feedback records (an implicit-prompt split gives `""` when the two texts share no
+whitespace boundary), but not in a prompts file, where sampling needs something to continue.
 
 Every record has `to_json()` (a dict in the standard form, optional fields left out when None) and
 `from_json(d)` (validation; raises `DataError`), and `from_json(r.to_json()) == r`. Records are frozen:
@@ -114,8 +115,9 @@ class Demonstration(_Record):
 class Comparison(_Record):
     """A preference between two responses to one prompt (`chosen` preferred over `rejected`).
 
-    `margin` is how strongly `chosen` is preferred (e.g. Llama 2's margin loss); `chosen == rejected`
-    is allowed (a tie cannot be learned from, but it is not malformed data).
+    `margin` is how strongly `chosen` is preferred (e.g. Llama 2's margin loss). `chosen == rejected` is a
+    valid record (a judge's tie between two policies that wrote the same text), but training data refuses it
+    (`check_distinct`; `read_comparisons(..., allow_identical=False)`) unless `meta.tie` marks a recorded tie.
     """
 
     prompt: Text
@@ -135,11 +137,19 @@ class Comparison(_Record):
     def parse(cls, d: dict) -> Comparison:
         if "prompt" in d:
             prompt = F.prompt(d["prompt"])
-            chosen = F.response(F.required(d, "chosen"), "chosen", prompt)
-            rejected = F.response(F.required(d, "rejected"), "rejected", prompt)
+            chosen = F.response(F.required(d, "chosen"), "chosen", prompt, allow_empty=True)
+            rejected = F.response(F.required(d, "rejected"), "rejected", prompt, allow_empty=True)
         else:
             prompt, chosen, rejected = _implicit(F.required(d, "chosen"), F.required(d, "rejected"))
         return cls(prompt, chosen, rejected, margin=F.optional_number(d, "margin"), **_common(d))
+
+    def check_distinct(self) -> Comparison:
+        """Raise `RecordError` for a response compared with itself (usually a mistake upstream, e.g. a repeated
+        key where the last value won; it teaches nothing) unless `meta.tie` marks a recorded tie."""
+        if self.chosen == self.rejected and not (self.meta or {}).get("tie"):
+            raise RecordError("fields 'chosen' and 'rejected' are identical (mark a recorded tie with "
+                              "\"meta\": {\"tie\": true})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,7 @@ class Ranking(_Record):
             raise RecordError(f"field 'responses' must be a list of responses, got {F.type_name(responses)}")
         if len(responses) < 2:
             raise RecordError(f"field 'responses' must hold at least 2 responses, got {len(responses)}")
-        responses = [F.response(r, f"responses[{i}]", prompt) for i, r in enumerate(responses)]
+        responses = [F.response(r, f"responses[{i}]", prompt, allow_empty=True) for i, r in enumerate(responses)]
         ranking = F.required(d, "ranking")
         k = len(responses)
         if not F.is_permutation(ranking, k):
@@ -197,7 +207,7 @@ class Rating(_Record):
     @classmethod
     def parse(cls, d: dict) -> Rating:
         prompt = F.prompt(F.required(d, "prompt"))
-        response = F.response(F.required(d, "response"), "response", prompt)
+        response = F.response(F.required(d, "response"), "response", prompt, allow_empty=True)
         rating = F.number(F.required(d, "rating"), "rating")
         scale = F.required(d, "scale")
         if not isinstance(scale, list) or len(scale) != 2:
@@ -260,7 +270,7 @@ def _implicit(chosen: Any, rejected: Any) -> tuple[Text, Text, Text]:
             if len(conv) < 2:
                 raise RecordError(f"field '{name}' needs at least one prompt message before the final "
                                   f"assistant message (implicit prompt: there is no 'prompt' field)")
-            F.response(conv[-1:], name, conv[:-1])
+            F.response(conv[-1:], name, conv[:-1], allow_empty=True)
         if chosen[:-1] != rejected[:-1]:
             raise RecordError("fields 'chosen' and 'rejected' must share all messages but the last "
                               "(implicit prompt: there is no 'prompt' field)")

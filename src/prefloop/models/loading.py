@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prefloop.data.errors import InputError
 
-class ModelLoadError(ValueError):
+
+class ModelLoadError(InputError):
     """A model or tokenizer could not be loaded; the message is one line naming the path."""
 
 
@@ -32,8 +34,8 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
             raise ModelLoadError(f"{name}: {what} path is a file, expected a Hugging Face model directory")
         try:
             return loader(str(path), **kwargs)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"{name}: cannot load {what}: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # noqa: BLE001 - transformers, safetensors and hub raise many types; name the file
+            raise ModelLoadError(_load_error(path, name, what, e)) from None
     if _looks_local(name):
         raise ModelLoadError(f"{name}: {what} directory does not exist")
     try:
@@ -47,6 +49,19 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{name}: no local directory of that name and the Hub could not provide {what}: "
                              f"{str(e).splitlines()[0]}") from None
+
+
+def _load_error(path: Path, name: str, what: str, e: Exception) -> str:
+    """One line naming the file of a local model directory that failed to load, and why."""
+    text = " ".join(str(e).split())[:300]
+    kind = type(e).__module__ + "." + type(e).__name__
+    if "safetensors" in kind:
+        weights = sorted(path.glob("*.safetensors"))
+        where = ", ".join(str(w) for w in weights[:2]) or str(path)
+        return f"{where}: corrupt or truncated weights, cannot load {what} ({text})"
+    if "Dataclass" in kind or "config" in text.lower():
+        return f"{path / 'config.json'}: cannot load {what}: {text}"
+    return f"{name}: cannot load {what}: {text}"
 
 
 def load_tokenizer(name: str):

@@ -15,17 +15,16 @@ from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 
-
-class ConfigError(ValueError):
-    """A missing or inconsistent option; the message is one line naming the option."""
+from .options import ConfigError, default_out
 
 
 @dataclass(kw_only=True)
 class CommonConfig:
     config: Path | None = None
     """YAML file with option values; options given on the command line override it."""
-    out: Path = Path("runs/out")
-    """Output directory: final model in OUT/model, metrics.jsonl, prefloop.json and OUT/checkpoint."""
+    out: Path | None = None
+    """Output directory: final model in OUT/model, metrics.jsonl, prefloop.json and OUT/checkpoint. Default:
+    runs/<command>, or runs/<command>-2, -3, ... when that holds another run (with --resume: the newest)."""
     seed: int = 0
     """Random seed (each process adds rank * 1,000,003)."""
     max_steps: int | None = None
@@ -54,11 +53,24 @@ class CommonConfig:
     log_every: int = 1
     """Log metrics every N steps."""
     resume: bool = False
-    """Continue from OUT/checkpoint if it exists."""
+    """Continue from OUT/checkpoint if it exists; refused if options or data that change what the run
+    computes differ from the checkpoint's (--max-steps may grow; logging and --save-every may change)."""
     # Precision of the saved model (weights train as fp32 masters; --precision sets the computation's).
     dtype: SaveDtype = "auto"
     """dtype of the saved model: auto = the dtype of the checkpoint the run started from (fp32 for a new
     model); fp32, bf16 or fp16. Recorded in prefloop.json under "precision"."""
+    overwrite: bool = False
+    """Allow writing into an --out that holds another run's model (it is replaced when this run ends)."""
+    skip_invalid: bool = False
+    """Skip data records that cannot be trained on (reporting how many and the first lines) instead of
+    stopping at the first."""
+
+
+def output_dir(cfg, recipe: str) -> Path:
+    """`cfg.out`, set to the non-clobbering default (runs/<recipe>[-N]) when it was left out."""
+    if cfg.out is None:
+        cfg.out = default_out(recipe, bool(getattr(cfg, "resume", False)))
+    return Path(cfg.out)
 
 
 def require(cfg, *names: str) -> None:

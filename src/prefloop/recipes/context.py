@@ -1,13 +1,22 @@
-"""RunContext: the bookkeeping every recipe shares, so each recipe file keeps only its own loop."""
+"""RunContext: the bookkeeping every recipe shares, so each recipe file keeps only its own loop.
+
+It also guards `--resume`: a checkpoint records what its run computes (`run_record`: every option
+that changes the result, the SHA-256 of every input file, the number of processes), and a resume whose
+record differs is refused with the list of differences, before any model is loaded. Options that
+cannot change the result may differ: --max-steps upwards (the schedule is stretched from the resumed
+step on), logging and checkpoint frequency, and where options come from.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
 
 import torch
 
+from prefloop.data import file_sha256
 from prefloop.runtime import (
     Checkpointer,
     MetricsLogger,
@@ -20,27 +29,80 @@ from prefloop.runtime import (
     write_json,
 )
 
+from .common import ConfigError, output_dir
+from .options import check_ranges, flag
+
+# Options that do not change what a run computes, so a resume may change them (max_steps: only upwards).
+RESUME_MAY_CHANGE = frozenset({"config", "out", "resume", "overwrite", "log_every", "save_every", "keep_every",
+                               "max_steps"})
+
+
+def run_record(cfg, world: int) -> dict:
+    """What a run computes: every option that changes the result, the SHA-256 of each input file
+    option, and the number of processes (it changes seeds and batch shards)."""
+    options, data = {}, {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in RESUME_MAY_CHANGE - {"max_steps"}:
+            continue
+        if isinstance(value, Path) and value.is_file():
+            data[f.name] = file_sha256(value)
+        options[f.name] = value if isinstance(value, int | float | str | bool | type(None)) else str(value)
+    return {"options": options, "data": data, "world_size": world}
+
+
+def resume_differences(saved: dict, now: dict) -> list[str]:
+    """Human-readable differences that make a resume compute something else (empty: safe to resume)."""
+    out = []
+    old_opts, new_opts = saved.get("options", {}), now["options"]
+    for name in sorted(old_opts.keys() | new_opts.keys()):
+        old, new = old_opts.get(name), new_opts.get(name)
+        if name == "max_steps":
+            if old is not None and (new is None or new < old):
+                out.append(f"{flag(name)} {old} -> {new} (it may only grow)")
+        elif old != new:
+            out.append(f"{flag(name)} {old} -> {new}")
+    for name in sorted(saved.get("data", {}).keys() | now["data"].keys()):
+        if saved.get("data", {}).get(name) != now["data"].get(name):
+            out.append(f"{flag(name)} (file contents differ)")
+    if saved.get("world_size") != now["world_size"]:
+        out.append(f"processes {saved.get('world_size')} -> {now['world_size']}")
+    return out
+
 
 class RunContext:
     def __init__(self, recipe: str, cfg):
         self.recipe, self.cfg = recipe, cfg
         from prefloop.runtime.accel import PrecisionError
 
-        from .common import ConfigError
-
+        check_ranges(cfg)
         try:
             self.acc = make_accelerator(cfg.precision)
         except PrecisionError as e:
             raise ConfigError(str(e)) from None
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
-        self.process_seed = seed_everything(cfg.seed, self.rank)
-        self.out = Path(cfg.out)
+        self.out = output_dir(cfg, recipe)
         self.ckpt = Checkpointer(self.out, self.acc)
         self.resuming = bool(cfg.resume and self.ckpt.exists())
-        if cfg.resume and not self.resuming and self.is_main:
+        self.record = run_record(cfg, self.world)
+        if self.resuming:
+            self._check_resume()
+        elif cfg.resume and self.is_main:
             console.print(f"[yellow]{self.out}/checkpoint not found: starting from scratch")
+        self.process_seed = seed_everything(cfg.seed, self.rank)
         self.logger: MetricsLogger | None = None
+
+    def _check_resume(self) -> None:
+        saved = self.ckpt.run_record()
+        if saved is None:
+            if self.is_main:
+                console.print(f"[yellow]{self.ckpt.dir} records no options (an older prefloop): resuming unchecked")
+            return
+        diff = resume_differences(saved, self.record)
+        if diff:
+            raise ConfigError(f"--resume: {self.ckpt.dir} was written by a run with other options: {'; '.join(diff)}. "
+                              "Resume with the same options, or start a new run in another --out")
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +130,9 @@ class RunContext:
     def start(self, total: int, state: dict | None = None) -> int:
         """Open the metrics log and progress bar; returns the step to start from."""
         start = int(state["step"]) if state else 0
+        if start > total:
+            raise ConfigError(f"--resume: {self.ckpt.dir} is at step {start}, past the {total} steps of this run "
+                              "(--max-steps may only grow)")
         self.logger = MetricsLogger(self.out / "metrics.jsonl", enabled=self.is_main,
                                     resume_from_step=start if self.resuming else None)
         self.progress = StepProgress(f"{self.recipe}", total=total, start=start, enabled=self.is_main)
@@ -84,7 +149,8 @@ class RunContext:
     def maybe_checkpoint(self, step: int, total: int, models: dict, tokenizer, state_fn) -> None:
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
-            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state_fn())
+            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state_fn(),
+                           run=self.record)
             # Fault injection for the resume tests: die like a killed job right after this checkpoint.
             if os.environ.get("PREFLOOP_KILL_AFTER_STEP") == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)

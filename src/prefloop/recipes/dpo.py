@@ -140,9 +140,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     check_config(cfg)
     ctx = RunContext("dpo", cfg)
     tok = load_tokenizer(cfg.model)
-    comparisons = read_comparisons(cfg.data)
+    comparisons = read_comparisons(cfg.data, allow_identical=False)
     if cfg.eval_data:
-        train, held = comparisons, read_comparisons(cfg.eval_data)
+        train, held = comparisons, read_comparisons(cfg.eval_data, allow_identical=False)
     else:
         train, held = split_by_prompt(comparisons, cfg.eval_fraction, cfg.seed)
     enc = [encode_pair_with_prompt(tok, c, cfg.max_length) for c in train]

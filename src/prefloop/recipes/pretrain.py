@@ -7,14 +7,13 @@ is spent on padding.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from prefloop.data import DataError, file_sha256, pack_texts
+from prefloop.data import DataError, file_sha256, iter_jsonl, pack_texts
 from prefloop.models import CausalLMLoss, gpt2_config, llama_config, load_causal_lm, load_tokenizer
 
 from .common import CommonConfig, micro_batches, require, shard, total_steps
@@ -43,32 +42,30 @@ class PretrainConfig(CommonConfig):
 
 
 def read_corpus(path: Path) -> list[str]:
+    """Documents of a .jsonl corpus (a string field "text" per record, through the checked JSONL reader)
+    or of a .txt file (one per non-blank line)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    texts: list[str] = []
-    raw = path.read_bytes()
-    for i, line in enumerate(raw.splitlines(), 1):
+    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
+        texts = []
+        for line, rec in iter_jsonl(path):
+            if not isinstance(rec.get("text"), str) or not rec["text"].strip():
+                raise DataError.at(path, line, "expected a non-empty string field 'text'")
+            texts.append(rec["text"])
+        return texts
+    if not path.is_file():
+        raise DataError.whole(path, "file not found" if not path.exists() else "is not a file")
+    texts = []
+    for i, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError:
-            raise DataError(f"{path}:{i}: not valid UTF-8") from None
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise DataError(f"{path}:{i}: expected an object with a string field 'text'")
-            if not rec["text"].strip():
-                raise DataError(f"{path}:{i}: field 'text' is empty")
-            texts.append(rec["text"])
-        else:
+            raise DataError.at(path, i, "not valid UTF-8") from None
+        if "\x00" in line:
+            raise DataError.at(path, i, "holds a NUL character")
+        if line.strip():
             texts.append(line)
     if not texts:
-        raise DataError(f"{path}: no documents")
+        raise DataError.whole(path, "no documents")
     return texts
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,7 @@ from .common import (
     CommonConfig,
     ConfigError,
     micro_batches,
+    output_dir,
     require,
     shard,
     total_steps,
@@ -148,7 +150,8 @@ def detect_kind(path: Path) -> str:
     return "comparisons"
 
 
-READERS = {"comparisons": read_comparisons, "rankings": read_rankings, "ratings": read_ratings}
+READERS = {"comparisons": partial(read_comparisons, allow_identical=False), "rankings": read_rankings,
+           "ratings": read_ratings}
 
 
 # -- one task per kind of feedback: encoding, the loss of a micro-batch, held-out metrics ------------------
@@ -361,6 +364,7 @@ def check_config(cfg: RewardConfig) -> None:
 
 def run_reward(cfg: RewardConfig) -> dict:
     check_config(cfg)
+    output_dir(cfg, "reward")
     if cfg.ensemble_size > 1:
         return run_ensemble(cfg)
     return train_reward_model(cfg, split_seed=cfg.seed)

@@ -4,8 +4,16 @@ Layout of a run directory `OUT/`:
   OUT/model/            final HF directory (config, safetensors, tokenizer, generation config)
   OUT/prefloop.json     recipe, config, data hashes, metrics (also copied into OUT/model/)
   OUT/checkpoint/       the latest resumable state: one HF directory per trained model, `state.pt`
-                        (optimizer, scheduler, step, data position, KL controller...) and
-                        `rng_rank{r}.pt` per process. Replaced atomically: a kill never leaves half of one.
+                        (optimizer, scheduler, step, data position, KL controller...), `rng_rank{r}.pt`
+                        per process, `run.json` (what the run computes: options, data hashes, world size,
+                        for the resume guard) and `complete.json`, written last.
+
+A save writes OUT/checkpoint.tmp completely, then swaps it in with two renames (checkpoint -> .old,
+.tmp -> checkpoint). A kill between the two leaves no OUT/checkpoint; the next reader then takes the
+newest complete one: .tmp if `complete.json` says it was finished, else .old.
+
+Everything is loaded with `torch.load(weights_only=True)` (tensors and plain containers only), so a
+checkpoint directory cannot run code; the numpy RNG state is stored as a tensor for that reason.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .seeding import rng_state, set_rng_state
@@ -83,20 +92,46 @@ def run_meta(recipe: str, config, data_hashes: dict | None = None, metrics: dict
     return meta
 
 
+COMPLETE = "complete.json"
+RUN_RECORD = "run.json"
+
+
+def _safe_rng(state: dict) -> dict:
+    """`rng_state()` with numpy's key array as a tensor, so that weights_only loading accepts it."""
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    return {**state, "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+
+
+def _numpy_rng(state: dict) -> dict:
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    return {**state, "numpy": (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
+
+
 class Checkpointer:
     """Save and restore the resumable state of a recipe under `OUT/checkpoint`."""
 
     def __init__(self, out_dir: str | Path, accelerator):
         self.dir = Path(out_dir) / "checkpoint"
+        self.tmp, self.old = self.dir.with_name("checkpoint.tmp"), self.dir.with_name("checkpoint.old")
         self.acc = accelerator
 
+    def recover(self) -> None:
+        """After a kill between the swap's two renames, put the newest complete checkpoint in place."""
+        if self.acc.is_main_process and not self.dir.exists():
+            if (self.tmp / COMPLETE).exists():
+                self.tmp.rename(self.dir)
+            elif (self.old / "state.pt").exists():
+                self.old.rename(self.dir)
+        self.acc.wait_for_everyone()
+
     def exists(self) -> bool:
+        self.recover()
         return (self.dir / "state.pt").exists()
 
-    def save(self, step: int, models: dict, tokenizer, state: dict) -> None:
-        """`models` maps a name to an (unwrapped) HF model or a plain module; `state` holds optimizer etc."""
-        acc = self.acc
-        tmp = self.dir.with_name("checkpoint.tmp")
+    def save(self, step: int, models: dict, tokenizer, state: dict, run: dict | None = None) -> None:
+        """`models` maps a name to an (unwrapped) HF model or a plain module; `state` holds optimizer etc.;
+        `run` is the record of what the run computes (see `RunContext.run_record`)."""
+        acc, tmp = self.acc, self.tmp
         if acc.is_main_process:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -109,20 +144,29 @@ class Checkpointer:
                 else:
                     torch.save(model.state_dict(), tmp / f"{name}.pt")
             torch.save({"step": step, **state}, tmp / "state.pt")
+            if run is not None:
+                write_json(tmp / RUN_RECORD, run)
         acc.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng_rank{acc.process_index}.pt")
+        torch.save(_safe_rng(rng_state()), tmp / f"rng_rank{acc.process_index}.pt")
         acc.wait_for_everyone()
         if acc.is_main_process:
+            write_json(tmp / COMPLETE, {"step": step, "processes": acc.num_processes})
             _replace_dir(tmp, self.dir)
         acc.wait_for_everyone()
 
     def model_path(self, name: str) -> Path:
         return self.dir / name
 
+    def run_record(self) -> dict | None:
+        """The checkpoint's `run.json`, or None for a checkpoint written before it was recorded."""
+        path = self.dir / RUN_RECORD
+        return json.loads(path.read_text()) if path.exists() else None
+
     def load_state(self) -> dict:
         """Load `state.pt` and this process's RNG streams; returns the state dict (with `step`)."""
-        state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=False)
+        self.recover()
+        state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
         rng_file = self.dir / f"rng_rank{self.acc.process_index}.pt"
         if rng_file.exists():
-            set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+            set_rng_state(_numpy_rng(torch.load(rng_file, map_location="cpu", weights_only=True)))
         return state

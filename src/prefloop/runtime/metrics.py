@@ -17,19 +17,20 @@ def _clean(v):
 
 
 class MetricsLogger:
-    """Appends `{"step": n, "time": s, **metrics}` lines; a resumed run keeps appending to the same file."""
+    """Appends `{"step": n, "time": s, **metrics}` lines; a resumed run keeps appending to the same file.
+
+    A new run's file is created (replacing an old one) at the first line logged, not before: a run that
+    stops on bad input leaves no empty metrics.jsonl behind."""
 
     def __init__(self, path: str | Path, enabled: bool = True, resume_from_step: int | None = None):
         self.path = Path(path)
         self.enabled = enabled
         self.t0 = time.time()
         self.history: list[dict] = []
+        self._fresh = resume_from_step is None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_from_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
+        if resume_from_step is not None and self.path.exists():
             # Drop lines logged after the checkpoint we resume from: they will be logged again.
             kept = [ln for ln in self.path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_from_step]
@@ -41,7 +42,10 @@ class MetricsLogger:
         row.update({k: _clean(v) for k, v in metrics.items()})
         if self.enabled:
             self.history.append(row)
-            with self.path.open("a") as f:
+            if self._fresh:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("w" if self._fresh else "a") as f:
+                self._fresh = False
                 f.write(json.dumps(row) + "\n")
         return row
 
