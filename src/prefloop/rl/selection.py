@@ -113,4 +113,5 @@ def draw_anchor_pair(current: Sequence[str], earlier: Sequence[str]) -> tuple[in
     return None
 
 
-__all__ = ["PAIR_STRATEGIES", "SELECT_SCORES", "distinct_replies", "draw_anchor_pair", "draw_pair", "select_top", "usefulness"]
+__all__ = ["PAIR_STRATEGIES", "SELECT_SCORES", "distinct_replies", "draw_anchor_pair", "draw_pair", "select_top",
+           "usefulness"]
