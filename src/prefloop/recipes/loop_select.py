@@ -18,6 +18,11 @@ import torch
 from prefloop.rl.selection import draw_anchor_pair, draw_pair, select_top, usefulness
 
 
+def _device() -> str:
+    # Candidates are many (--pool-factor x --candidates per label): sample and score them on a GPU if there is one.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass
 class Candidates:
     """Replies per prompt ([N][K]) and the name of the policy that wrote each."""
@@ -34,10 +39,10 @@ def sample_candidates(policy_dir: str, prompts: list[str], k: int, max_new_token
     from prefloop.rollout import SamplingConfig
 
     tok = load_tokenizer(policy_dir)
-    policy = load_causal_lm(policy_dir, tok).eval()
+    policy = load_causal_lm(policy_dir, tok).eval().to(_device())
     scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    s = sample_policy(policy, tok, prompts, k, scfg, seed=seed)
+    s = sample_policy(policy, tok, prompts, k, scfg, seed=seed, device=_device())
     return Candidates(list(prompts), [list(r) for r in s.responses], [[name] * k for _ in prompts])
 
 
@@ -52,13 +57,13 @@ def member_scores(rm_spec: str, prompts: list[str], replies: list[list[str]], ma
     from .reward import pad_rows
 
     tok = load_tokenizer(reward_members(rm_spec)[0])
-    scorer = load_reward_scorer(rm_spec, tok)
+    scorer = load_reward_scorer(rm_spec, tok).to(_device())
     flat = [(p, r) for p, rs in zip(prompts, replies) for r in rs]
     rows = [encode_pair(tok, SimpleNamespace(prompt=p, chosen=r, rejected=r), max_length).chosen for p, r in flat]
     out = []
     for i in range(0, len(rows), batch_size):
         ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_token_id)
-        out.append(scorer.member_scores(ids, mask).float())
+        out.append(scorer.member_scores(ids.to(_device()), mask.to(_device())).float().cpu())
     k = len(replies[0]) if replies else 0
     return torch.cat(out, 1).view(-1, len(prompts), k) if out else torch.zeros(1, 0, k)
 
