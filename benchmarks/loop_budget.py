@@ -29,13 +29,13 @@ from pathlib import Path
 ARMS: dict[str, dict] = {
     "one-round": dict(rounds=1),
     "loop": dict(),
-    "loop-uncertainty": dict(select="uncertainty", pool_factor=3.0),
+    "loop-uncertainty": dict(select="uncertainty"),
     "loop-spread": dict(pairs="spread", candidates=4),
     "loop-anchor": dict(pairs="anchor"),
     "loop-kl-ramp": dict(kl_strategy="ramp"),
     "loop-kl-reset": dict(kl_strategy="reset"),
     "loop-best": dict(pairs="anchor", kl_strategy="ramp"),
-    "loop-all": dict(pairs="anchor", select="uncertainty", pool_factor=3.0, kl_strategy="ramp"),
+    "loop-all": dict(pairs="anchor", select="uncertainty", kl_strategy="ramp"),
 }
 KEY_ARMS = ("one-round", "loop", "loop-best", "loop-all")  # run first: a benchmark cut short still compares them
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -45,6 +45,8 @@ def loop_config(prep: Path, out: Path, arm: str, seed: int, a: argparse.Namespac
     from prefloop.recipes.loop import LoopConfig
 
     over = dict(ARMS[arm])
+    if over.get("select", "random") != "random":
+        over["pool_factor"] = a.select_pool  # candidates to choose from: more prompts than labels
     rounds = over.pop("rounds", a.rounds)
     base = dict(world=prep / "world", policy=str(prep / "sft" / "model"), out=out, rounds=rounds,
                 comparisons=a.labels, pool_factor=1.5, rl_steps=a.updates // rounds, rollout_batch_size=a.rollout,
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kl-target", type=float, default=3.0)
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--eval-k", type=int, default=4)
+    ap.add_argument("--select-pool", type=float, default=3.0, help="candidate prompts per label, selecting arms")
     ap.add_argument("--rollout", type=int, default=64, help="completions per PPO update")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     a = ap.parse_args(argv)
