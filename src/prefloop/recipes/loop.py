@@ -3,13 +3,18 @@
 feedback so far, train the policy further, and go round again.
 
 Each round, top to bottom:
-  1. sample     two responses per fresh prompt (prompts no earlier round used) from the current policy
+  1. sample     candidate replies to fresh prompts (prompts no earlier round used) from the current policy
+                (and, with --pairs anchor, the initial one), one pair of different replies per prompt, and
+                the round's share of the labelling budget given to the pairs --select ranks first
+                (recipes/loop_select.py; the math in rl/selection.py)
   2. feedback   the world's simulated annotators compare them directly (`--feedback world`), or people do
                 through the feedback app (`--feedback app`; `--simulate` lets the simulated annotators act as
                 the app's users, through the same API as people)
   3. reward     a reward model refit on all comparisons so far, starting from --reward-init every round
   4. rl         the RL method (PPO by default) from the current policy, with the KL penalty measured against
                 the initial policy, so KL adds up over rounds and stays comparable with a single long run
+                (--kl-strategy ramp spreads the target over the rounds; reset measures each round's KL
+                against the previous round's policy instead)
   5. evaluate   gold reward, reward-model score, gold win rate and KL against the initial policy on held-out
                 prompts of the world
 
