@@ -112,6 +112,12 @@ class LoopConfig:
     """PPO rounds after the first start from the coefficient the previous round's controller ended with,
     instead of --kl-coef: the policy they continue from has already spent KL, and a controller that starts
     again at --kl-coef lets the KL to the initial policy overshoot its target."""
+    gold_checks: int = 0
+    """--feedback world: pairs with a known answer that every annotator judges each round (spent on top of
+    the budget), measuring each annotator's agreement with gold as an annotation tool's gold items do."""
+    min_annotator_agreement: float = 0.0
+    """Labels of annotators whose gold-check agreement is below this are dropped from the reward model's data
+    (written to comparisons_dropped.jsonl); 0 keeps every label."""
     max_new_tokens: int = 40
     temperature: float = 0.7
     max_length: int = 168
@@ -234,6 +240,8 @@ class Loop:
             raise ConfigError(f"--candidates {cfg.candidates}: a pair needs at least 2 replies per prompt")
         if cfg.candidates < 1 or cfg.rm_ensemble < 1 or cfg.pool_factor < 1:
             raise ConfigError("--candidates and --rm-ensemble must be at least 1, --pool-factor at least 1.0")
+        if cfg.gold_checks > 0 and cfg.feedback == "app":
+            raise ConfigError("--gold-checks works with --feedback world; in the app, gold items measure people")
         if cfg.kl_strategy == "ramp" and cfg.kl_target is None:
             raise ConfigError("--kl-strategy ramp needs --kl-target (the total KL to spread over the rounds)")
         if cfg.select in ("disagreement", "bald") and cfg.rm_ensemble < 2:
@@ -345,12 +353,32 @@ class Loop:
             r["id"] = f"r{rnd}-{r.get('id', '')}"
             r.setdefault("meta", {})["round"] = rnd
             _record_sources(r, items)
-        train, held = _split_heldout(records, self.cfg.heldout_fraction, self.cfg.seed + rnd)
+        screen = self.screen_annotators(records, rnd)
+        train, held = _split_heldout(screen.pop("kept"), self.cfg.heldout_fraction, self.cfg.seed + rnd)
         write_jsonl(self.round_dir(rnd) / "comparisons_train.jsonl", train)
         write_jsonl(self.round_dir(rnd) / "comparisons_heldout.jsonl", held)
         gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records
                 if "gold_chosen" in r.get("meta", {}) and r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
-        return {"comparisons": len(records), "annotator_gold_agreement": sum(gold) / len(gold) if gold else None}
+        return {"comparisons": len(records), "annotator_gold_agreement": sum(gold) / len(gold) if gold else None,
+                **screen}
+
+    def screen_annotators(self, records: list[dict], rnd: int) -> dict:
+        """Drop the labels of annotators below --min-annotator-agreement on this round's gold checks; reports
+        how many labels went and how often the dropped ones agreed with gold (what dropping changed)."""
+        from prefloop.world.annotators import drop_unreliable, gold_check_agreement
+
+        cfg = self.cfg
+        if cfg.gold_checks <= 0:
+            return {"kept": records}
+        checks = self.world.gold_checks(cfg.gold_checks, seed=cfg.seed + 31 * rnd)
+        agreement = gold_check_agreement(self.world.annotators, checks, seed=cfg.seed + rnd)
+        kept, dropped = drop_unreliable(records, agreement, cfg.min_annotator_agreement)
+        write_jsonl(self.round_dir(rnd) / "comparisons_dropped.jsonl", dropped)
+        gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in dropped
+                if r["meta"].get("gold_chosen") != r["meta"].get("gold_rejected")]
+        return {"kept": kept, "check_labels": len(checks) * len(self.world.annotators),
+                "dropped_labels": len(dropped), "dropped_gold_agreement": sum(gold) / len(gold) if gold else None,
+                "annotator_check_agreement": agreement}
 
     def _all_comparisons(self, rnd: int, kind: str) -> Path:
         """All rounds' comparisons up to `rnd` in one file (the reward model is refit on everything so far)."""
