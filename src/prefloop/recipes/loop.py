@@ -148,8 +148,10 @@ class LoopState:
         self.path = path
         if path.exists():
             data = json.loads(path.read_text())
-            if data.get("fingerprint") != fingerprint:
-                changed = sorted(k for k in fingerprint if data.get("fingerprint", {}).get(k) != fingerprint[k])
+            # An option the stored run did not know yet counts as its default (runs of earlier versions resume).
+            stored = {**_defaults(), **data.get("fingerprint", {})}
+            changed = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
+            if changed:
                 raise ConfigError(f"{path}: this loop was started with other options ({', '.join(changed)}); "
                                   "use another --out or the same options to resume")
             self.done: list[str] = data["done"]
@@ -166,6 +168,10 @@ class LoopState:
         if result is not None:
             self.results.setdefault(str(rnd), {})[stage] = result
         write_json(self.path, {"fingerprint": self.fingerprint, "done": self.done, "results": self.results})
+
+
+def _defaults() -> dict:
+    return _fingerprint(LoopConfig())
 
 
 def _fingerprint(cfg: LoopConfig) -> dict:
