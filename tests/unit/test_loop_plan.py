@@ -23,3 +23,20 @@ def test_record_sources_follow_the_chosen_reply():
     untouched = {"id": "x-0", "chosen": "a", "rejected": "b", "meta": {}}
     _record_sources(untouched, items)
     assert untouched["meta"] == {}
+
+
+def test_a_run_of_an_earlier_version_resumes_unless_an_option_changed(tmp_path):
+    import json
+
+    import pytest
+
+    from prefloop.recipes.common import ConfigError
+    from prefloop.recipes.loop import LoopState, _fingerprint
+
+    cfg = LoopConfig(policy="sft", world=tmp_path)
+    old = {k: v for k, v in _fingerprint(cfg).items() if k not in ("select", "pool_factor")}  # unknown then
+    path = tmp_path / "loop_state.json"
+    path.write_text(json.dumps({"fingerprint": old, "done": ["1/sample"], "results": {}}))
+    assert LoopState(path, _fingerprint(cfg)).done == ["1/sample"]
+    with pytest.raises(ConfigError, match=r"other options \(select\)"):
+        LoopState(path, _fingerprint(LoopConfig(policy="sft", world=tmp_path, select="uncertainty")))
