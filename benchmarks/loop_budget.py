@@ -97,7 +97,9 @@ def run(a: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"error: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
-    jobs = sorted(((arm, s) for s in seeds for arm in arms), key=lambda j: (j[0] not in KEY_ARMS, j[1]))
+    # --arms names arms in the order to run them (all seeds of one, then the next); by default KEY_ARMS first.
+    jobs = [(arm, s) for arm in arms for s in seeds] if a.arms else \
+        sorted(((arm, s) for s in seeds for arm in arms), key=lambda j: (j[0] not in KEY_ARMS, j[1]))
     with ProcessPoolExecutor(a.workers) as pool:
         futs = [pool.submit(run_one, str(out / "prep"), str(out), arm, seed, a) for arm, seed in jobs]
         for f in as_completed(futs):
