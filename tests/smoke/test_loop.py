@@ -152,3 +152,17 @@ def test_selection_options_are_checked(tmp_path, world_and_policy):
         Loop(loop_config(tmp_path, world_and_policy, kl_strategy="ramp"))
     with pytest.raises(ConfigError, match="pool-factor 50.0 exceeds"):
         Loop(loop_config(tmp_path, world_and_policy, pool_factor=50.0))
+
+
+@pytest.mark.slow  # two reward models per round for two rounds
+def test_ensemble_disagreement_selects_in_round_two(tmp_path, world_and_policy):
+    cfg = loop_config(tmp_path, world_and_policy, comparisons=24, pool_factor=2.0, rm_ensemble=2,
+                      select="disagreement", rl_steps=1)
+    summary = Loop(cfg).run()
+    assert (cfg.out / "round-1" / "reward" / "ensemble.json").is_file()
+    sel = _rows(cfg.out / "round-2" / "candidates.jsonl")
+    assert {r["meta"]["selection"]["by"] for r in sel} == {"disagreement"}
+    assert max(r["meta"]["selection"]["usefulness"] for r in sel) > 0  # two members, different seeds, disagree
+    ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
+    assert ppo2["reward"] == str(cfg.out / "round-2" / "reward")  # RL on the ensemble's mean
+    assert summary["rounds"][1]["rm_gold_accuracy"] is not None
