@@ -160,9 +160,59 @@ def table(a: argparse.Namespace) -> str:
     return text
 
 
+def pairs(a: argparse.Namespace) -> None:
+    """One labelling round from an RL-trained policy (a loop's round 2, no training): for each way of drawing
+    and selecting pairs, how many prompts give a comparable pair, how often the world's annotators agree with
+    gold on them, the gold gap, and how often the policy's reward model already orders them right."""
+    import random
+
+    import torch
+
+    from prefloop.data import read_prompts
+    from prefloop.recipes import loop_select as ls
+    from prefloop.rl.selection import select_top, usefulness
+    from prefloop.world import load_world
+
+    prep = Path(a.out) / "prep"
+    world = load_world(prep / "world")
+    prompts = [p.prompt for p in read_prompts(prep / "world" / "prompts_train.jsonl")]
+    prompts = random.Random(a.pair_seed).sample(prompts, min(a.pair_prompts, len(prompts)))
+    policy, initial, rm = str(prep / "ppo" / "model"), str(prep / "sft" / "model"), str(prep / "reward" / "model")
+    cur = ls.sample_candidates(policy, prompts, 4, a.max_new_tokens, 0.7, a.pair_seed, "rl")
+    old = ls.sample_candidates(initial, prompts, 4, a.max_new_tokens, 0.7, a.pair_seed + 1, "initial")
+    both = ls.merge(cur, old)
+    scores = ls.member_scores(rm, prompts, both.replies, 128)
+    cur_only = ls.Candidates(prompts, [r[:2] for r in cur.replies], [s[:2] for s in cur.sources])
+    arms = {"same (2 samples)": (cur_only, "same", scores[:, :, :2], None),
+            "same (first 2 different of 4)": (cur, "same", scores[:, :, :4], None),
+            "spread (RM best vs worst of 4)": (cur, "spread", scores[:, :, :4], None),
+            "anchor (RL vs initial)": (both, "same", scores, 4)}
+    lines = ["| pairs | selection | comparable / prompts | annotators agree with gold | mean gold gap "
+             "| RM orders right |", "|---|---|---|---|---|---|"]
+    for name, (cands, how, sc, split) in arms.items():
+        items, margins = ls.draw_items(cands, how, sc, split)
+        for sel in ("random", "uncertainty"):
+            keep = select_top(usefulness(margins, sel), len(items) // 2, torch.Generator().manual_seed(0)) \
+                if sel == "uncertainty" else list(range(len(items)))
+            chosen = [items[i] for i in keep]
+            recs = world.label_pairs([c["prompt"] for c in chosen], [c["responses"][0] for c in chosen],
+                                     [c["responses"][1] for c in chosen], seed=a.pair_seed)
+            ann = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in recs
+                   if r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
+            g = [(world.gold.score(c["prompt"], c["responses"][0]) - world.gold.score(c["prompt"], c["responses"][1]),
+                  float(margins[:, i].mean())) for c, i in zip(chosen, keep)]
+            rm_right = [float((gap > 0) == (m > 0)) for gap, m in g if gap != 0]
+            label = "all" if sel == "random" else "uncertainty, top half"
+            lines.append(f"| {name} | {label} | {len(chosen)} / {len(prompts)} | {_fmt(statistics.fmean(ann))} | "
+                         f"{_fmt(statistics.fmean(abs(x) for x, _ in g))} | {_fmt(statistics.fmean(rm_right))} |")
+    text = "\n".join(lines) + "\n"
+    (Path(a.out) / "loop_pairs.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "run", "table"))
+    ap.add_argument("command", choices=("prepare", "run", "table", "pairs"))
     ap.add_argument("--out", default="runs/loop-budget")
     ap.add_argument("--preset", default="default", choices=("default", "tiny"))
     ap.add_argument("--arms", default="", help="comma list of arms (default: all)")
@@ -178,8 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--select-pool", type=float, default=3.0, help="candidate prompts per label, selecting arms")
     ap.add_argument("--rollout", type=int, default=64, help="completions per PPO update")
     ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--pair-prompts", type=int, default=600, help="pairs: train prompts to draw pairs for")
+    ap.add_argument("--pair-seed", type=int, default=0)
     a = ap.parse_args(argv)
-    {"prepare": prepare, "run": run, "table": table}[a.command](a)
+    {"prepare": prepare, "run": run, "table": table, "pairs": pairs}[a.command](a)
 
 
 if __name__ == "__main__":
