@@ -136,8 +136,18 @@ def test_selected_pairs_fill_the_budget_and_kl_resets_to_the_last_policy(tmp_pat
 
 def test_anchor_pairs_set_the_current_policy_against_the_initial_one(tmp_path, world_and_policy):
     cfg = loop_config(tmp_path, world_and_policy, rounds=2, comparisons=16, pairs="anchor", candidates=2,
-                      kl_strategy="ramp", kl_target=2.0, kl_horizon=16)
-    Loop(cfg).run()
+                      kl_strategy="ramp", kl_target=2.0, kl_horizon=16, gold_checks=20, min_annotator_agreement=0.9)
+    loop = Loop(cfg)
+    loop.run()
+    # Gold checks: every annotator judged 20 known pairs; labels of those below 0.9 are kept out of training.
+    fb = loop.state.results["1"]["feedback"]
+    assert fb["check_labels"] == 20 * len(loop.world.annotators)
+    low = {a for a, v in fb["annotator_check_agreement"].items() if v < 0.9}
+    dropped = _rows(cfg.out / "round-1" / "comparisons_dropped.jsonl")
+    trained = _rows(cfg.out / "round-1" / "comparisons_train.jsonl") + \
+        _rows(cfg.out / "round-1" / "comparisons_heldout.jsonl")
+    assert len(dropped) == fb["dropped_labels"] and {r["annotator"] for r in dropped} <= low
+    assert not low & {r["annotator"] for r in trained} and len(trained) + len(dropped) == fb["comparisons"]
     items = _rows(cfg.out / "round-2" / "samples.jsonl")
     assert items and all(it["meta"]["policies"] == ["round-1", "initial"] for it in items)
     ppo1 = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())["config"]
