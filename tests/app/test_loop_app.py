@@ -32,16 +32,19 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
     cfg = LoopConfig(world=world, policy=str(policy), out=tmp_path / "loop", rounds=1, comparisons=16, rl_steps=1,
                      rollout_batch_size=8, batch_size=8, max_new_tokens=8, max_length=64, rm_epochs=1, rm_batch=8,
                      eval_prompts=4, eval_k=2, heldout_fraction=0.25, feedback="app", app_url=server.url,
-                     app_token=server.tokens["admin"], overlap=2, simulate=True)
+                     app_token=server.tokens["admin"], overlap=2, simulate=True, pool_factor=2.0, candidates=3)
     summary = Loop(cfg).run()
     with server.client("admin") as c:
         pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == project_name(cfg, 1))
         progress = c.get(f"/api/projects/{pid}/stats").json()["progress"]
     items = [json.loads(x) for x in (cfg.out / "round-1" / "samples.jsonl").read_text().splitlines()]
+    candidates = (cfg.out / "round-1" / "candidates.jsonl").read_text().splitlines()
     distinct = sum(len({r.strip() for r in it["responses"]}) == 2
                    and all(r.strip() and "\x00" not in r for r in it["responses"])
                    for it in items)
-    # Every pair that can be compared was imported and judged by two distinct simulated users.
+    # Only the selected pairs (the round's budget of 16 out of more candidates) reach the app, every one
+    # comparable, and each was judged by two distinct simulated users.
+    assert len(candidates) > distinct == len(items) == 16
     assert progress["items"] == distinct and progress["complete_items"] == distinct
     assert progress["judgments"] == 2 * distinct
     rows = [json.loads(x) for f in ("comparisons_train.jsonl", "comparisons_heldout.jsonl")
@@ -49,6 +52,7 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
     assert rows and all(r["annotator"].startswith("sim-") for r in rows)
     assert {r["pool"] for r in rows} <= {a.pool for a in Loop(cfg).world.annotators}
     assert all({"gold_chosen", "gold_rejected"} <= set(r["meta"]) for r in rows)
+    assert all(r["meta"]["chosen_policy"] == r["meta"]["rejected_policy"] == "initial" for r in rows)
     assert summary["rounds"][0]["comparisons_so_far"] > 0
 
     # A second loop over the same output resumes: the finished round is not imported or annotated again.

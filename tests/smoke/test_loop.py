@@ -99,3 +99,80 @@ def test_other_methods_run_a_round(tmp_path, world_and_policy, method):
     assert recipe["recipe"] == method
     assert recipe["config"]["reference"] == cfg.policy
     assert summary["rounds"][0]["kl_to_sft_k3"] > 0  # the policy moved away from the initial one
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_selected_pairs_fill_the_budget_and_kl_resets_to_the_last_policy(tmp_path, world_and_policy):
+    # 2 rounds x 12 labels from 3x as many candidate prompts, 3 replies each: round 2 ranks its pairs by the
+    # uncertainty of round 1's reward model, and its PPO is anchored to round 1's policy.
+    cfg = loop_config(tmp_path, world_and_policy, comparisons=24, pool_factor=3.0, candidates=3, pairs="spread",
+                      select="uncertainty", kl_strategy="reset", kl_target=1.0, kl_horizon=16)
+    loop = Loop(cfg)
+    summary = loop.run()
+    for rnd, by in ((1, "random"), (2, "uncertainty")):
+        d = cfg.out / f"round-{rnd}"
+        cands, chosen = _rows(d / "candidates.jsonl"), _rows(d / "samples.jsonl")
+        assert len(cands) > 12 and len(chosen) == 12  # exactly the round's share of the budget is labelled
+        assert all(r["responses"][0].strip() != r["responses"][1].strip() for r in cands)
+        assert {r["meta"]["selection"]["by"] for r in chosen} == {by}
+        policy = "initial" if rnd == 1 else "round-1"
+        assert all(r["meta"]["policies"] == [policy, policy] for r in chosen)
+        labelled = _rows(d / "comparisons_train.jsonl") + _rows(d / "comparisons_heldout.jsonl")
+        assert all(r["meta"]["chosen_policy"] == policy for r in labelled)
+    # Uncertainty selection labels the pairs round 1's reward model separates least.
+    c2 = _rows(cfg.out / "round-2" / "candidates.jsonl")
+    sel = _rows(cfg.out / "round-2" / "samples.jsonl")
+    assert sum(r["meta"]["selection"]["selected"] for r in c2) == len(sel) == 12
+    left = [r["meta"]["selection"]["usefulness"] for r in c2 if not r["meta"]["selection"]["selected"]]
+    assert min(r["meta"]["selection"]["usefulness"] for r in sel) >= max(left)
+    assert len({abs(r["meta"]["selection"]["rm_margin"]) for r in c2}) > 1  # the reward model did separate some
+    ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
+    assert ppo2["reference"] == str(cfg.out / "round-1" / "rl" / "model") and ppo2["kl_target"] == 0.5
+    assert summary["rounds"][1]["kl_to_sft_k3"] > 0  # the evaluation still measures KL to the initial policy
+
+
+def test_anchor_pairs_set_the_current_policy_against_the_initial_one(tmp_path, world_and_policy):
+    cfg = loop_config(tmp_path, world_and_policy, rounds=2, comparisons=16, pairs="anchor", candidates=2,
+                      kl_strategy="ramp", kl_target=2.0, kl_horizon=16, gold_checks=20, min_annotator_agreement=0.9)
+    loop = Loop(cfg)
+    loop.run()
+    # Gold checks: every annotator judged 20 known pairs; labels of those below 0.9 are kept out of training.
+    fb = loop.state.results["1"]["feedback"]
+    assert fb["check_labels"] == 20 * len(loop.world.annotators)
+    low = {a for a, v in fb["annotator_check_agreement"].items() if v < 0.9}
+    dropped = _rows(cfg.out / "round-1" / "comparisons_dropped.jsonl")
+    trained = _rows(cfg.out / "round-1" / "comparisons_train.jsonl") + \
+        _rows(cfg.out / "round-1" / "comparisons_heldout.jsonl")
+    assert len(dropped) == fb["dropped_labels"] and {r["annotator"] for r in dropped} <= low
+    assert not low & {r["annotator"] for r in trained} and len(trained) + len(dropped) == fb["comparisons"]
+    items = _rows(cfg.out / "round-2" / "samples.jsonl")
+    assert items and all(it["meta"]["policies"] == ["round-1", "initial"] for it in items)
+    ppo1 = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())["config"]
+    ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
+    assert (ppo1["kl_target"], ppo2["kl_target"]) == (1.0, 2.0) and ppo2["reference"] == cfg.policy
+
+
+def test_selection_options_are_checked(tmp_path, world_and_policy):
+    with pytest.raises(ConfigError, match="--select disagreement needs --rm-ensemble 2"):
+        Loop(loop_config(tmp_path, world_and_policy, select="disagreement"))
+    with pytest.raises(ConfigError, match="--kl-strategy ramp needs --kl-target"):
+        Loop(loop_config(tmp_path, world_and_policy, kl_strategy="ramp"))
+    with pytest.raises(ConfigError, match="pool-factor 50.0 exceeds"):
+        Loop(loop_config(tmp_path, world_and_policy, pool_factor=50.0))
+
+
+@pytest.mark.slow  # two reward models per round for two rounds
+def test_ensemble_disagreement_selects_in_round_two(tmp_path, world_and_policy):
+    cfg = loop_config(tmp_path, world_and_policy, comparisons=24, pool_factor=2.0, rm_ensemble=2,
+                      select="disagreement", rl_steps=1)
+    summary = Loop(cfg).run()
+    assert (cfg.out / "round-1" / "reward" / "ensemble.json").is_file()
+    sel = _rows(cfg.out / "round-2" / "candidates.jsonl")
+    assert {r["meta"]["selection"]["by"] for r in sel} == {"disagreement"}
+    assert max(r["meta"]["selection"]["usefulness"] for r in sel) > 0  # two members, different seeds, disagree
+    ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
+    assert ppo2["reward"] == str(cfg.out / "round-2" / "reward")  # RL on the ensemble's mean
+    assert summary["rounds"][1]["rm_gold_accuracy"] is not None

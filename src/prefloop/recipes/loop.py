@@ -3,13 +3,18 @@
 feedback so far, train the policy further, and go round again.
 
 Each round, top to bottom:
-  1. sample     two responses per fresh prompt (prompts no earlier round used) from the current policy
+  1. sample     candidate replies to fresh prompts (prompts no earlier round used) from the current policy
+                (and, with --pairs anchor, the initial one), one pair of different replies per prompt, and
+                the round's share of the labelling budget given to the pairs --select ranks first
+                (recipes/loop_select.py; the math in rl/selection.py)
   2. feedback   the world's simulated annotators compare them directly (`--feedback world`), or people do
                 through the feedback app (`--feedback app`; `--simulate` lets the simulated annotators act as
                 the app's users, through the same API as people)
   3. reward     a reward model refit on all comparisons so far, starting from --reward-init every round
   4. rl         the RL method (PPO by default) from the current policy, with the KL penalty measured against
                 the initial policy, so KL adds up over rounds and stays comparable with a single long run
+                (--kl-strategy ramp spreads the target over the rounds; reset measures each round's KL
+                against the previous round's policy instead)
   5. evaluate   gold reward, reward-model score, gold win rate and KL against the initial policy on held-out
                 prompts of the world
 
@@ -53,7 +58,21 @@ class LoopConfig:
     rounds: int = 3
     """Number of rounds."""
     comparisons: int = 1800
-    """Comparison prompts over all rounds together; each round samples an equal share of fresh prompts."""
+    """Labelling budget: pairs sent to annotators over all rounds together, an equal share per round."""
+    pool_factor: float = 1.0
+    """Candidate prompts per label: each round samples pool_factor x its share of fresh prompts and sends the
+    `--select` best of their pairs (1: every prompt whose replies differ is labelled, as plain iterated RLHF)."""
+    candidates: int = 2
+    """Replies sampled per candidate prompt (and, with --pairs anchor, as many from the initial policy)."""
+    pairs: Literal["same", "spread", "uncertain", "anchor"] = "same"
+    """Which two replies of a prompt form its pair: same (first two distinct), spread (highest and lowest by the
+    last round's reward model), uncertain (closest in its scores), anchor (current vs initial policy)."""
+    select: Literal["random", "uncertainty", "disagreement", "bald"] = "random"
+    """Which pairs get the round's labels: random, or the last round's reward model(s) ranking them by
+    uncertainty (mean prediction near 0.5), disagreement (ensemble spread) or bald (expected information
+    gain); the first round has no reward model and selects at random."""
+    rm_ensemble: int = 1
+    """Reward models trained per round (seeds seed..seed+N-1); RL uses their mean, selection their spread."""
     heldout_fraction: float = 0.1
     """Fraction of each round's comparison prompts held out to measure the reward model."""
     feedback: Literal["world", "app"] = "world"
@@ -84,10 +103,21 @@ class LoopConfig:
     kl_target: float | None = None
     """Adaptive KL target in nats per sequence against the initial policy (None: fixed coefficient)."""
     kl_horizon: int = 10000
+    kl_strategy: Literal["total", "ramp", "reset"] = "total"
+    """How the KL budget is spread over rounds (PPO, with --kl-target): total (every round's controller aims at
+    --kl-target to the initial policy), ramp (round r aims at r/R of it, so early rounds leave room for later
+    ones) or reset (the reference is the previous round's policy, each round aims at --kl-target / R; KL to
+    the initial policy is still what the evaluation reports)."""
     carry_kl_coef: bool = True
     """PPO rounds after the first start from the coefficient the previous round's controller ended with,
     instead of --kl-coef: the policy they continue from has already spent KL, and a controller that starts
     again at --kl-coef lets the KL to the initial policy overshoot its target."""
+    gold_checks: int = 0
+    """--feedback world: pairs with a known answer that every annotator judges each round (spent on top of
+    the budget), measuring each annotator's agreement with gold as an annotation tool's gold items do."""
+    min_annotator_agreement: float = 0.0
+    """Labels of annotators whose gold-check agreement is below this are dropped from the reward model's data
+    (written to comparisons_dropped.jsonl); 0 keeps every label."""
     max_new_tokens: int = 40
     temperature: float = 0.7
     max_length: int = 168
@@ -118,8 +148,10 @@ class LoopState:
         self.path = path
         if path.exists():
             data = json.loads(path.read_text())
-            if data.get("fingerprint") != fingerprint:
-                changed = sorted(k for k in fingerprint if data.get("fingerprint", {}).get(k) != fingerprint[k])
+            # An option the stored run did not know yet counts as its default (runs of earlier versions resume).
+            stored = {**_defaults(), **data.get("fingerprint", {})}
+            changed = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
+            if changed:
                 raise ConfigError(f"{path}: this loop was started with other options ({', '.join(changed)}); "
                                   "use another --out or the same options to resume")
             self.done: list[str] = data["done"]
@@ -138,35 +170,33 @@ class LoopState:
         write_json(self.path, {"fingerprint": self.fingerprint, "done": self.done, "results": self.results})
 
 
+def _defaults() -> dict:
+    return _fingerprint(LoopConfig())
+
+
 def _fingerprint(cfg: LoopConfig) -> dict:
     """Options that change what a round computes; others (e.g. --out) may change between resumes."""
     d = asdict(cfg)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in ("config", "out", "app_token")}
 
 
+def labels_per_round(cfg: LoopConfig) -> int:
+    return cfg.comparisons // cfg.rounds
+
+
 def round_prompts(train_prompts: list[str], cfg: LoopConfig) -> list[list[str]]:
-    """Disjoint, seeded slices of the world's train prompts: round r compares responses to slice r only."""
-    per_round = cfg.comparisons // cfg.rounds
-    if per_round < 2:
+    """Disjoint, seeded slices of the world's train prompts: round r draws its candidate pairs from slice r
+    only (its labelling share times --pool-factor prompts)."""
+    share = labels_per_round(cfg)
+    if share < 2:
         raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts per round")
+    per_round = max(share, int(round(cfg.pool_factor * share)))
     prompts = list(train_prompts)
     random.Random(f"loop-{cfg.seed}").shuffle(prompts)
     if per_round * cfg.rounds > len(prompts):
-        raise ConfigError(f"--comparisons {cfg.comparisons} exceeds the world's {len(prompts)} train prompts")
+        raise ConfigError(f"--comparisons {cfg.comparisons} x --pool-factor {cfg.pool_factor} exceeds the "
+                          f"world's {len(prompts)} train prompts")
     return [prompts[r * per_round:(r + 1) * per_round] for r in range(cfg.rounds)]
-
-
-def _sample_pairs(policy_dir: str, prompts: list[str], cfg: LoopConfig, seed: int) -> list[dict]:
-    from prefloop.eval.policy import sample_policy
-    from prefloop.models import load_causal_lm, load_tokenizer
-    from prefloop.rollout import SamplingConfig
-
-    tok = load_tokenizer(policy_dir)
-    policy = load_causal_lm(policy_dir, tok).eval()
-    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    s = sample_policy(policy, tok, prompts, 2, scfg, seed=seed)
-    return [{"prompt": p, "responses": list(r)} for p, r in zip(prompts, s.responses)]
 
 
 def world_feedback(world, items: list[dict], seed: int) -> list[dict]:
@@ -182,6 +212,29 @@ def _split_heldout(records: list[dict], fraction: float, seed: int) -> tuple[lis
     return [r for r in records if r["prompt"] not in held], [r for r in records if r["prompt"] in held]
 
 
+def kl_plan(cfg: LoopConfig, rnd: int, previous_policy: str) -> tuple[str, float | None]:
+    """(reference, KL target) of round `rnd`'s PPO under --kl-strategy (see LoopConfig.kl_strategy)."""
+    if cfg.kl_strategy == "reset":
+        return previous_policy, None if cfg.kl_target is None else cfg.kl_target / cfg.rounds
+    if cfg.kl_strategy == "ramp" and cfg.kl_target is not None:
+        return str(cfg.policy), cfg.kl_target * rnd / cfg.rounds
+    return str(cfg.policy), cfg.kl_target
+
+
+def _record_sources(record: dict, items: list[dict]) -> None:
+    """meta.chosen_policy / rejected_policy of a world-labelled record (`pair-<i>` is items[i]); the feedback
+    app's export sets them itself from the item's meta.policies."""
+    meta = record["meta"]
+    rid = str(record.get("id", "")).rsplit("pair-", 1)
+    if "chosen_policy" in meta or len(rid) != 2 or not rid[1].isdigit() or int(rid[1]) >= len(items):
+        return
+    item = items[int(rid[1])]
+    policies = item.get("meta", {}).get("policies")
+    if policies and len(policies) == 2:
+        a = 0 if item["responses"][0] == record["chosen"] else 1
+        meta["chosen_policy"], meta["rejected_policy"] = policies[a], policies[1 - a]
+
+
 class Loop:
     """The rounds of `prefloop loop`; `run()` is the explicit loop over rounds and stages."""
 
@@ -189,6 +242,16 @@ class Loop:
         require(cfg, "world", "policy")
         if cfg.rounds < 1:
             raise ConfigError("--rounds must be at least 1")
+        if cfg.candidates < 2 and cfg.pairs != "anchor":
+            raise ConfigError(f"--candidates {cfg.candidates}: a pair needs at least 2 replies per prompt")
+        if cfg.candidates < 1 or cfg.rm_ensemble < 1 or cfg.pool_factor < 1:
+            raise ConfigError("--candidates and --rm-ensemble must be at least 1, --pool-factor at least 1.0")
+        if cfg.gold_checks > 0 and cfg.feedback == "app":
+            raise ConfigError("--gold-checks works with --feedback world; in the app, gold items measure people")
+        if cfg.kl_strategy == "ramp" and cfg.kl_target is None:
+            raise ConfigError("--kl-strategy ramp needs --kl-target (the total KL to spread over the rounds)")
+        if cfg.select in ("disagreement", "bald") and cfg.rm_ensemble < 2:
+            raise ConfigError(f"--select {cfg.select} needs --rm-ensemble 2 or more (members to disagree)")
         self.app_token = cfg.app_token or os.environ.get("PREFLOOP_APP_TOKEN")
         if cfg.feedback == "app" and feedback_fn is None:
             require(cfg, "app_url")
@@ -253,10 +316,39 @@ class Loop:
                 "settings": _fingerprint(self.cfg)}
 
     # -- stages ---------------------------------------------------------------------------------------
+    def reward_spec(self, rnd: int) -> str:
+        """The reward model(s) round `rnd` trained: one model directory, or an ensemble directory."""
+        d = self.round_dir(rnd) / "reward"
+        return str(d if self.cfg.rm_ensemble > 1 else d / "model")
+
+    def reward_eval_dir(self, rnd: int) -> Path:
+        """The reward model the evaluation reads (the first member of an ensemble)."""
+        d = self.round_dir(rnd) / "reward"
+        return d / "members" / "0" / "model" if self.cfg.rm_ensemble > 1 else d / "model"
+
     def stage_sample(self, rnd: int) -> dict:
-        items = _sample_pairs(self.policy_after(rnd - 1), self.slices[rnd - 1], self.cfg, self.cfg.seed + rnd)
-        write_jsonl(self.round_dir(rnd) / "samples.jsonl", items)
-        return {"items": len(items)}
+        from . import loop_select as ls
+
+        cfg, prompts = self.cfg, self.slices[rnd - 1]
+        name = "initial" if rnd == 1 else f"round-{rnd - 1}"
+        cands = ls.sample_candidates(self.policy_after(rnd - 1), prompts, cfg.candidates, cfg.max_new_tokens,
+                                     cfg.temperature, cfg.seed + rnd, name)
+        split = None
+        if cfg.pairs == "anchor":
+            earlier = ls.sample_candidates(str(cfg.policy), prompts, cfg.candidates, cfg.max_new_tokens,
+                                           cfg.temperature, cfg.seed + 7919 * rnd, "initial")
+            cands, split = ls.merge(cands, earlier), cfg.candidates
+        needs_rm = rnd > 1 and (cfg.select != "random" or cfg.pairs in ("spread", "uncertain"))
+        scores = ls.member_scores(self.reward_spec(rnd - 1), prompts, cands.replies, cfg.max_length) \
+            if needs_rm else None
+        items, margins = ls.draw_items(cands, cfg.pairs, scores, split)
+        for it in items:
+            it["meta"]["round"] = rnd
+        chosen = ls.select_items(items, margins, cfg.select, labels_per_round(cfg), cfg.seed + rnd)
+        write_jsonl(self.round_dir(rnd) / "candidates.jsonl", items)
+        write_jsonl(self.round_dir(rnd) / "samples.jsonl", chosen)
+        return {"prompts": len(prompts), "comparable": len(items), "items": len(chosen),
+                "cross_policy": sum(len(set(it["meta"]["policies"])) > 1 for it in chosen)}
 
     def stage_feedback(self, rnd: int) -> dict:
         from prefloop.data import iter_jsonl
@@ -266,12 +358,33 @@ class Loop:
         for r in records:
             r["id"] = f"r{rnd}-{r.get('id', '')}"
             r.setdefault("meta", {})["round"] = rnd
-        train, held = _split_heldout(records, self.cfg.heldout_fraction, self.cfg.seed + rnd)
+            _record_sources(r, items)
+        screen = self.screen_annotators(records, rnd)
+        train, held = _split_heldout(screen.pop("kept"), self.cfg.heldout_fraction, self.cfg.seed + rnd)
         write_jsonl(self.round_dir(rnd) / "comparisons_train.jsonl", train)
         write_jsonl(self.round_dir(rnd) / "comparisons_heldout.jsonl", held)
         gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records
                 if "gold_chosen" in r.get("meta", {}) and r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
-        return {"comparisons": len(records), "annotator_gold_agreement": sum(gold) / len(gold) if gold else None}
+        return {"comparisons": len(records), "annotator_gold_agreement": sum(gold) / len(gold) if gold else None,
+                **screen}
+
+    def screen_annotators(self, records: list[dict], rnd: int) -> dict:
+        """Drop the labels of annotators below --min-annotator-agreement on this round's gold checks; reports
+        how many labels went and how often the dropped ones agreed with gold (what dropping changed)."""
+        from prefloop.world.annotators import drop_unreliable, gold_check_agreement
+
+        cfg = self.cfg
+        if cfg.gold_checks <= 0:
+            return {"kept": records}
+        checks = self.world.gold_checks(cfg.gold_checks, seed=cfg.seed + 31 * rnd)
+        agreement = gold_check_agreement(self.world.annotators, checks, seed=cfg.seed + rnd)
+        kept, dropped = drop_unreliable(records, agreement, cfg.min_annotator_agreement)
+        write_jsonl(self.round_dir(rnd) / "comparisons_dropped.jsonl", dropped)
+        gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in dropped
+                if r["meta"].get("gold_chosen") != r["meta"].get("gold_rejected")]
+        return {"kept": kept, "check_labels": len(checks) * len(self.world.annotators),
+                "dropped_labels": len(dropped), "dropped_gold_agreement": sum(gold) / len(gold) if gold else None,
+                "annotator_check_agreement": agreement}
 
     def _all_comparisons(self, rnd: int, kind: str) -> Path:
         """All rounds' comparisons up to `rnd` in one file (the reward model is refit on everything so far)."""
@@ -291,8 +404,9 @@ class Loop:
         shutil.rmtree(d / "reward", ignore_errors=True)
         run_reward(RewardConfig(model=cfg.reward_init or cfg.policy, data=train, eval_data=held, out=d / "reward",
                                 epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=cfg.rm_batch,
-                                max_length=cfg.max_length, seed=cfg.seed + rnd, precision=cfg.precision))
-        stats = evaluate_reward_model(d / "reward" / "model", held)
+                                max_length=cfg.max_length, seed=cfg.seed + rnd, precision=cfg.precision,
+                                ensemble_size=cfg.rm_ensemble))
+        stats = evaluate_reward_model(self.reward_eval_dir(rnd), held)
         return {**stats, "train_comparisons": sum(1 for _ in open(train))}
 
     def stage_rl(self, rnd: int) -> dict:
@@ -313,7 +427,7 @@ class Loop:
                                      eval_data=self._all_comparisons(rnd, "heldout"), beta=cfg.dpo_beta,
                                      epochs=cfg.dpo_epochs, lr=cfg.rl_lr, batch_size=cfg.batch_size, **common))
             return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
-        rl = dict(policy=self.policy_after(rnd - 1), reference=str(cfg.policy), reward=str(d / "reward" / "model"),
+        rl = dict(policy=self.policy_after(rnd - 1), reference=str(cfg.policy), reward=self.reward_spec(rnd),
                   prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=cfg.rl_steps,
                   rollout_batch_size=cfg.rollout_batch_size, batch_size=cfg.batch_size, lr=cfg.rl_lr,
                   kl_coef=cfg.kl_coef, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, **common)
@@ -328,7 +442,8 @@ class Loop:
             previous = self.state.results.get(str(rnd - 1), {}).get("rl", {}).get("kl/coef")
             if cfg.carry_kl_coef and previous is not None:
                 rl["kl_coef"] = previous
-            meta = run_ppo(PPOConfig(kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, **rl), gold_fn=gold_fn)
+            rl["reference"], target = kl_plan(cfg, rnd, self.policy_after(rnd - 1))
+            meta = run_ppo(PPOConfig(kl_target=target, kl_horizon=cfg.kl_horizon, **rl), gold_fn=gold_fn)
         return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
 
     def stage_evaluate(self, rnd: int) -> dict:
@@ -337,7 +452,7 @@ class Loop:
         cfg = self.cfg
         dirs = {"sft": Path(cfg.policy), "policy": Path(self.policy_after(rnd))}
         settings = _EvalSettings(cfg.eval_k, cfg.max_new_tokens, cfg.temperature)
-        stages, _ = evaluate_stages(self.world, dirs, self.round_dir(rnd) / "reward" / "model", self.heldout,
+        stages, _ = evaluate_stages(self.world, dirs, self.reward_eval_dir(rnd), self.heldout,
                                     settings, cfg.seed)
         write_json(self.round_dir(rnd) / "eval.json", stages)
         return {"policy": stages["policy"], "initial": stages["sft"]}
@@ -347,7 +462,9 @@ class Loop:
         for rnd in range(1, self.cfg.rounds + 1):
             r = self.state.results.get(str(rnd), {})
             ev = r.get("evaluate", {}).get("policy", {})
-            rounds.append({"round": rnd, "comparisons_so_far": r.get("reward", {}).get("train_comparisons"),
+            rounds.append({"round": rnd, "labels": r.get("feedback", {}).get("comparisons"),
+                           "comparable_pairs": r.get("sample", {}).get("comparable"),
+                           "comparisons_so_far": r.get("reward", {}).get("train_comparisons"),
                            "rm_gold_accuracy": r.get("reward", {}).get("gold_accuracy"),
                            "rm_heldout_accuracy": r.get("reward", {}).get("heldout_accuracy"),
                            "annotator_gold_agreement": r.get("feedback", {}).get("annotator_gold_agreement"),
@@ -358,7 +475,8 @@ class Loop:
 
 
 def loop_report(summary: dict) -> str:
-    cols = ["round", "comparisons_so_far", "rm_gold_accuracy", "gold_reward_mean", "gold_win_rate_vs_sft",
+    cols = ["round", "labels", "comparisons_so_far", "annotator_gold_agreement", "rm_gold_accuracy",
+            "gold_reward_mean", "gold_win_rate_vs_sft",
             "kl_to_sft", "reward_model_mean", "distinct_2", "self_bleu"]
 
     def fmt(v):

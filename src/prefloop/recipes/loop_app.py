@@ -46,7 +46,10 @@ def ensure_project(admin, cfg, rnd: int, items: list[dict]) -> int:
                   "harmless, polite and concise. Refuse-worthy requests should be refused; others answered.")
     p = admin._request("POST", "/api/projects", json={"name": name, "task_type": "pairwise",
                                                       "guidelines": guidelines, "overlap": cfg.overlap}).json()
-    rows = [{"id": f"r{rnd}-{i}", "prompt": it["prompt"], "responses": it["responses"], "meta": {"round": rnd}}
+    # The items are the round's selected pairs (recipes/loop_select.py): people see only those. Their meta
+    # (the writer of each reply in `policies`, what the selection saw) comes back in the export.
+    rows = [{"id": f"r{rnd}-{i}", "prompt": it["prompt"], "responses": it["responses"],
+             "meta": {**it.get("meta", {}), "round": rnd}}
             for i, it in enumerate(items) if len({r.strip() for r in it["responses"]}) == 2
             and all(r.strip() and "\x00" not in r for r in it["responses"])]  # the app refuses NUL in text
     for s in range(0, len(rows), IMPORT_CHUNK):

@@ -246,6 +246,33 @@ def label_pairs(prompts: Sequence, responses_a: Sequence[str], responses_b: Sequ
     return out
 
 
+def gold_check_agreement(annotators: Sequence[Annotator], checks: Sequence[tuple], seed: int = 0) -> dict[str, float]:
+    """Each annotator's agreement with known answers, as the gold items of an annotation tool measure it:
+    every annotator judges every (prompt, better, worse) check, shown in a random order."""
+    if not checks:
+        raise ValueError("gold_check_agreement needs at least one check")
+    rng = random.Random(f"gold-checks-{seed}")
+    out = {}
+    for ann in annotators:
+        right = 0
+        for prompt, better, worse in checks:
+            flip = rng.random() < 0.5
+            a, b = (worse, better) if flip else (better, worse)
+            right += ann.choose(prompt, a, b, rng).prefer_a != flip
+        out[ann.id] = right / len(checks)
+    return out
+
+
+def drop_unreliable(records: Sequence[dict], agreement: dict[str, float],
+                    min_agreement: float) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): records of annotators whose agreement is below `min_agreement` are dropped; records of
+    annotators without a measurement are kept."""
+    kept, dropped = [], []
+    for r in records:
+        (dropped if agreement.get(r.get("annotator"), 1.0) < min_agreement else kept).append(r)
+    return kept, dropped
+
+
 def label_rankings(prompts: Sequence, responses: Sequence[Sequence[str]], annotators: Sequence[Annotator],
                    seed: int = 0) -> list[dict]:
     """Ranking records {"id", "prompt", "responses", "ranking" (best first), "annotator", "pool"}."""

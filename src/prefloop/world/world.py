@@ -189,6 +189,20 @@ class World:
         """Comparison records labelled by this world's annotators (see `annotators.label_pairs`)."""
         return label_pairs(prompts, responses_a, responses_b, annotators or self.annotators, seed)
 
+    def gold_checks(self, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+        """n (prompt, better, worse) pairs with a known answer: the gold-best response against a weak persona's
+        (troll or hallucinator) that gold scores lower, for measuring annotators as gold items do."""
+        rng = random.Random(f"gold-checks-{seed}")
+        out: list[tuple[str, str, str]] = []
+        for _ in range(50 * n):
+            if len(out) == n:
+                break
+            p = rng.choice(self.train_prompts)
+            best, weak = self.ideal_response(p), self.persona_response(p, rng.choice(("troll", "hallucinator")), rng)
+            if self.gold.score(p, best) > self.gold.score(p, weak):
+                out.append((p, best, weak))
+        return out
+
     def persona_comparisons(self, n: int, seed: int = 0) -> list[dict]:
         """n labelled pairs of persona responses (the corpus mix plus the demonstrator) to train prompts."""
         rng = random.Random(f"comparisons-{seed}")
