@@ -10,6 +10,8 @@ from prefloop.data import encode_prompt, left_pad
 from prefloop.models import sequence_scores
 from prefloop.rl import entropy_from_logits, kl_k3
 from prefloop.rollout import SamplingConfig, response_logprobs, sample
+from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
+from prefloop.runtime.seeding import process_seed
 
 from .diversity import distinct_n, per_input_self_bleu
 
@@ -38,7 +40,25 @@ def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingCo
     """Sample K completions per prompt; with a reference, the per-sequence KL(policy || reference)
     estimated on the samples (k1 = sum of log-ratios, k3 = its non-negative estimator, EVALUATION.md);
     with a reward model, its score of each sample; with `entropy`, the mean entropy of the policy's
-    tempered next-token distribution over each sample's tokens (one more forward pass)."""
+    tempered next-token distribution over each sample's tokens (one more forward pass).
+    In a run of several processes each samples its share of the prompts with its own random stream, and
+    every process returns the samples of all prompts in order."""
+    rank, world = rank_and_world()
+    mine = _sample_policy(policy, tok, my_share(prompt_texts, rank, world), k, scfg, reference, reward_model,
+                          batch_size, process_seed(seed, rank), max_prompt, device, entropy)
+    if world == 1:
+        return mine
+    optional = {"kl_k1": reference is not None, "kl_k3": reference is not None,
+                "reward_model": reward_model is not None, "entropy": entropy}
+    names = ["responses", "ended", "lengths"] + [n for n, measured in optional.items() if measured]
+    rows = gather_shares(list(zip(*(getattr(mine, n) for n in names))), world)
+    merged = {n: [r[c] for r in rows] for c, n in enumerate(names)}
+    return PolicySamples(prompts=list(prompt_texts), **merged)
+
+
+@torch.no_grad()
+def _sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingConfig, reference, reward_model,
+                   batch_size: int, seed: int, max_prompt: int, device, entropy: bool) -> PolicySamples:
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
     rows = [(i, j) for i in range(len(prompt_texts)) for j in range(k)]

@@ -26,7 +26,8 @@ from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
 from prefloop.models.precision import checkpoint_dtype
 from prefloop.rollout import SamplingConfig
-from prefloop.runtime import console, make_accelerator, run_meta, save_hf, seed_everything, write_json
+from prefloop.runtime import console, make_accelerator, process_seed, run_meta, save_hf, seed_everything, write_json
+from prefloop.runtime.distributed import rank_and_world
 
 from .common import CommonConfig, ConfigError, output_dir, require
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
@@ -80,15 +81,16 @@ def _mean(xs) -> float:
 
 
 def _sample_policy(cfg, policy_dir: str, texts: list[str], reward: RewardSource, seed: int, device):
-    """N scored samples per prompt from the policy in `policy_dir`."""
+    """N scored samples per prompt from the policy in `policy_dir`; with several processes each samples its
+    share of the prompts (its own random stream) and all of them get every prompt's samples."""
     tok = load_tokenizer(policy_dir)
     model = load_causal_lm(policy_dir, tok).to(device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    gen = device_generator(device, seed)
+    gen = device_generator(device, process_seed(seed, rank_and_world()[0]))
     max_prompt = max(1, cfg.max_length - cfg.max_new_tokens)
     return sample_and_score(model, tok, texts, cfg.num_samples, scfg, cfg.sample_batch_size, gen, max_prompt,
-                            device, reward=reward, progress=True)
+                            device, reward=reward, progress=True, distributed=True)
 
 
 def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path, r: int) -> SFTConfig:
@@ -100,16 +102,18 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,
-              device) -> dict:
+              acc) -> dict:
     """One round: sample N per prompt, keep the best, SFT on the winners. Returns the round's record."""
     d = Path(cfg.out) / f"round_{r}"
     idx = _round_prompts(cfg, len(texts), r)
     # 1-2. sample and score; the winners become demonstrations
-    s = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * 7919 + r, device)
+    s = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * 7919 + r, acc.device)
     best = s.best()
-    write_jsonl(d / "samples.jsonl", [
-        {"prompt": prompts[i].prompt, "responses": s.responses[k], "scores": s.scores[k], "ended": s.ended[k],
-         "best_index": b} for k, (i, b) in enumerate(zip(idx, best))])
+    main = acc.is_main_process  # every process holds all samples; one writes them
+    if main:
+        write_jsonl(d / "samples.jsonl", [
+            {"prompt": prompts[i].prompt, "responses": s.responses[k], "scores": s.scores[k], "ended": s.ended[k],
+             "best_index": b} for k, (i, b) in enumerate(zip(idx, best))])
     # An empty winner (EOS at once), or one holding a NUL (a byte-level model can sample one), is no
     # demonstration the SFT reader accepts; it is left out and counted.
     demos = [{"prompt": prompts[i].prompt, "completion": s.responses[k][b]}
@@ -117,7 +121,9 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
              and text_problem(s.responses[k][b]) is None]
     if not demos:
         raise ConfigError(f"round {r}: every prompt's best sample is empty; nothing to fine-tune on")
-    write_jsonl(d / "best.jsonl", demos)
+    if main:
+        write_jsonl(d / "best.jsonl", demos)
+    acc.wait_for_everyone()
     # 3. SFT on the winners, starting from the current policy
     run_sft(_sft_config(cfg, policy, d / "best.jsonl", d / "sft", r))
     # 4. record
@@ -126,7 +132,9 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
               "best_of_n_mean": _mean(row[b] for row, b in zip(s.scores, best)),
               "sample_mean": _mean(x for row in s.scores for x in row),
               "best_response_tokens": _mean(row[b] for row, b in zip(s.lengths, best))}
-    write_json(d / "round.json", record)
+    if main:
+        write_json(d / "round.json", record)
+    acc.wait_for_everyone()
     return record
 
 
@@ -155,7 +163,7 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
             console.print(f"round {r}: done before, policy {record['policy_out']}")
         else:
             console.print(f"[bold]rejection sampling[/]: round {r} of {cfg.rounds}, from {policy}")
-            record = run_round(cfg, r, policy, prompts, texts, reward, acc.device)
+            record = run_round(cfg, r, policy, prompts, texts, reward, acc)
         rounds.append(record)
         policy = record["policy_out"]
 
@@ -167,9 +175,11 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
                          "sample_mean": _mean(x for row in final.scores for x in row),
                          "best_of_n_mean": _mean(max(row) for row in final.scores)}}
     meta = run_meta("rejection-sampling", cfg, {"prompts": file_sha256(cfg.prompts)}, summary)
-    final_tok = load_tokenizer(policy)
-    # The last round's model as it was saved (in --dtype), not widened to fp32.
-    save_hf(load_causal_lm(policy, final_tok, checkpoint_dtype(policy)), final_tok, out / "model", meta)
-    write_json(out / "summary.json", summary)
-    write_json(out / "prefloop.json", meta)
+    if acc.is_main_process:
+        final_tok = load_tokenizer(policy)
+        # The last round's model as it was saved (in --dtype), not widened to fp32.
+        save_hf(load_causal_lm(policy, final_tok, checkpoint_dtype(policy)), final_tok, out / "model", meta)
+        write_json(out / "summary.json", summary)
+        write_json(out / "prefloop.json", meta)
+    acc.wait_for_everyone()
     return meta

@@ -22,6 +22,7 @@ from prefloop.models.ensemble import EnsembleMode, load_reward_scorer
 from prefloop.rollout import SampleOutput, SamplingConfig, sample
 from prefloop.runtime import StepProgress, make_accelerator, seed_everything
 from prefloop.runtime.accel import Precision
+from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 
 from .common import ConfigError, require
 
@@ -157,11 +158,29 @@ class Samples:
         return [max(range(len(row)), key=row.__getitem__) for row in self.scores]
 
 
-@torch.no_grad()
 def sample_and_score(model, tok, prompt_texts: list[str], k: int, scfg: SamplingConfig, batch_size: int,
                      generator: torch.Generator, max_prompt: int, device="cpu", reward: RewardSource | None = None,
-                     progress: bool = False) -> Samples:
-    """K samples per prompt with our KV-cache sampler, scored batch by batch when `reward` is given."""
+                     progress: bool = False, distributed: bool = False) -> Samples:
+    """K samples per prompt with our KV-cache sampler, scored batch by batch when `reward` is given.
+
+    distributed: in a run of several processes, each samples its share of the prompts (prompt i on process
+    i mod world) and every process returns all of them in prompt order; `generator` must then be seeded per
+    process (`process_seed`), or the processes would repeat each other's draws."""
+    rank, world = rank_and_world() if distributed else (0, 1)
+    mine = my_share(prompt_texts, rank, world)
+    s = _sample_and_score(model, tok, mine, k, scfg, batch_size, generator, max_prompt, device, reward,
+                          progress and rank == 0)
+    if world == 1:
+        return s
+    rows = gather_shares(list(zip(s.responses, s.ended, s.lengths, s.scores or [None] * len(mine))), world)
+    return Samples([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                   [r[3] for r in rows] if reward is not None else None)
+
+
+@torch.no_grad()
+def _sample_and_score(model, tok, prompt_texts: list[str], k: int, scfg: SamplingConfig, batch_size: int,
+                      generator: torch.Generator, max_prompt: int, device, reward: RewardSource | None,
+                      progress: bool) -> Samples:
     model.eval()
     rows = [(i, j) for i in range(len(prompt_texts)) for j in range(k)]
     enc = [encode_prompt(tok, t)[-max_prompt:] for t in prompt_texts]
@@ -263,7 +282,7 @@ def run_sample(cfg: SampleConfig) -> Path:
     if cfg.keep_all and cfg.best_of is None:
         raise ConfigError("--keep-all needs --best-of")
     acc = make_accelerator(cfg.precision)
-    seed_everything(cfg.seed, acc.process_index)
+    seed = seed_everything(cfg.seed, acc.process_index)
     tok = load_tokenizer(cfg.model)
     prompts = read_prompts(cfg.prompts)
     texts = [render_prompt(tok, p.prompt) for p in prompts]
@@ -275,9 +294,11 @@ def run_sample(cfg: SampleConfig) -> Path:
     model = load_causal_lm(cfg.model, tok).to(acc.device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    gen = device_generator(acc.device, cfg.seed)
+    gen = device_generator(acc.device, seed)  # one stream per process: no two processes draw alike
     k = cfg.best_of if cfg.best_of is not None else cfg.num_samples
     s = sample_and_score(model, tok, texts, k, scfg, cfg.batch_size, gen, max(1, cfg.max_length - cfg.max_new_tokens),
-                         acc.device, reward=reward, progress=True)
-    write_jsonl(cfg.out, _records(cfg, prompts, s))
+                         acc.device, reward=reward, progress=True, distributed=True)
+    if acc.is_main_process:
+        write_jsonl(cfg.out, _records(cfg, prompts, s))
+    acc.wait_for_everyone()
     return cfg.out
