@@ -184,14 +184,11 @@ DATA_CASES = {
     "lone_surrogate": {"demos": '{"prompt": "q", "completion": " a\\ud800"}',
                        "pairs": '{"prompt": "q", "chosen": " a\\udc00", "rejected": " b"}',
                        "prompts": '{"prompt": "q\\ud83d"}', "corpus": '{"text": "x\\ud800"}'},
-    "nul": {"demos": '{"prompt": "q\\u0000", "completion": " a"}',
-            "pairs": '{"prompt": "q", "chosen": " a", "rejected": " b\\u0000"}',
-            "prompts": '{"prompt": "q\\u0000"}', "corpus": '{"text": "x\\u0000"}'},
     "duplicate_key": {"demos": '{"prompt": "q", "completion": " a", "completion": " b"}',
                       "pairs": '{"prompt": "q", "chosen": " a", "rejected": " b", "rejected": " a"}',
                       "prompts": '{"prompt": "q", "prompt": "r"}', "corpus": '{"text": "a", "text": "b"}'},
 }
-DATA_MESSAGES = {"lone_surrogate": "lone surrogate", "nul": "NUL character", "duplicate_key": "appears twice"}
+DATA_MESSAGES = {"lone_surrogate": "lone surrogate", "duplicate_key": "appears twice"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

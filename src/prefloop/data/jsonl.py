@@ -4,10 +4,12 @@ Readers stop at the first bad record with a `DataError` naming the file and the 
 lines counted, so the number is the one an editor shows). Blank lines are skipped. The file is read as
 bytes and decoded line by line, so undecodable bytes are reported on their own line.
 
-Beyond well-formed JSON, a record must not hold text no tokenizer can take or that is almost surely
-damage: lone UTF-16 surrogates (`"\\ud800"`, which cannot be encoded as UTF-8) and NUL characters; and
-no object may repeat a key (JSON parsers keep the last value silently, so a pair can lose its rejected
-response). `parse_line` and `text_problem` make these checks available to any other reader (no torch).
+Beyond well-formed JSON, a record must not hold text no tokenizer can take: lone UTF-16 surrogates
+(`"\\ud800"`, which cannot be encoded as UTF-8); and no object may repeat a key (JSON parsers keep the
+last value silently, so a pair can lose its rejected response). NUL characters pass: byte-level tokenizers
+encode them and small models do sample them, so the project's own sample files hold some.
+`parse_line` and `text_problem` (which also reports NULs, for text typed by people) make these checks
+available to any other reader (no torch).
 
 Inside `skipping_invalid()` (the CLI's `--skip-invalid`) readers skip bad records instead of stopping,
 and report how many they skipped and the first few lines on stderr; problems of the whole file (missing,
@@ -57,8 +59,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return d
 
 
-def _string_problem(s: str) -> str | None:
-    if "\x00" in s:
+def _string_problem(s: str, nul: bool = True) -> str | None:
+    if nul and "\x00" in s:
         return "holds a NUL character"
     try:
         s.encode("utf-8")
@@ -67,23 +69,23 @@ def _string_problem(s: str) -> str | None:
     return None
 
 
-def text_problem(obj: Any, where: str = "") -> str | None:
-    """The first string (key or value) in a JSON value that holds a NUL or a lone surrogate, as
-    "field 'a.b[2]' holds ...", or None when all text is clean."""
+def text_problem(obj: Any, where: str = "", *, nul: bool = True) -> str | None:
+    """The first string (key or value) in a JSON value that holds a lone surrogate (or, with `nul`, a NUL),
+    as "field 'a.b[2]' holds ...", or None when all text is clean."""
     if isinstance(obj, str):
-        problem = _string_problem(obj)
+        problem = _string_problem(obj, nul)
         return f"field '{where or 'value'}' {problem}" if problem else None
     if isinstance(obj, dict):
         for k, v in obj.items():
             name = f"{where}.{k}" if where else str(k)
-            if _string_problem(k):
-                return f"key {short(k)} {_string_problem(k)}"
-            found = text_problem(v, name)
+            if _string_problem(k, nul):
+                return f"key {short(k)} {_string_problem(k, nul)}"
+            found = text_problem(v, name, nul=nul)
             if found:
                 return found
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            found = text_problem(v, f"{where}[{i}]")
+            found = text_problem(v, f"{where}[{i}]", nul=nul)
             if found:
                 return found
     return None
@@ -91,7 +93,7 @@ def text_problem(obj: Any, where: str = "") -> str | None:
 
 def parse_line(line: str) -> dict:
     """One JSONL line (decoded) -> the object; raises `RecordError` with the problem (malformed JSON, not
-    an object, a repeated key, a NUL or a lone surrogate in any string)."""
+    an object, a repeated key, a lone surrogate in any string)."""
     try:
         obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
@@ -104,9 +106,9 @@ def parse_line(line: str) -> dict:
         raise RecordError(f"malformed JSON: {e}") from None
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type_name(obj)}")
-    # Both can only come from a \u escape: raw UTF-8 has no surrogates and JSON forbids a raw NUL.
+    # A surrogate can only come from a \u escape: raw UTF-8 has none.
     if "\\u" in line:
-        problem = text_problem(obj)
+        problem = text_problem(obj, nul=False)
         if problem:
             raise RecordError(problem)
     return obj

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
-from prefloop.data.jsonl import text_problem
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
 from prefloop.models.precision import checkpoint_dtype
@@ -114,11 +113,9 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
         write_jsonl(d / "samples.jsonl", [
             {"prompt": prompts[i].prompt, "responses": s.responses[k], "scores": s.scores[k], "ended": s.ended[k],
              "best_index": b} for k, (i, b) in enumerate(zip(idx, best))])
-    # An empty winner (EOS at once), or one holding a NUL (a byte-level model can sample one), is no
-    # demonstration the SFT reader accepts; it is left out and counted.
+    # An empty winner (EOS at once) is no demonstration the SFT reader accepts; it is left out and counted.
     demos = [{"prompt": prompts[i].prompt, "completion": s.responses[k][b]}
-             for k, (i, b) in enumerate(zip(idx, best)) if s.responses[k][b].strip()
-             and text_problem(s.responses[k][b]) is None]
+             for k, (i, b) in enumerate(zip(idx, best)) if s.responses[k][b].strip()]
     if not demos:
         raise ConfigError(f"round {r}: every prompt's best sample is empty; nothing to fine-tune on")
     if main:
