@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark: the run shape, FLOP counts, the matmul peak, summaries.
 
-FLOP convention (BENCHMARKS.md): a matmul weight costs 2 FLOPs per token forward and 4 backward, so a
+FLOP convention (benchmarks/README.md): a matmul weight costs 2 FLOPs per token forward and 4 backward, so a
 training token costs 6 N and a forward-only token 2 N, where N counts the weights that multiply
 activations (the transformer blocks plus the output head; embedding lookups cost no matmul). Attention
 score FLOPs (about 12 * layers * d * T per token) are left out, as in the usual 6 N convention. Only real

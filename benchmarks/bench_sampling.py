@@ -1,6 +1,6 @@
 """Sampling throughput: prefloop.rollout.sample against transformers' model.generate.
 
-Both sample from a randomly initialised tiny Llama (BENCHMARKS.md tiny size: 4 layers, d=256, 8 heads,
+Both sample from a randomly initialised tiny Llama (the "tiny" size of benchmarks/README.md: 4 layers, d=256, 8 heads,
 vocabulary 8,192), fp32, 2 threads, left-padded prompts of mixed lengths (~64 tokens), the same number of
 new tokens per row (fixed length: no early stop), top_k=0, top_p=1. `generate` is asked for tokens only
 (no scores or logits: its fastest setting); `sample` also returns the log-prob of every sampled token.
@@ -45,7 +45,7 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tenso
 
 
 def matmul_peak(size: int = 1024, reps: int = 10) -> float:
-    """fp32 GFLOP/s of a square matmul, the best of `reps` (the limit in BENCHMARKS.md)."""
+    """fp32 GFLOP/s of a square matmul, the best of `reps` (the limit in benchmarks/README.md)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))

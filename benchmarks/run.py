@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one repetition of a few steps (a smoke test)")
     p.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks among {','.join(TASKS)}")
-    p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="model size (BENCHMARKS.md)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="model size (benchmarks/README.md)")
     p.add_argument("--repeats", type=int, default=None, help="repetitions per framework (default 2, quick 1)")
     p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default per task)")
     p.add_argument("--warmup", type=int, default=None, help="leading steps left out of the timing")

@@ -52,7 +52,7 @@ def test_toy_reward_rises(tmp_path, policy_dir, toy_data, toy_reward, cls, run):
     first, last = first_last(rows)
     assert last > first + 3.0, (first, last)  # from about 0.2 letters "o" per response to more than 10
     # On-policy (one epoch, one minibatch): the ratio is exactly 1 and the sampler's log-probs are the
-    # training forward's (PPO.md item 19).
+    # training forward's (docs/ppo.md item 19).
     assert all(r["policy/ratio_mean"] == pytest.approx(1.0) and r["policy/clipfrac"] == 0.0 for r in rows)
     assert max(r["rollout/logprob_gap"] for r in rows) < 1e-4
     # The policy moved away from the reference, and the KL was measured and charged where configured.

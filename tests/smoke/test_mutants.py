@@ -31,7 +31,7 @@ def capture_rollout(monkeypatch, trainer: PPOTrainer) -> list:
 
 
 def test_ppo_reference_logprobs_use_the_sampling_temperature(tmp_path, policy_dir, reward_dir, toy_data):
-    """PPO.md item 5: with the reference equal to the policy, the first rollout has KL exactly 0 at any
+    """docs/ppo.md item 5: with the reference equal to the policy, the first rollout has KL exactly 0 at any
     temperature; a reference scored at temperature 1 would give a KL of the size of the tempering."""
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, temperature=0.5, normalize_reward=False)
     m = PPOTrainer(cfg).step(0)
@@ -40,7 +40,7 @@ def test_ppo_reference_logprobs_use_the_sampling_temperature(tmp_path, policy_di
 
 
 def test_ppo_advantages_are_whitened_gae(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
-    """PPO.md item 15: the optimiser sees GAE advantages whitened over the rollout (masked mean 0, variance 1),
+    """docs/ppo.md item 15: the optimiser sees GAE advantages whitened over the rollout (masked mean 0, variance 1),
     and returns = raw GAE advantages + values."""
     t = PPOTrainer(ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=1))
     seen = capture_rollout(monkeypatch, t)
@@ -56,7 +56,7 @@ def test_ppo_advantages_are_whitened_gae(tmp_path, policy_dir, reward_dir, toy_d
 
 
 def test_ppo_reshuffles_every_epoch(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
-    """PPO.md item 16: each PPO epoch covers the rollout once, in a fresh random order of minibatches."""
+    """docs/ppo.md item 16: each PPO epoch covers the rollout once, in a fresh random order of minibatches."""
     import prefloop.recipes.ppo as ppo
 
     minibatches = []

@@ -1,4 +1,4 @@
-"""PPO on micro models: the reward rises, and each PPO.md detail is checked where the recipe applies it."""
+"""PPO on micro models: the reward rises, and each docs/ppo.md detail is checked where the recipe applies it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from prefloop.recipes.ppo import PPOConfig, PPOTrainer
 from prefloop.runtime import read_metrics
 
-# PPO.md item 19: what every update must log.
+# docs/ppo.md item 19: what every update must log.
 LOGGED = ["rollout/score_mean", "rollout/kl_penalty", "rollout/reward_total", "kl/k1", "kl/k3",
           "policy/entropy", "policy/clipfrac", "policy/approxkl", "loss/value", "value/explained_variance",
           "rollout/response_length", "rollout/no_eos_fraction", "rollout/logprob_gap", "loss/policy", "kl/coef"]
@@ -32,13 +32,13 @@ def test_ppo_raises_reward_and_logs_everything(tmp_path, policy_dir, reward_dir,
     first = sum(r["rollout/score_mean"] for r in rows[:4]) / 4
     last = sum(r["rollout/score_mean"] for r in rows[-4:]) / 4
     assert last > first + 0.5, (first, last)
-    # PPO.md item 5/19: log-probs seen while sampling equal those recomputed for training.
+    # docs/ppo.md item 5/19: log-probs seen while sampling equal those recomputed for training.
     assert max(r["rollout/logprob_gap"] for r in rows) < 1e-4
     assert (cfg.out / "model" / "model.safetensors").exists() and (cfg.out / "critic" / "config.json").exists()
 
 
 def test_value_head_critic_option(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
-    """PPO.md item 9: the value head starts at zero, learns from the value loss, and is what the run saves
+    """docs/ppo.md item 9: the value head starts at zero, learns from the value loss, and is what the run saves
     (no separate critic)."""
     from prefloop.models import ValueHead
 
@@ -60,7 +60,7 @@ def test_value_head_critic_option(tmp_path, policy_dir, reward_dir, toy_data, mo
 
 
 def test_reward_normalisation_centres_initial_scores(tmp_path, policy_dir, reward_dir, toy_data):
-    """PPO.md item 10: the initial policy's samples score mean 0, std 1 after the gain and bias."""
+    """docs/ppo.md item 10: the initial policy's samples score mean 0, std 1 after the gain and bias."""
     t = PPOTrainer(ppo_config(tmp_path, policy_dir, reward_dir, toy_data, rollout_batch_size=64, batch_size=64))
     raw = t.calibrate_reward()
     z = raw * t.reward_gain + t.reward_bias
@@ -74,7 +74,7 @@ def test_reward_normalisation_centres_initial_scores(tmp_path, policy_dir, rewar
 
 
 def test_no_eos_penalty(tmp_path, policy_dir, reward_dir, toy_data):
-    """PPO.md item 4: with 1 new token nothing ends, so every score is the fixed penalty."""
+    """docs/ppo.md item 4: with 1 new token nothing ends, so every score is the fixed penalty."""
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_new_tokens=1, max_steps=1, no_eos_penalty=-3.0)
     m = PPOTrainer(cfg).step(0)
     assert m["rollout/no_eos_fraction"] == pytest.approx(1.0)
@@ -83,7 +83,7 @@ def test_no_eos_penalty(tmp_path, policy_dir, reward_dir, toy_data):
 
 @pytest.mark.parametrize("seed", [1])  # a seed for which "beta ends above its start" did not hold
 def test_adaptive_kl_moves_coefficient(tmp_path, policy_dir, reward_dir, toy_data, seed):
-    """PPO.md item 14: each update moves beta by the controller's rule applied to the KL that update logs,
+    """docs/ppo.md item 14: each update moves beta by the controller's rule applied to the KL that update logs,
     beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon). The rule, not the sign of the
     sampled KL, is what holds for every seed: k1 of a few samples can be negative, and then even a tiny
     target lowers beta. Update 1 samples the reference itself (KL 0), so beta falls there for any target."""
@@ -102,7 +102,7 @@ def test_adaptive_kl_moves_coefficient(tmp_path, policy_dir, reward_dir, toy_dat
 
 
 def test_micro_batches_match_full_batch(tmp_path, policy_dir, reward_dir, toy_data):
-    """PPO.md item 17: gradient accumulation over micro-batches gives the same update as one batch."""
+    """docs/ppo.md item 17: gradient accumulation over micro-batches gives the same update as one batch."""
     params = []
     for micro in (None, 2):
         cfg = ppo_config(tmp_path / str(micro), policy_dir, reward_dir, toy_data, max_steps=1, ppo_epochs=1,
@@ -114,7 +114,7 @@ def test_micro_batches_match_full_batch(tmp_path, policy_dir, reward_dir, toy_da
 
 
 def test_ppo_defaults_follow_the_references():
-    """PPO.md items 3, 11, 15-18: sampling, GAE, clipping and optimiser defaults."""
+    """docs/ppo.md items 3, 11, 15-18: sampling, GAE, clipping and optimiser defaults."""
     c = PPOConfig()
     assert (c.top_k, c.top_p, c.gamma, c.lam, c.clip_eps, c.clip_eps_value, c.vf_coef, c.ppo_epochs) == (
         0, 1.0, 1.0, 0.95, 0.2, 0.2, 0.1, 4)

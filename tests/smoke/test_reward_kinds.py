@@ -165,7 +165,7 @@ def test_bad_feedback_is_refused_with_file_and_line(tmp_path, world_feedback, po
                                         ("ratings", ["--rating-loss", "ordinal"])])
 def test_two_processes_match_one(tmp_path, world_feedback, data, flags):
     from .test_distributed import launch
-    from .test_resume import assert_same, weights
+    from .test_resume import weights
 
     common = dict(model=str(world_feedback["policy"]), data=world_feedback[data], max_steps=3, batch_size=8,
                   max_length=96, lr=3e-3, eval_fraction=0.2)
@@ -175,7 +175,12 @@ def test_two_processes_match_one(tmp_path, world_feedback, data, flags):
     assert res.returncode == 0, res.stderr[-3000:]
     extra = {"ranking_loss": "plackett-luce"} if data == "rankings" else {"rating_loss": "ordinal"}
     one = run_reward(RewardConfig(**common, **extra, out=tmp_path / "one"))
-    assert_same(weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model"))
+    # Two processes sum the gradient in another order; Adam divides by sqrt(v), so a weight whose gradient is
+    # near 0 can move by ~lr * 1e-3 more or less (seen: 1 of 2,048 by 1e-5): compare at that scale.
+    one, two = weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], atol=3e-5, rtol=1e-4)
     two = json.loads((tmp_path / "ddp" / "prefloop.json").read_text())
     if data == "ratings":
         assert two["ordinal"]["thresholds"] == pytest.approx(one["ordinal"]["thresholds"], rel=1e-4)

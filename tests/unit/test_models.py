@@ -24,7 +24,7 @@ from prefloop.models import (
 
 @pytest.mark.parametrize("make", [llama_config, gpt2_config])
 def test_reward_read_at_last_real_token_with_any_padding(make):
-    """PPO.md item 8: the same sequence scores the same alone, left padded and right padded."""
+    """docs/ppo.md item 8: the same sequence scores the same alone, left padded and right padded."""
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_config(make(50, "micro", num_labels=1, pad_token_id=0)).eval()
     seq = torch.tensor([[5, 6, 7, 8]])
@@ -42,7 +42,7 @@ def test_reward_read_at_last_real_token_with_any_padding(make):
 
 
 def test_reward_head_init_and_value_head_zero():
-    """PPO.md item 9: reward head ~ N(0, 1/sqrt(d+1)); a value head starts at zero."""
+    """docs/ppo.md item 9: reward head ~ N(0, 1/sqrt(d+1)); a value head starts at zero."""
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_config(llama_config(50, "small", num_labels=1, pad_token_id=0))
     init_score_head(rm)
@@ -53,7 +53,7 @@ def test_reward_head_init_and_value_head_zero():
 
 
 def test_dropout_disabled_on_load(tmp_path):
-    """PPO.md item 12: dropout off, so two forwards in train mode agree."""
+    """docs/ppo.md item 12: dropout off, so two forwards in train mode agree."""
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_config(gpt2_config(50, "micro", resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))

@@ -1,4 +1,4 @@
-"""Diversity of generated text: distinct-n and self-BLEU (the cost of mode seeking, EVALUATION.md).
+"""Diversity of generated text: distinct-n and self-BLEU (the cost of mode seeking, docs/EVALUATION.md).
 
 Texts are compared as lower-cased whitespace tokens, so the numbers do not depend on a model's tokenizer.
 """
@@ -84,7 +84,7 @@ def expectation_adjusted_distinct(token_seqs: list[list], n: int, vocab_size: in
 
 
 def ead(texts: list[str], vocab_size: int, max_n: int = 5) -> float:
-    """EAD averaged over n = 1..max_n on whitespace words (EVALUATION.md, "Diversity")."""
+    """EAD averaged over n = 1..max_n on whitespace words (docs/EVALUATION.md)."""
     toks = [words(t) for t in texts]
     return sum(expectation_adjusted_distinct(toks, n, vocab_size) for n in range(1, max_n + 1)) / max_n
 

@@ -38,7 +38,7 @@ def sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingCo
                   reward_model=None, batch_size: int = 64, seed: int = 0, max_prompt: int = 192,
                   device="cpu", entropy: bool = False) -> PolicySamples:
     """Sample K completions per prompt; with a reference, the per-sequence KL(policy || reference)
-    estimated on the samples (k1 = sum of log-ratios, k3 = its non-negative estimator, EVALUATION.md);
+    estimated on the samples (k1 = sum of log-ratios, k3 = its non-negative estimator, docs/EVALUATION.md);
     with a reward model, its score of each sample; with `entropy`, the mean entropy of the policy's
     tempered next-token distribution over each sample's tokens (one more forward pass).
     In a run of several processes each samples its share of the prompts with its own random stream, and
@@ -103,7 +103,7 @@ def _sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingC
 
 def sequence_entropy(policy, out, temperature: float) -> list[float]:
     """Mean per-token entropy H(pi(. | s_t)) over each sampled response (masked), at the sampling temperature:
-    the policy-entropy measure of diversity (EVALUATION.md; Kirk et al. 2023)."""
+    the policy-entropy measure of diversity (docs/EVALUATION.md; Kirk et al. 2023)."""
     _, logits = response_logprobs(policy, out.query_ids, out.query_mask, out.response_ids, out.response_mask,
                                   temperature, return_logits=True)
     return masked_mean_rows(entropy_from_logits(logits, temperature), out.response_mask)
@@ -116,7 +116,7 @@ def masked_mean_rows(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
 
 
 def never_end_fraction(ended: list[bool]) -> float:
-    """Fraction of responses that hit the token limit without their end token (EVALUATION.md)."""
+    """Fraction of responses that hit the token limit without their end token (docs/EVALUATION.md)."""
     return sum(not e for e in ended) / len(ended) if ended else float("nan")
 
 

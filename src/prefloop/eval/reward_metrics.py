@@ -1,6 +1,6 @@
 """Reward-model metrics on held-out comparisons: accuracy (ties wrong), calibration, accuracy per pool.
 
-Pure Python on lists of scores, so they test by hand. EVALUATION.md, "Reward models".
+Pure Python on lists of scores, so they test by hand. docs/EVALUATION.md.
 """
 
 from __future__ import annotations

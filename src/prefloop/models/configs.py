@@ -5,8 +5,8 @@ from __future__ import annotations
 SIZES = {
     # name: (layers, hidden, heads, intermediate)
     "micro": (2, 32, 2, 64),      # unit and smoke tests: milliseconds per step
-    "tiny": (4, 256, 4, 1024),    # BENCHMARKS.md "tiny" (with a vocabulary of 8,192: ~5.4M parameters)
-    "small": (6, 512, 8, 2048),   # BENCHMARKS.md "small" (~23M parameters)
+    "tiny": (4, 256, 4, 1024),    # benchmarks/README.md "tiny" (with a vocabulary of 8,192: ~5.4M parameters)
+    "small": (6, 512, 8, 2048),   # benchmarks/README.md "small" (~23M parameters)
     "demo": (4, 128, 4, 384),     # the demo world's base model (~1M parameters with a ~1k vocabulary)
     "demo-tiny": (2, 96, 4, 256),
 }

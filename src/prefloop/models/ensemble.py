@@ -11,7 +11,7 @@ Ensembles Help Mitigate Overoptimization"):
   penalises the variance; the standard deviation keeps the penalty in reward units).
 
 Members should share a score scale: they are trained on the same comparisons from the same initial model,
-and PPO normalises the combined score on the initial policy's samples anyway (PPO.md item 10).
+and PPO normalises the combined score on the initial policy's samples anyway (docs/ppo.md item 10).
 """
 
 from __future__ import annotations

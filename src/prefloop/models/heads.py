@@ -28,7 +28,7 @@ def hidden_states(model, input_ids, attention_mask) -> torch.Tensor:
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row (PPO.md item 8), for any mix of left and right padding."""
+    """Index of the last real token of each row (docs/ppo.md item 8), for any mix of left and right padding."""
     idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (idx * attention_mask.long()).argmax(-1)
 
@@ -47,7 +47,7 @@ def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 
 class ValueHead(nn.Module):
-    """A scalar head on the policy trunk, initialised at zero (PPO.md item 9): the cheaper critic."""
+    """A scalar head on the policy trunk, initialised at zero (docs/ppo.md item 9): the cheaper critic."""
 
     def __init__(self, hidden_size: int):
         super().__init__()

@@ -83,7 +83,7 @@ def _is_dropout_name(name: str) -> bool:
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
-    """Every dropout off (PPO.md item 12): log-probs must be deterministic functions of the weights, also in
+    """Every dropout off (docs/ppo.md item 12): log-probs must be deterministic functions of the weights, also in
     training mode. Zeroes `nn.Dropout` modules, dropout probabilities that modules keep as plain numbers,
     and the dropout fields of the model's configs (so the saved config.json says what training used)."""
     configs = {}
@@ -140,7 +140,7 @@ def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
 
 
 def init_score_head(model) -> None:
-    """Reward head ~ N(0, 1/sqrt(d_model + 1)), bias 0 (PPO.md item 9; Ziegler et al. 2019)."""
+    """Reward head ~ N(0, 1/sqrt(d_model + 1)), bias 0 (docs/ppo.md item 9; Ziegler et al. 2019)."""
     head = model.score
     d = head.weight.shape[-1]
     nn.init.normal_(head.weight, std=1.0 / math.sqrt(d + 1))

@@ -100,7 +100,7 @@ class GroupPGConfig(CommonConfig):
     """Score given to a response that never ends instead of the reward's (None: keep the reward)."""
     max_new_tokens: int = 32
     temperature: float = 0.7
-    """Sampling temperature; the same temperature scales old, new and reference log-probs (PPO.md item 5)."""
+    """Sampling temperature; the same temperature scales old, new and reference log-probs (docs/ppo.md item 5)."""
     top_p: float = 1.0
     top_k: int = 0
     stop_at_eos: bool = True

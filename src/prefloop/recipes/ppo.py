@@ -1,6 +1,6 @@
 """PPO with a KL penalty to a reference policy (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022).
 
-One update, top to bottom (see ../shared/docs/PPO.md for the details each step follows):
+One update, top to bottom (see docs/ppo.md for the details each step follows):
   1. rollout    sample completions of a batch of prompts from the current policy (our KV-cache sampler)
   2. score      reward model at the last real token (normalised; fixed penalty if no EOS), log-probs of
                 the policy and the reference, values of the critic
@@ -89,7 +89,7 @@ class PPOConfig(CommonConfig):
     """Passes over each rollout batch."""
     max_new_tokens: int = 32
     temperature: float = 0.7
-    """Sampling temperature; the same temperature scales old, new and reference log-probs (PPO.md item 5)."""
+    """Sampling temperature; the same temperature scales old, new and reference log-probs (docs/ppo.md item 5)."""
     top_p: float = 1.0
     top_k: int = 0
     stop_at_eos: bool = True
@@ -107,7 +107,7 @@ class PPOConfig(CommonConfig):
     """Keep a copy of the policy every N updates in OUT/checkpoints/step-N (0: none), e.g. for
     `prefloop eval checkpoints` (gold and proxy reward against KL over the run)."""
     normalize_reward: bool = True
-    """Gain and bias so that samples of the initial policy score mean 0 and std 1 (PPO.md item 10)."""
+    """Gain and bias so that samples of the initial policy score mean 0 and std 1 (docs/ppo.md item 10)."""
     whiten_rewards: bool = False
     gamma: float = 1.0
     lam: float = 0.95
@@ -130,7 +130,7 @@ def _kl_controller(cfg: PPOConfig):
 
 @torch.no_grad()
 def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_mask, temperature, chunk):
-    """Old log-probs, reference log-probs, values and raw scores for a sampled batch (PPO.md items 5, 8)."""
+    """Old log-probs, reference log-probs, values and raw scores for a sampled batch (docs/ppo.md items 5, 8)."""
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
     R = r_ids.shape[1]
     logp, ref_logp, values, scores = [], [], [], []
@@ -235,7 +235,7 @@ class PPOTrainer:
         return float(allx.mean()), float(allx.std().clamp(min=1e-6))
 
     def calibrate_reward(self) -> torch.Tensor:
-        """PPO.md item 10: rewards of the initial policy's samples get mean 0 and std 1. Returns the raw
+        """docs/ppo.md item 10: rewards of the initial policy's samples get mean 0 and std 1. Returns the raw
         scores of this process's calibration samples."""
         out = self._sample(self._prompt_batch(0))
         with torch.no_grad():
@@ -306,7 +306,7 @@ class PPOTrainer:
             logp, ref_logp, values, raw = _forward_rollout(pf, cf, self.ref, self.rm, out.query_ids, out.query_mask,
                                                            out.response_ids, out.response_mask, T, chunk)
             scores = raw * self.reward_gain + self.reward_bias
-            if cfg.no_eos_penalty is not None:  # the "EOS trick" (PPO.md item 4)
+            if cfg.no_eos_penalty is not None:  # the "EOS trick" (docs/ppo.md item 4)
                 scores = torch.where(out.ended.to(scores.device), scores, torch.full_like(scores, cfg.no_eos_penalty))
             mask = out.response_mask.float()
             # 3. per-token rewards (KL penalty + score at the last token), GAE, whitened advantages

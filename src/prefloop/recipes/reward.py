@@ -6,7 +6,7 @@
   or the Plackett-Luce likelihood of the whole ranking (`--ranking-loss plackett-luce`).
 - ratings: regression onto the rating mapped to [-1, 1], or an ordered-logit model with K - 1 learned
   thresholds (`--rating-loss ordinal`); either way the score is a scalar reward.
-The reward is read at the last real token. One epoch with an annealed learning rate is the default (PPO.md
+The reward is read at the last real token. One epoch with an annealed learning rate is the default (docs/ppo.md
 item 11). `--ensemble-size N` trains N members with seeds seed, seed + 1, ... (different head inits and
 data orders, the same held-out split) into OUT/members/<i>/ and writes OUT/ensemble.json, which
 `prefloop.models.ensemble.load_reward_scorer` (PPO, GRPO, best-of-n) reads. The math is in `prefloop.rl`.

@@ -1,7 +1,7 @@
 """prefloop.rl: the pure tensor math of RLHF (imports torch only).
 
 Log-probs from logits, masked statistics, KL estimators and controllers, per-token rewards and GAE,
-losses returning (loss, stats), and typed batch containers. Recipes compose these; see docs/PPO.md.
+losses returning (loss, stats), and typed batch containers. Recipes compose these; see docs/docs/ppo.md.
 """
 
 from .advantages import gae, token_rewards

@@ -1,7 +1,7 @@
 """Per-token rewards and generalised advantage estimation over right-padded responses.
 
 Responses are (B, R) with a mask that is 1 for a prefix of each row (up to and including EOS) and 0 after
-(PPO.md item 6). Everything returned is 0 after the mask.
+(docs/ppo.md item 6). Everything returned is 0 after the mask.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def token_rewards(
     scores: (B,) reward-model scores; logprobs, ref_logprobs, mask: (B, R). Returns (rewards, kl), both
     (B, R): kl_t = log pi(a_t) - log pi_ref(a_t) (k1) at real tokens and 0 after; rewards_t = -kl_coef * kl_t,
     plus scores[b] at the last real token of row b (Ziegler et al. 2019 eq. 2; Stiennon et al. 2020 eq. 1;
-    PPO.md item 13). A row with no real token gets no score and is all 0. No gradient flows to the outputs.
+    docs/ppo.md item 13). A row with no real token gets no score and is all 0. No gradient flows to the outputs.
     """
     m = mask.bool()
     with torch.no_grad():

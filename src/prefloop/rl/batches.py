@@ -1,4 +1,4 @@
-"""Typed batch containers (STYLE.md practice 6): dataclasses of tensors with their shapes, not dicts.
+"""Typed batch containers (docs/DESIGN.md): dataclasses of tensors with their shapes, not dicts.
 
 Every tensor field is indexed by the batch dimension first. `select` slices all of them along it (for
 minibatches), `to` moves them; fields left as None (not computed yet) are carried through as None.

@@ -87,7 +87,7 @@ def kl_penalised_scores(
     kl_coef: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL folded into the reward: r_i - beta * sum_t (log pi(a_t) - log pi_ref(a_t)) (Ahmadian et al. 2024,
-    eq. 2; the sequence-level form of Ziegler et al. 2019's per-token penalty, PPO.md item 13).
+    eq. 2; the sequence-level form of Ziegler et al. 2019's per-token penalty, docs/ppo.md item 13).
 
     scores: (B,); logprobs, ref_logprobs, mask: (B, T) of the sampled tokens. Returns (B,) without gradient.
     stats: kl/k1 (mean over sequences of the summed k1), rollout/kl_penalty (mean of -beta * that).

@@ -14,7 +14,7 @@ import torch
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k1 = log pi(a) - log pi_ref(a), elementwise; (B, T) -> (B, T). The per-token KL penalty (PPO.md 13)."""
+    """k1 = log pi(a) - log pi_ref(a), elementwise; (B, T) -> (B, T). The per-token KL penalty (docs/ppo.md 13)."""
     return logprobs - ref_logprobs
 
 

@@ -1,4 +1,4 @@
-"""Token log-probabilities and entropies from logits, temperature-scaled (PPO.md item 5)."""
+"""Token log-probabilities and entropies from logits, temperature-scaled (docs/ppo.md item 5)."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def clipped_value_loss(
     """Clipped value loss 0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2), masked mean.
 
     values: (B, T) V_phi(s_t), with gradient; old_values: (B, T) from the rollout; returns: (B, T) GAE
-    targets; mask: (B, T). As in OpenAI baselines' ppo2 and lm-human-preferences (PPO.md item 16);
+    targets; mask: (B, T). As in OpenAI baselines' ppo2 and lm-human-preferences (docs/ppo.md item 16);
     old_values and returns are constants. stats: loss/value, value/clipfrac (share of tokens where the
     clipped term is strictly larger), value/mean (masked mean of V).
     """

@@ -36,7 +36,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """Variance of x over all entries where mask is set; scalar.
 
-    Biased (divide by n) by default, as in lm-human-preferences' whitening (PPO.md item 15); unbiased divides
+    Biased (divide by n) by default, as in lm-human-preferences' whitening (docs/ppo.md item 15); unbiased divides
     by n - 1 and, like torch.var, gives nan or inf for a single entry. Two-pass (mean first) for accuracy.
     """
     mean = masked_mean(x, mask)
@@ -78,7 +78,7 @@ def masked_whiten(
     """Whiten x over the entries where mask is set: (x - mean) / sqrt(var + eps), biased var.
 
     x, mask: (B, T) (any shape). Returns x's shape and dtype, 0 where mask is 0. With shift_mean=False the
-    mean is added back (rewards are whitened without shifting their mean, PPO.md item 15; Ziegler et al.
+    mean is added back (rewards are whitened without shifting their mean, docs/ppo.md item 15; Ziegler et al.
     2019). With distributed=True and torch.distributed initialised, the statistics are over the masked
     entries of all processes (one all_reduce of [sum, sum of squares, count]). The statistics are treated
     as constants: no gradient flows through them.

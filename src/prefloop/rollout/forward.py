@@ -1,6 +1,6 @@
 """Plain full forwards over padded batches: logits and response log-probs.
 
-These are the reference computations the sampler must agree with (PPO.md item 19: the gap between the
+These are the reference computations the sampler must agree with (docs/ppo.md item 19: the gap between the
 log-probs seen while sampling and those recomputed for training should be ~0), and the forwards the PPO
 update uses for old, new and reference log-probs.
 """
@@ -18,7 +18,7 @@ __all__ = ["model_logits", "position_ids_from_mask", "response_logprobs"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip padding (PPO.md item 2): (B, T) mask -> (B, T) long.
+    """Position ids that skip padding (docs/ppo.md item 2): (B, T) mask -> (B, T) long.
 
     Left pads get position 0 (they are masked anyway); right pads repeat the last real position.
     """
@@ -91,7 +91,7 @@ def response_logprobs(
     """Temperature-scaled log-probs of the response tokens under `model`, one forward over query+response.
 
     Shapes: query (B, P) left padded, response (B, R). Returns logprobs (B, R) = log softmax(logits / T)
-    at each response token (PPO.md item 5), 0 where `response_mask` is 0; with `return_logits` also the
+    at each response token (docs/ppo.md item 5), 0 where `response_mask` is 0; with `return_logits` also the
     unscaled logits (B, R, V) at the positions that predict the response (for the entropy bonus).
 
     The logits at position t predict token t + 1, so the R predicting positions are P - 1 .. P + R - 2.

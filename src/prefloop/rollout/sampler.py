@@ -1,9 +1,9 @@
-"""Batched sampling with a KV cache: the rollout phase of RL (PPO.md items 1-6).
+"""Batched sampling with a KV cache: the rollout phase of RL (docs/ppo.md items 1-6).
 
 One prefill over the left-padded prompts, then one token per step for the whole batch. Rows that have
 ended keep running (the batch stays rectangular) but emit pad. The log-prob of every sampled token is
 recorded at the moment it is drawn, so PPO needs no extra forward for the "old" log-probs of the
-sampling policy (it still recomputes them for training; the gap is logged, PPO.md item 19).
+sampling policy (it still recomputes them for training; the gap is logged, docs/ppo.md item 19).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ __all__ = ["SampleOutput", "SamplingConfig", "sample"]
 
 @dataclass
 class SamplingConfig:
-    """How to sample responses. Defaults follow PPO.md item 3: plain samples of the policy."""
+    """How to sample responses. Defaults follow docs/ppo.md item 3: plain samples of the policy."""
 
     max_new_tokens: int
     """Response length cap R (the exact length in fixed-length modes)."""
     eos_token_id: int
     """End-of-sequence token; kept in the response and in `response_mask`."""
     pad_token_id: int
-    """Written after the end of a response. Must differ from EOS (PPO.md item 1). It is not excluded
+    """Written after the end of a response. Must differ from EOS (docs/ppo.md item 1). It is not excluded
     from sampling: a policy that samples it gets an ordinary (unmasked) token."""
     temperature: float = 1.0
-    """Logits are divided by this before sampling and before the log-probs (PPO.md item 5)."""
+    """Logits are divided by this before sampling and before the log-probs (docs/ppo.md item 5)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability sums to >= top_p. 1 = off."""
     top_k: int = 0
@@ -41,7 +41,7 @@ class SamplingConfig:
     """End a response at its first EOS and stop once every row has ended. False (and no truncation
     token): sample exactly `max_new_tokens` and treat EOS as an ordinary token."""
     truncate_token_id: int | None = None
-    """Fixed-length mode (PPO.md item 4): sample exactly `max_new_tokens`, then mask everything after the
+    """Fixed-length mode (docs/ppo.md item 4): sample exactly `max_new_tokens`, then mask everything after the
     first occurrence of this token. Takes precedence over `stop_at_eos`."""
     greedy: bool = False
     """Take the argmax instead of sampling (evaluation; never for RL rollouts)."""
@@ -67,7 +67,7 @@ class SampleOutput:
     longest response. `logprobs` are log softmax(logits / T) of the sampled tokens: the policy's own
     tempered distribution, taken BEFORE top-k/top-p truncation (what PPO's ratio and KL need; with the RL
     defaults top_k=0, top_p=1 it is also the distribution sampled from). Recomputing them with
-    `response_logprobs` at the same temperature gives the same values (PPO.md item 19).
+    `response_logprobs` at the same temperature gives the same values (docs/ppo.md item 19).
     """
 
     query_ids: torch.Tensor  # (B, P) long, left padded
@@ -88,7 +88,7 @@ def _check_config(cfg: SamplingConfig) -> None:
     if cfg.pad_token_id == cfg.eos_token_id:
         raise ValueError(
             f"pad_token_id == eos_token_id == {cfg.eos_token_id}: pad must be a distinct token, otherwise "
-            "EOS is masked out of training and the policy never learns to stop (PPO.md item 1); "
+            "EOS is masked out of training and the policy never learns to stop (docs/ppo.md item 1); "
             "see prefloop.models.ensure_pad_token"
         )
     if cfg.max_new_tokens < 1:
@@ -225,9 +225,9 @@ def sample(
 ) -> SampleOutput:
     """Sample one response per prompt. `query_ids`, `query_mask`: (B, P), left padded.
 
-    Prefill the prompts with position ids from the mask (PPO.md item 2), then decode one token per step
+    Prefill the prompts with position ids from the mask (docs/ppo.md item 2), then decode one token per step
     from the KV cache, each new token at position previous + 1. The model's train/eval mode is the
-    caller's (eval for rollouts: dropout off, PPO.md item 12). `generator` (on the model's device) makes
+    caller's (eval for rollouts: dropout off, docs/ppo.md item 12). `generator` (on the model's device) makes
     the draws reproducible.
     """
     _check_config(cfg)

@@ -1,4 +1,4 @@
-"""Seeding: every process gets its own stream (PPO.md item 7), recorded so a run can be reproduced."""
+"""Seeding: every process gets its own stream (docs/ppo.md item 7), recorded so a run can be reproduced."""
 
 from __future__ import annotations
 

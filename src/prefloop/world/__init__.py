@@ -1,7 +1,7 @@
 """The synthetic assistant world: an offline stand-in for people, prompts and the internet.
 
 No model weights or data sets can be downloaded, so the demo makes its own world in which the true human
-preference is known (ARCHITECTURE.md, "The synthetic assistant world"):
+preference is known (docs/DESIGN.md; the README's demo section shows what it measures):
 
 - `questions`: five task families from templates and a seeded knowledge base of invented countries
   (arithmetic, facts, advice, harmful requests to refuse, borderline requests that only look harmful);

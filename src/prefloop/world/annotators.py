@@ -14,7 +14,7 @@ Default rationality and noise (`DEFAULT_RATIONALITY`, `DEFAULT_NOISE`) are calib
 annotator agrees with the gold ordering on about 75% of pairs of demonstrator responses to the same
 prompt (gold ties excluded): measured 76% (75.7-77.1% over 4 seeds, 4,000 pairs each; 75% with the
 default pool mix of `WorldConfig`), matching the 72-77% reported by Stiennon et al. 2020 and Ouyang et al.
-2022 (docs/FEEDBACK.md). Pairs that also differ in correctness are easier: on persona-vs-persona pairs
+2022. Pairs that also differ in correctness are easier: on persona-vs-persona pairs
 (`World.persona_comparisons`) agreement is about 86%.
 
 Pools (`POOLS`):
@@ -218,7 +218,7 @@ def make_annotators(n: int, pool_mix: dict[str, float] | None = None,
 
 def label_pairs(prompts: Sequence, responses_a: Sequence[str], responses_b: Sequence[str],
                 annotators: Sequence[Annotator], seed: int = 0) -> list[dict]:
-    """Comparison records (the JSONL contract of ARCHITECTURE.md), each pair labelled by one annotator
+    """Comparison records (the JSONL contract of the README's data formats), each pair labelled by one annotator
     drawn at random. Pairs with identical responses (after stripping) or an empty response are skipped:
     the first cannot be learned from and the second is not a valid record.
 
