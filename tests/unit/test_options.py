@@ -71,7 +71,7 @@ def test_command_help_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "--rollout-batch-size INT" in res.stdout and "--precision {auto,fp32,bf16}" in res.stdout
+    assert "--rollout-batch-size INT" in res.stdout and "--precision {auto,fp32,bf16,fp16}" in res.stdout
 
 
 def test_metrics_file_appears_with_the_first_logged_step(tmp_path):
