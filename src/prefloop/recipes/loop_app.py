@@ -53,7 +53,7 @@ def ensure_project(admin, cfg, rnd: int, items: list[dict]) -> int:
             for i, it in enumerate(items) if len({r.strip() for r in it["responses"]}) == 2
             and all(r.strip() and "\x00" not in r for r in it["responses"])]  # the app refuses NUL in text
     for s in range(0, len(rows), IMPORT_CHUNK):
-        admin._request("POST", f"/api/projects/{p['id']}/items", json={"items": rows[s:s + IMPORT_CHUNK]})
+        admin.import_items(p["id"], rows[s:s + IMPORT_CHUNK])
     return int(p["id"])
 
 
