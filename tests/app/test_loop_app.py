@@ -72,12 +72,12 @@ def test_the_loop_refills_the_queue_in_portions_while_annotators_work(server, wo
                      rm_batch=8, eval_prompts=4, eval_k=2, heldout_fraction=0.25, feedback="app",
                      app_url=server.url, app_token=server.tokens["admin"], overlap=2, simulate=True,
                      pool_factor=2.0, candidates=3, app_refill_below=3, app_refill_portion=4)
-    imports = []  # (items in the project, judgments so far, pairs imported now) at each import
+    imports = []  # (items in the project, judgments so far, pairs imported now, items left to hand out)
     real_import = loop_app.import_rows
 
     def watched(admin, pid, rows):
         progress = admin._request("GET", f"/api/projects/{pid}/stats").json()["progress"]
-        imports.append((progress["items"], progress["judgments"], len(rows)))
+        imports.append((progress["items"], progress["judgments"], len(rows), progress["available_items"]))
         return real_import(admin, pid, rows)
 
     monkeypatch.setattr(loop_app, "import_rows", watched)
@@ -86,10 +86,12 @@ def test_the_loop_refills_the_queue_in_portions_while_annotators_work(server, wo
         pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == loop_app.project_name(cfg, 1))
         progress = c.get(f"/api/projects/{pid}/stats").json()["progress"]
     # The budget's 16 pairs went in as four portions of 4, each after the annotators had judged part of the
-    # previous ones; every pair was judged twice, as without refilling.
-    assert [(items, n) for items, _, n in imports] == [(0, 4), (4, 4), (8, 4), (12, 4)]
-    judged = [j for _, j, _ in imports]
+    # previous ones and before the queue ran dry (fewer than 3 items, but some, left to hand out); every pair
+    # was judged twice, as without refilling.
+    assert [(items, n) for items, _, n, _ in imports] == [(0, 4), (4, 4), (8, 4), (12, 4)]
+    judged = [j for _, j, _, _ in imports]
     assert judged[0] == 0 and 0 < judged[1] < judged[2] < judged[3] < 2 * 16
+    assert all(0 < left < 3 for _, _, _, left in imports[1:]), imports
     assert progress["items"] == progress["complete_items"] == 16 and progress["judgments"] == 2 * 16
     assert len((cfg.out / "round-1" / "comparisons_train.jsonl").read_text().splitlines()) > 0
 

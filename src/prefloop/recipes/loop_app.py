@@ -133,11 +133,13 @@ def refill(admin, cfg, pid: int, rows: list[dict], done: int, team: SimulatedTea
            poll: float = POLL_SECONDS) -> None:
     """Import `rows[done:]` a portion at a time, each when fewer than --app-refill-below items are left to
     hand out, until all are in. People work between polls; simulated annotators (`team`) work in bursts of
-    --app-refill-below judgments, and a team that finds nothing to take is idle, which also calls for more."""
+    N - 1 judgments, each taking at most one item off the queue, so N or more items before a burst leave at
+    least one after it: like people, they never find the queue empty while pairs are still to come. A team
+    that finds nothing it may take (items it has judged already) is idle, which also calls for more."""
     while done < len(rows):
         idle = False
         if team is not None:
-            idle = team.work(max(1, cfg.app_refill_below)) == 0
+            idle = team.work(max(1, cfg.app_refill_below - 1)) == 0
         available = _progress(admin, pid)["available_items"]
         if idle or available < cfg.app_refill_below:
             portion = rows[done:done + cfg.app_refill_portion]
