@@ -5,6 +5,7 @@ These tests run their own server, so their failed logins and refused bodies leav
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -87,7 +88,8 @@ def test_imports_may_be_larger_than_other_bodies(own_server):
     with own_server.client("admin") as c:
         pid = c.post("/api/projects", json={"name": "big-import", "task_type": "pairwise"}).json()["id"]
         items = [{"id": f"b{i}", "prompt": "p" * 1000, "responses": ["a" * 1000, "b" * 1000]} for i in range(1200)]
-        r = c.post(f"/api/projects/{pid}/items", json={"items": items})  # about 3.6 MB
+        lines = "".join(json.dumps(it) + "\n" for it in items)  # about 3.6 MB
+        r = c.post(f"/api/projects/{pid}/items", content=lines, headers={"content-type": "application/x-ndjson"})
         assert r.status_code == 201 and r.json() == {"imported": 1200}
         # an ordinary request of the same size is not an import
         r = c.post("/api/projects", json={"name": "big", "task_type": "pairwise", "guidelines": "g" * (3 * MIB)})
@@ -98,6 +100,25 @@ def test_imports_may_be_larger_than_other_bodies(own_server):
     r = b.post(f"/admin/projects/{pid}/import", data={"csrf_token": b.csrf},
                files={"file": ("big.jsonl", lines.encode(), "application/x-ndjson")})
     assert r.status_code == 303, r.text
+
+
+def test_the_json_form_keeps_the_ordinary_limit_and_names_the_line_form(own_server):
+    """`{"items": [...]}` is parsed whole (several times its size in memory), so only the newline-delimited
+    form may use the admins' 64 MiB: a 3 MiB JSON-form import is a 413 whose message names that form, sent
+    with a Content-Length or streamed, and nothing is imported."""
+    items = [{"id": f"j{i}", "prompt": "p" * 1000, "responses": ["a" * 1000, "b" * 1000]} for i in range(1000)]
+    body = json.dumps({"items": items}).encode()
+    assert len(body) > 2 * MIB
+    with own_server.client("admin") as c:
+        pid = c.post("/api/projects", json={"name": "json-form-cap", "task_type": "pairwise"}).json()["id"]
+        r = c.post(f"/api/projects/{pid}/items", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "application/x-ndjson" in r.json()["detail"]
+        r = c.post(f"/api/projects/{pid}/items", content=iter([body[i:i + MIB] for i in range(0, len(body), MIB)]),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "application/x-ndjson" in r.json()["detail"]
+        assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["items"] == 0
+        r = c.post(f"/api/projects/{pid}/items", json={"items": items[:500]})  # under 2 MiB: as before
+        assert r.status_code == 201 and r.json() == {"imported": 500}
 
 
 def test_concurrent_wrong_passwords_do_not_exceed_the_login_limit(own_server):

@@ -61,11 +61,60 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
         assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["judgments"] == 2 * distinct
 
 
+def test_the_loop_refills_the_queue_in_portions_while_annotators_work(server, world_and_policy, tmp_path,
+                                                                     monkeypatch):
+    from prefloop.recipes import loop_app
+    from prefloop.recipes.loop import Loop, LoopConfig
+
+    world, policy = world_and_policy
+    cfg = LoopConfig(world=world, policy=str(policy), out=tmp_path / "refill", rounds=1, comparisons=16,
+                     rl_steps=1, rollout_batch_size=8, batch_size=8, max_new_tokens=8, max_length=64, rm_epochs=1,
+                     rm_batch=8, eval_prompts=4, eval_k=2, heldout_fraction=0.25, feedback="app",
+                     app_url=server.url, app_token=server.tokens["admin"], overlap=2, simulate=True,
+                     pool_factor=2.0, candidates=3, app_refill_below=3, app_refill_portion=4)
+    imports = []  # (items in the project, judgments so far, pairs imported now, items left to hand out)
+    real_import = loop_app.import_rows
+
+    def watched(admin, pid, rows):
+        progress = admin._request("GET", f"/api/projects/{pid}/stats").json()["progress"]
+        imports.append((progress["items"], progress["judgments"], len(rows), progress["available_items"]))
+        return real_import(admin, pid, rows)
+
+    monkeypatch.setattr(loop_app, "import_rows", watched)
+    Loop(cfg).run()
+    with server.client("admin") as c:
+        pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == loop_app.project_name(cfg, 1))
+        progress = c.get(f"/api/projects/{pid}/stats").json()["progress"]
+    # The budget's 16 pairs went in as four portions of 4, each after the annotators had judged part of the
+    # previous ones and before the queue ran dry (fewer than 3 items, but some, left to hand out); every pair
+    # was judged twice, as without refilling.
+    assert [(items, n) for items, _, n, _ in imports] == [(0, 4), (4, 4), (8, 4), (12, 4)]
+    judged = [j for _, j, _, _ in imports]
+    assert judged[0] == 0 and 0 < judged[1] < judged[2] < judged[3] < 2 * 16
+    assert all(0 < left < 3 for _, _, _, left in imports[1:]), imports
+    assert progress["items"] == progress["complete_items"] == 16 and progress["judgments"] == 2 * 16
+    assert len((cfg.out / "round-1" / "comparisons_train.jsonl").read_text().splitlines()) > 0
+
+
+def test_refilling_imports_the_most_useful_pairs_first():
+    from prefloop.recipes.loop_app import app_rows
+
+    items = [{"prompt": f"p{i}", "responses": ["a", "b"], "meta": {"selection": {"usefulness": u}}}
+             for i, u in enumerate([0.1, 0.9, 0.5])]
+    items.append({"prompt": "same", "responses": ["a", " a"], "meta": {"selection": {"usefulness": 1.0}}})
+    assert [r["id"] for r in app_rows(items, 2)] == ["r2-1", "r2-2", "r2-0"]  # an incomparable pair is left out
+
+
 def test_loop_app_needs_url_and_token(world_and_policy, tmp_path, monkeypatch):
     from prefloop.recipes.common import ConfigError
     from prefloop.recipes.loop import Loop, LoopConfig
 
     world, policy = world_and_policy
+    with pytest.raises(ConfigError, match="--app-refill-below works with --feedback app"):
+        Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", app_refill_below=5))
+    with pytest.raises(ConfigError, match="--app-refill-portion at least 1"):
+        Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", feedback="app", app_url="http://x",
+                        app_token="t", app_refill_below=5, app_refill_portion=0))
     with pytest.raises(ConfigError, match="missing option --app-url"):
         Loop(LoopConfig(world=world, policy=str(policy), out=tmp_path / "x", feedback="app"))
     monkeypatch.delenv("PREFLOOP_APP_TOKEN", raising=False)

@@ -106,7 +106,7 @@ def create_project(url: str, token: str, project: str, items: list[dict], overla
         for m in members:
             client._request("POST", f"/api/projects/{pid}/members", json={"username": m})
         for s in range(0, len(items), IMPORT_CHUNK):
-            client._request("POST", f"/api/projects/{pid}/items", json={"items": items[s:s + IMPORT_CHUNK]})
+            client.import_items(pid, items[s:s + IMPORT_CHUNK])
         return pid
     except FeedbackError as e:
         raise ConfigError(f"feedback app at {url}: {e}") from None

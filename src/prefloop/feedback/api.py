@@ -213,14 +213,28 @@ NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-json
 
 @router.post("/projects/{pid}/items", status_code=201)
 async def import_items(request: Request, pid: int) -> dict:
-    """Import items: a JSON body `{"items": [...]}` (objects in the format of an import line), or the lines of
-    an import file as `application/x-ndjson` (plain or gzip), which is read line by line in bounded memory:
-    the way for large imports. The body is spooled to a temporary file as it arrives; the sender was checked
-    to be an admin before any of it was read (`app.BodyLimit`)."""
+    """Import items: a JSON body `{"items": [...]}` (objects in the format of an import line; at most the
+    ordinary body limit, 2 MiB), or the lines of an import file as `application/x-ndjson` (plain or gzip),
+    which is read line by line in bounded memory: the way for large imports (up to 64 MiB). The body is
+    spooled to a temporary file as it arrives; the sender was checked to be an admin before any of it was
+    read (`app.BodyLimit`)."""
     principal = await run_in_threadpool(require_user, request, True)
     ndjson = request.headers.get("content-type", "").split(";")[0].strip().lower() in NDJSON_TYPES
+    # The JSON form is parsed whole (text, parsed document and validated items at once: several times its
+    # size in memory), so it keeps the ordinary body limit; only the line-by-line form may be larger.
+    json_limit = request.app.state.settings.max_body
+    too_large = HTTPException(413, f'a {{"items": [...]}} body may be at most {json_limit} bytes; send larger '
+                                   "imports as newline-delimited JSON (content-type application/x-ndjson, one "
+                                   "item per line, optionally gzip)")
+    declared = request.headers.get("content-length", "")
+    if not ndjson and declared.isdigit() and int(declared) > json_limit:
+        raise too_large
     with tempfile.SpooledTemporaryFile(max_size=1 << 20) as f:
+        received = 0
         async for chunk in request.stream():
+            received += len(chunk)
+            if not ndjson and received > json_limit:
+                raise too_large
             f.write(chunk)
         f.seek(0)
         return await run_in_threadpool(_import_body, request, pid, principal, f, ndjson)

@@ -9,6 +9,7 @@ network error or a 5xx answer, so a retry never counts twice.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,6 +69,14 @@ class FeedbackClient:
 
     def projects(self) -> list[dict]:
         return self._request("GET", "/api/projects").json()
+
+    def import_items(self, project_id: int, items: list[dict]) -> int:
+        """Import items (objects in the format of an import line) as newline-delimited JSON, the form the app
+        reads line by line at any size; returns how many items the app made of them."""
+        body = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode()
+        r = self._request("POST", f"/api/projects/{project_id}/items", content=body,
+                          headers={"content-type": "application/x-ndjson"})
+        return r.json()["imported"]
 
     def next(self, project_id: int) -> dict | None:
         """The next assignment view (prompt, responses in display order, ...) or None when none is left."""

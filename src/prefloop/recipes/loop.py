@@ -86,6 +86,12 @@ class LoopConfig:
     """Annotators per item in the feedback app; comparisons are exported once every item has this many."""
     simulate: bool = False
     """--feedback app: the world's simulated annotators annotate through the app's API as its users."""
+    app_refill_below: int = 0
+    """--feedback app: import the round's pairs in portions, most useful first, whenever the project has fewer
+    than this many items left to hand out, so its queue never runs dry while people work (0: import them all
+    at once)."""
+    app_refill_portion: int = 100
+    """Pairs imported per portion with --app-refill-below."""
     method: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
     """Policy update of each round: ppo, grpo or rloo against the round's reward model, or dpo on all
     comparisons so far (online DPO; the reward model is still refit, to evaluate with)."""
@@ -175,9 +181,11 @@ def _defaults() -> dict:
 
 
 def _fingerprint(cfg: LoopConfig) -> dict:
-    """Options that change what a round computes; others (e.g. --out) may change between resumes."""
+    """Options that change what a round computes; others (e.g. --out, or when the app's pairs are imported)
+    may change between resumes."""
     d = asdict(cfg)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in ("config", "out", "app_token")}
+    free = ("config", "out", "app_token", "app_refill_below", "app_refill_portion")
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in free}
 
 
 def labels_per_round(cfg: LoopConfig) -> int:
@@ -252,6 +260,10 @@ class Loop:
             raise ConfigError("--kl-strategy ramp needs --kl-target (the total KL to spread over the rounds)")
         if cfg.select in ("disagreement", "bald") and cfg.rm_ensemble < 2:
             raise ConfigError(f"--select {cfg.select} needs --rm-ensemble 2 or more (members to disagree)")
+        if cfg.app_refill_below < 0 or cfg.app_refill_portion < 1:
+            raise ConfigError("--app-refill-below must be at least 0 and --app-refill-portion at least 1")
+        if cfg.app_refill_below > 0 and cfg.feedback != "app":
+            raise ConfigError("--app-refill-below works with --feedback app (it refills the app's queue)")
         self.app_token = cfg.app_token or os.environ.get("PREFLOOP_APP_TOKEN")
         if cfg.feedback == "app" and feedback_fn is None:
             require(cfg, "app_url")

@@ -7,6 +7,10 @@ people annotate them in the browser (the loop waits, polling the project's progr
 round's feedback. With `--simulate`, the world's simulated annotators act as the app's users: each gets an
 account in its pool and an API token, and they take turns fetching and judging assignments through the same
 API that people's pages use (blind, in the randomised display order the app chose for them).
+
+With `--app-refill-below N` the pairs go in a portion at a time (`--app-refill-portion`), most useful first,
+whenever fewer than N items are left to hand out, so people never find the queue empty while the round's
+budget is still being imported; the round still ends when every imported pair has its judgments.
 """
 
 from __future__ import annotations
@@ -36,25 +40,41 @@ def _client(url: str, token: str):
     return FeedbackClient(url, token)
 
 
-def ensure_project(admin, cfg, rnd: int, items: list[dict]) -> int:
-    """The round's project id; creates it and imports the round's pairs when it does not exist yet."""
-    name = project_name(cfg, rnd)
-    for p in admin.projects():
-        if p["name"] == name:
-            return int(p["id"])
-    guidelines = ("Two assistant replies to the same request. Choose the better one: correct, helpful, "
-                  "harmless, polite and concise. Refuse-worthy requests should be refused; others answered.")
-    p = admin._request("POST", "/api/projects", json={"name": name, "task_type": "pairwise",
-                                                      "guidelines": guidelines, "overlap": cfg.overlap}).json()
-    # The items are the round's selected pairs (recipes/loop_select.py): people see only those. Their meta
-    # (the writer of each reply in `policies`, what the selection saw) comes back in the export.
+def app_rows(items: list[dict], rnd: int) -> list[dict]:
+    """The import lines of the round's selected pairs (recipes/loop_select.py), most useful first (the order
+    refilling imports them in; a stable sort, so a random selection keeps its order). Their meta (the writer
+    of each reply in `policies`, what the selection saw) comes back in the export."""
     rows = [{"id": f"r{rnd}-{i}", "prompt": it["prompt"], "responses": it["responses"],
              "meta": {**it.get("meta", {}), "round": rnd}}
             for i, it in enumerate(items) if len({r.strip() for r in it["responses"]}) == 2
             and all(r.strip() and "\x00" not in r for r in it["responses"])]  # the app refuses NUL in text
+    return sorted(rows, key=lambda r: -float(r["meta"].get("selection", {}).get("usefulness", 0.0)))
+
+
+def import_rows(admin, pid: int, rows: list[dict]) -> None:
     for s in range(0, len(rows), IMPORT_CHUNK):
-        admin._request("POST", f"/api/projects/{p['id']}/items", json={"items": rows[s:s + IMPORT_CHUNK]})
-    return int(p["id"])
+        admin.import_items(pid, rows[s:s + IMPORT_CHUNK])
+
+
+def ensure_project(admin, cfg, rnd: int, rows: list[dict], first: int | None = None) -> tuple[int, int]:
+    """(project id, how many of `rows` it holds): creates the round's project and imports the first `first`
+    rows (all by default) when it does not exist yet. Rows go in in order and in whole requests, so a resumed
+    round's project holds a prefix of them, as many as its items."""
+    name = project_name(cfg, rnd)
+    for p in admin.projects():
+        if p["name"] == name:
+            return int(p["id"]), _progress(admin, int(p["id"]))["items"]
+    guidelines = ("Two assistant replies to the same request. Choose the better one: correct, helpful, "
+                  "harmless, polite and concise. Refuse-worthy requests should be refused; others answered.")
+    p = admin._request("POST", "/api/projects", json={"name": name, "task_type": "pairwise",
+                                                      "guidelines": guidelines, "overlap": cfg.overlap}).json()
+    head = rows if first is None else rows[:first]
+    import_rows(admin, int(p["id"]), head)
+    return int(p["id"]), len(head)
+
+
+def _progress(admin, pid: int) -> dict:
+    return admin._request("GET", f"/api/projects/{pid}/stats").json()["progress"]
 
 
 def simulated_users(admin, world, pid: int) -> list[tuple[object, str]]:
@@ -72,23 +92,29 @@ def simulated_users(admin, world, pid: int) -> list[tuple[object, str]]:
     return out
 
 
-def simulate_round(cfg, token: str, world, pid: int, seed: int) -> int:
-    """Simulated annotators take turns (seeded order), one assignment per turn, until none is left."""
-    from prefloop.feedback.client import judge
+class SimulatedTeam:
+    """The world's simulated annotators as the app's users, taking turns (seeded order), one assignment per
+    turn."""
 
-    admin = _client(cfg.app_url, token)
-    try:
-        users = simulated_users(admin, world, pid)
-    finally:
-        admin.close()
-    clients = [(ann, _client(cfg.app_url, tok)) for ann, tok in users]
-    rng = random.Random(f"simulate-{seed}")
-    active, n = list(range(len(clients))), 0
-    try:
-        while active:
-            k = rng.choice(active)
-            ann, client = clients[k]
-            view = client.next(pid)
+    def __init__(self, cfg, token: str, world, pid: int, seed: int):
+        admin = _client(cfg.app_url, token)
+        try:
+            users = simulated_users(admin, world, pid)
+        finally:
+            admin.close()
+        self.pid = pid
+        self.clients = [(ann, _client(cfg.app_url, tok)) for ann, tok in users]
+        self.rng = random.Random(f"simulate-{seed}")
+
+    def work(self, max_judgments: int | None = None) -> int:
+        """Judge until no annotator gets an assignment (or after `max_judgments`); returns how many judged."""
+        from prefloop.feedback.client import judge
+
+        active, n = list(range(len(self.clients))), 0
+        while active and (max_judgments is None or n < max_judgments):
+            k = self.rng.choice(active)
+            ann, client = self.clients[k]
+            view = client.next(self.pid)
             if view is None:
                 active.remove(k)
                 continue
@@ -96,10 +122,33 @@ def simulate_round(cfg, token: str, world, pid: int, seed: int) -> int:
             value = judge(view, ann)
             client.submit(view["assignment_id"], value, duration_ms=int(1000 * (time.monotonic() - t0)))
             n += 1
-    finally:
-        for _, c in clients:
+        return n
+
+    def close(self) -> None:
+        for _, c in self.clients:
             c.close()
-    return n
+
+
+def refill(admin, cfg, pid: int, rows: list[dict], done: int, team: SimulatedTeam | None = None,
+           poll: float = POLL_SECONDS) -> None:
+    """Import `rows[done:]` a portion at a time, each when fewer than --app-refill-below items are left to
+    hand out, until all are in. People work between polls; simulated annotators (`team`) work in bursts of
+    N - 1 judgments, each taking at most one item off the queue, so N or more items before a burst leave at
+    least one after it: like people, they never find the queue empty while pairs are still to come. A team
+    that finds nothing it may take (items it has judged already) is idle, which also calls for more."""
+    while done < len(rows):
+        idle = False
+        if team is not None:
+            idle = team.work(max(1, cfg.app_refill_below - 1)) == 0
+        available = _progress(admin, pid)["available_items"]
+        if idle or available < cfg.app_refill_below:
+            portion = rows[done:done + cfg.app_refill_portion]
+            import_rows(admin, pid, portion)
+            done += len(portion)
+            console.print(f"{available} items left to hand out: imported {len(portion)} more pairs "
+                          f"({done}/{len(rows)}) into project {pid}")
+        elif team is None:
+            time.sleep(poll)
 
 
 def wait_until_complete(admin, pid: int, poll: float = POLL_SECONDS) -> dict:
@@ -117,14 +166,22 @@ def app_feedback(cfg, token: str, world, items: list[dict], rnd: int, seed: int,
                  poll: float = POLL_SECONDS) -> list[dict]:
     """The round's comparison records, collected through the feedback app (`token`: an admin's API token)."""
     admin = _client(cfg.app_url, token)
+    rows = app_rows(items, rnd)
+    refilling = cfg.app_refill_below > 0
+    team = None
     try:
-        pid = ensure_project(admin, cfg, rnd, items)
+        pid, done = ensure_project(admin, cfg, rnd, rows, cfg.app_refill_portion if refilling else None)
         if cfg.simulate:
-            n = simulate_round(cfg, token, world, pid, seed)
-            console.print(f"simulated annotators submitted {n} judgments to project {pid}")
+            team = SimulatedTeam(cfg, token, world, pid, seed)
+        if refilling:
+            refill(admin, cfg, pid, rows, done, team, poll)
+        if team is not None:
+            console.print(f"simulated annotators submitted {team.work()} judgments to project {pid}")
         wait_until_complete(admin, pid, poll)
         text = admin.export(pid, kind="comparisons", ties="drop")
     finally:
+        if team is not None:
+            team.close()
         admin.close()
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
     # The gold judge is the world's, not the app's: record what it thinks of each pair for evaluation only.
