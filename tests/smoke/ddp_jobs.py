@@ -24,6 +24,7 @@ def _save(out_dir, tensors: dict) -> None:
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # a run creates its folder only when it first writes there
     n = len(list(out_dir.glob(f"rollout-rank{rank}-*.pt")))
     torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in tensors.items()},
                out_dir / f"rollout-rank{rank}-{n + 1}.pt")
