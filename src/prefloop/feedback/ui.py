@@ -268,15 +268,27 @@ async def submit_form(request: Request, pid: int, aid: int) -> Response:
     return await run_in_threadpool(_submit_form, request, pid, aid, form)
 
 
-def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
+def _form_principal(request: Request, form):
+    """The user posting an annotation form (CSRF-checked); forms carry text fields only."""
     principal = require_user(request, form_token=str(form.get("csrf_token", "")))
     if any(not isinstance(v, str) for _, v in form.multi_items()):
         raise AppError("the annotation form takes no files", 422)
+    return principal
+
+
+def _own_assignment(s, principal, pid: int, aid: int):
+    """(assignment, project) for the user's assignment `aid` in project `pid`; 404 otherwise."""
+    a = service.assignment_of(s, aid, principal.user)
+    p = s.get(service.Project, a.project_id)
+    if p.id != pid:
+        raise service.not_found(f"assignment {aid}")
+    return a, p
+
+
+def _submit_form(request: Request, pid: int, aid: int, form) -> Response:
+    principal = _form_principal(request, form)
     with request.app.state.db.write() as s:
-        a = service.assignment_of(s, aid, principal.user)
-        p = s.get(service.Project, a.project_id)
-        if p.id != pid:
-            raise service.not_found(f"assignment {aid}")
+        a, p = _own_assignment(s, principal, pid, aid)
         payload = _form_payload(p.task_type, form)
         service.submit_judgment(s, p, a, principal.user, str(form.get("submission_id", "")), payload)
         return _to_next(request, s, p, principal.user)
@@ -289,14 +301,9 @@ async def edit_form(request: Request, pid: int, aid: int) -> Response:
 
 
 def _edit_form(request: Request, pid: int, aid: int, form) -> Response:
-    principal = require_user(request, form_token=str(form.get("csrf_token", "")))
-    if any(not isinstance(v, str) for _, v in form.multi_items()):
-        raise AppError("the annotation form takes no files", 422)
+    principal = _form_principal(request, form)
     with request.app.state.db.write() as s:
-        a = service.assignment_of(s, aid, principal.user)
-        p = s.get(service.Project, a.project_id)
-        if p.id != pid:
-            raise service.not_found(f"assignment {aid}")
+        a, p = _own_assignment(s, principal, pid, aid)
         service.edit_judgment(s, p, a, principal.user, _form_payload(p.task_type, form))
         service.commit_or_conflict(s)
     return _redirect(f"/projects/{pid}/assignments/{aid}?saved=1")
@@ -307,10 +314,7 @@ def skip(request: Request, pid: int, aid: int, reason: str = Form(""), note: str
          csrf_token: str = Form("")) -> Response:
     principal = require_user(request, form_token=csrf_token)
     with request.app.state.db.write() as s:
-        a = service.assignment_of(s, aid, principal.user)
-        p = s.get(service.Project, a.project_id)
-        if p.id != pid:
-            raise service.not_found(f"assignment {aid}")
+        a, p = _own_assignment(s, principal, pid, aid)
         service.skip_assignment(s, p, a, principal.user, reason, note)
         return _to_next(request, s, p, principal.user)
 
