@@ -177,10 +177,10 @@ def test_two_processes_match_one(tmp_path, world_feedback, data, flags):
     one = run_reward(RewardConfig(**common, **extra, out=tmp_path / "one"))
     # Two processes sum the gradient in another order; Adam divides by sqrt(v), so a weight whose gradient is
     # near 0 can move by ~lr * 1e-3 more or less (seen: 1 of 2,048 by 1e-5): compare at that scale.
-    one, two = weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model")
-    assert one.keys() == two.keys()
-    for k in one:
-        torch.testing.assert_close(one[k], two[k], atol=3e-5, rtol=1e-4)
+    w_one, w_two = weights(tmp_path / "one" / "model"), weights(tmp_path / "ddp" / "model")
+    assert w_one.keys() == w_two.keys()
+    for k in w_one:
+        torch.testing.assert_close(w_one[k], w_two[k], atol=3e-5, rtol=1e-4)
     two = json.loads((tmp_path / "ddp" / "prefloop.json").read_text())
     if data == "ratings":
         assert two["ordinal"]["thresholds"] == pytest.approx(one["ordinal"]["thresholds"], rel=1e-4)
