@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 
 def _save(out_dir, tensors: dict) -> None:
@@ -104,6 +105,11 @@ def main(path: str) -> int:
         codes.append(eval_sampling(*job[1:]) if job[0] == "eval-sampling" else cli(job))
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world": world, "pid": os.getpid(),
                                                        "codes": codes}))
+    # Leave the process group explicitly: at interpreter exit gloo's threads were once seen to abort the
+    # process ("terminate called without an active exception") after every job had finished.
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return max(codes)
 
 
