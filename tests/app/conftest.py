@@ -91,13 +91,19 @@ def start_server(db: Path, **env: str) -> Server:
     raise RuntimeError("server did not start in 60 s")
 
 
-@pytest.fixture(scope="session")
-def sqlite_server(tmp_path_factory):
-    """One server for the tests that do not kill it (each test makes its own project)."""
-    db = tmp_path_factory.mktemp("app") / "feedback.db"
+def seeded_server(tmp_path_factory, name: str) -> Server:
+    """A server on a new SQLite database holding the standard users; `srv.tokens` are their API tokens."""
+    db = tmp_path_factory.mktemp(name) / "feedback.db"
     tokens = seed(db)
     srv = start_server(db)
     srv.tokens = tokens
+    return srv
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory):
+    """One server for the tests that do not kill it (each test makes its own project)."""
+    srv = seeded_server(tmp_path_factory, "app")
     yield srv
     srv.stop()
 
@@ -257,9 +263,6 @@ def any_server(request):
 @pytest.fixture(scope="module")
 def own_limits_server(tmp_path_factory):
     """A server of the module's own, for tests that spend the login limits."""
-    db = tmp_path_factory.mktemp("own") / "feedback.db"
-    tokens = seed(db)
-    srv = start_server(db)
-    srv.tokens = tokens
+    srv = seeded_server(tmp_path_factory, "own")
     yield srv
     srv.stop()

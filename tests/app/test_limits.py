@@ -15,17 +15,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .conftest import ADMIN_PW, login, seed, start_server
+from .conftest import ADMIN_PW, login, seeded_server
 
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
-    db = tmp_path_factory.mktemp("limits") / "feedback.db"
-    tokens = seed(db)
-    srv = start_server(db)
-    srv.tokens = tokens
+    srv = seeded_server(tmp_path_factory, "limits")
     yield srv
     srv.stop()
 
