@@ -29,6 +29,7 @@ from prefloop.eval.policy import PolicySamples, diversity_metrics, mean, sample_
 from prefloop.eval.run_eval import world_rates
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.recipes.demo import DemoPreset, _sampling, evaluate_stages
+from prefloop.runtime.seeding import SECOND_EVAL_SEED_OFFSET
 from prefloop.world import load_world
 
 METHODS = ("dpo", "grpo", "rloo", "rejection-sampling", "best-of-n")
@@ -80,7 +81,8 @@ def evaluate_best_of_n(world, demo: Path, prompts: list[str], p: DemoPreset, n: 
     tok = load_tokenizer(str(demo / "sft" / "model"))
     sft = load_causal_lm(str(demo / "sft" / "model"), tok).eval()
     rm = load_reward_model(str(demo / "reward" / "model"), tok).eval()
-    s = sample_policy(sft, tok, prompts, n * p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + 29)
+    s = sample_policy(sft, tok, prompts, n * p.eval_k, _sampling(tok, p), reward_model=rm,
+                      seed=seed + SECOND_EVAL_SEED_OFFSET)
     picked = PolicySamples(prompts, [], [], [], reward_model=[])
     for i in range(len(prompts)):
         rows = [range(g * n, (g + 1) * n) for g in range(p.eval_k)]

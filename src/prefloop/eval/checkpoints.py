@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prefloop.data import DataError
 from prefloop.recipes.common import ConfigError, require
+from prefloop.runtime.seeding import EVAL_SEED_OFFSET
 
 
 def resolve_policy_dir(path: Path) -> Path:
@@ -103,7 +104,7 @@ def eval_checkpoints(cfg) -> dict:
         if policy.get_input_embeddings().weight.shape != reference.get_input_embeddings().weight.shape:
             raise ConfigError(f"{d}: uses another vocabulary than --reference (checkpoints of one run share it)")
         s = sample_policy(policy, tok, prompts, cfg.k, scfg, reference=None if d == ref_dir else reference,
-                          seed=cfg.seed + 17, entropy=True, batch_size=cfg.batch_size)
+                          seed=cfg.seed + EVAL_SEED_OFFSET, entropy=True, batch_size=cfg.batch_size)
         flat = score_texts(rm, rm_tok, [p for p in prompts for _ in range(cfg.k)], s.flat("responses"))
         proxy[label] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(prompts))]
         vocab = vocab or word_vocab(world, prompts, s.responses)

@@ -18,6 +18,7 @@ from prefloop.models import RewardScorer, load_causal_lm, load_reward_model, loa
 from prefloop.recipes.common import ConfigError, require
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
+from prefloop.runtime.seeding import EVAL_SEED_OFFSET, SECOND_EVAL_SEED_OFFSET
 
 from .compare import pairwise_accuracy
 from .diversity import diversity_report
@@ -245,8 +246,8 @@ def eval_policy(cfg) -> dict:
     samples, rm_scores = {}, {}
     for name, model in models.items():
         ref = models.get(cfg.reference_name) if name != cfg.reference_name else None
-        samples[name] = s = sample_policy(model, tok, prompts, cfg.k, scfg, reference=ref, seed=cfg.seed + 17,
-                                          entropy=True, batch_size=cfg.batch_size)
+        samples[name] = s = sample_policy(model, tok, prompts, cfg.k, scfg, reference=ref,
+                                          seed=cfg.seed + EVAL_SEED_OFFSET, entropy=True, batch_size=cfg.batch_size)
         if rm is not None:
             flat = score_texts(rm[0], rm[1], [p for p in prompts for _ in range(cfg.k)], s.flat("responses"))
             rm_scores[name] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(prompts))]
@@ -334,7 +335,7 @@ def eval_redteam(cfg, setup, models: dict, tok, scfg) -> tuple[dict, dict]:
     items, scorer = setup
     out, values = {}, {}
     for name, model in models.items():
-        s = sample_policy(model, tok, [x.prompt for x in items], cfg.k, scfg, seed=cfg.seed + 29,
+        s = sample_policy(model, tok, [x.prompt for x in items], cfg.k, scfg, seed=cfg.seed + SECOND_EVAL_SEED_OFFSET,
                           batch_size=cfg.batch_size)
         try:
             out[name] = score_redteam(items, s.responses, scorer)
@@ -377,7 +378,8 @@ def eval_best_of_n(cfg) -> dict:
     if world is not None:
         check_world_prompts(world, prompts, cfg.prompts)
     rm, rm_tok = load_rm(cfg.reward_model)
-    s = sample_policy(policy, tok, prompts, cfg.n, sampling(cfg, tok), seed=cfg.seed + 17, batch_size=cfg.batch_size)
+    s = sample_policy(policy, tok, prompts, cfg.n, sampling(cfg, tok), seed=cfg.seed + EVAL_SEED_OFFSET,
+                      batch_size=cfg.batch_size)
     flat = score_texts(rm, rm_tok, [p for p in prompts for _ in range(cfg.n)], s.flat("responses"))
     proxy = [flat[i * cfg.n:(i + 1) * cfg.n] for i in range(len(prompts))]
     gold = ([[world.gold.score(p, r) for r in rs] for p, rs in zip(prompts, s.responses)]

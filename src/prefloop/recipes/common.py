@@ -14,6 +14,7 @@ import torch
 from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
+from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
 from .options import ConfigError, default_out
 
@@ -108,7 +109,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     so resuming at step s needs nothing but s."""
     from prefloop.data import length_grouped_order
 
-    g = torch.Generator().manual_seed(seed * 1009 + epoch)
+    g = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
     if group_by_length:
         batches = length_grouped_order(lengths, batch_size, g)
     else:

@@ -10,8 +10,11 @@ step on), logging and checkpoint frequency, and where options come from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -146,10 +149,45 @@ class RunContext:
             self.logger.log(step, metrics)
         self.progress.update(1, **{k.split("/")[-1]: metrics[k] for k in show if k in metrics})
 
-    def maybe_checkpoint(self, step: int, total: int, models: dict, tokenizer, state_fn) -> None:
+    def accumulate(self, micro_batches: list, *models) -> Iterator:
+        """Yield each micro-batch of one optimizer step; all but the last run inside `no_sync` of every model,
+        so DDP all-reduces the summed gradients once per step instead of once per micro-batch."""
+        for j, mb in enumerate(micro_batches):
+            with ExitStack() as stack:
+                if j < len(micro_batches) - 1:
+                    for m in models:
+                        stack.enter_context(self.acc.no_sync(m))
+                yield mb
+
+    def step(self, opt, sched) -> float:
+        """The optimizer step of every recipe: clip the gradients to --max-grad-norm (0: measure only; a norm
+        of inf scales them by exactly 1), step, advance the schedule, zero the gradients. Returns the norm
+        of all the optimizer's gradients before clipping (`grad_norm` in the metrics)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        norm = self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm or math.inf)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def gather_object(self, obj) -> list:
+        """`obj` of every process, in rank order (on every process)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def maybe_checkpoint(self, step: int, total: int, models: dict, tokenizer, opt, sched,
+                         extra: Callable[[], dict] | None = None) -> None:
+        """Every --save-every steps: the models, optimizer and schedule state, and `extra()` (anything else the
+        recipe resumes from: KL controller, random generators...; called on every process)."""
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
-            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state_fn(),
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **(extra() if extra else {})}
+            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state,
                            run=self.record)
             # Fault injection for the resume tests: die like a killed job right after this checkpoint.
             if os.environ.get("PREFLOOP_KILL_AFTER_STEP") == str(step):

@@ -27,6 +27,7 @@ from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 from prefloop.runtime.accel import Precision
+from prefloop.runtime.seeding import EVAL_SEED_OFFSET, SECOND_EVAL_SEED_OFFSET
 from prefloop.world import WorldConfig, build_world, write_world
 from prefloop.world.redteam import RedTeamScorer, make_redteam
 
@@ -173,10 +174,11 @@ def _stage_values(world, policy, sft, tok, rm, prompts, redteam, p: DemoPreset, 
     from prefloop.eval.intervals import redteam_failures, redteam_values, sample_values, worst_examples
 
     # SFT is the KL reference: its KL to itself is 0 by definition (measuring it prints rounding noise).
-    s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + 17,
+    s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + EVAL_SEED_OFFSET,
                       reference=None if policy is sft else sft)
     # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).
-    rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p), seed=seed + 29)
+    rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p),
+                       seed=seed + SECOND_EVAL_SEED_OFFSET)
     gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
     details = [[world.gold.details(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
     values = {**sample_values(s, gold, details, s.reward_model, kl_name="kl_to_sft"),

@@ -171,15 +171,14 @@ def run_dpo(cfg: DPOConfig) -> dict:
         batch_idx = plan.batch(step)
         frac = 1.0 / len(batch_idx)
         stats_sum: dict[str, torch.Tensor] = {}
-        mbs = micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size)
-        for j, mb in enumerate(mbs):
+        for mb in ctx.accumulate(micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             ids, mask, resp = (x.to(ctx.device) for x in collate([enc[i] for i in mb], tok.pad_token_id))
             if ref_train is not None:
                 ref = ref_train[mb].to(ctx.device)
             else:
                 ref = pair_logprobs(ref_fwd, [enc[i] for i in mb], tok.pad_token_id, ctx.device, len(mb), amp)
                 ref = ref.to(ctx.device)
-            with ctx.acc.no_sync(model) if j < len(mbs) - 1 else nullcontext(), ctx.acc.autocast():
+            with ctx.acc.autocast():
                 s, n = model(ids, mask, resp)
                 B = len(mb)
                 loss, stats = dpo_loss(cfg, torch.stack([s[:B], s[B:], n[:B], n[B:]], 1), ref)
@@ -187,17 +186,13 @@ def run_dpo(cfg: DPOConfig) -> dict:
                 ctx.acc.backward(loss * len(mb) * frac * ctx.world)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v * len(mb)
-        grad_norm = ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = ctx.step(opt, sched)
         step += 1
         local = dict(zip(stats_sum, torch.stack(list(stats_sum.values())).tolist()))
         metrics = {k: ctx.all_sum(v) / len(batch_idx) for k, v in local.items()}
-        metrics.update({"lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None})
+        metrics.update({"lr": sched.get_last_lr()[0], "grad_norm": grad_norm})
         ctx.log(step, metrics, show=("loss/dpo", "rewards/accuracy"))
-        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok,
-                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok, opt, sched)
 
     final: dict = {"train_comparisons": len(train), "eval_comparisons": len(held), "steps": steps, "loss": cfg.loss}
     if enc_held:

@@ -36,6 +36,7 @@ from typing import Literal
 from prefloop.data import read_prompts, write_jsonl
 from prefloop.runtime import console, write_json
 from prefloop.runtime.accel import Precision
+from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
 from .common import ConfigError, require
 
@@ -348,7 +349,7 @@ class Loop:
         split = None
         if cfg.pairs == "anchor":
             earlier = ls.sample_candidates(str(cfg.policy), prompts, cfg.candidates, cfg.max_new_tokens,
-                                           cfg.temperature, cfg.seed + 7919 * rnd, "initial")
+                                           cfg.temperature, cfg.seed + PROMPT_ORDER_STRIDE * rnd, "initial")
             cands, split = ls.merge(cands, earlier), cfg.candidates
         needs_rm = rnd > 1 and (cfg.select != "random" or cfg.pairs in ("spread", "uncertain"))
         scores = ls.member_scores(self.reward_spec(rnd - 1), prompts, cands.replies, cfg.max_length) \

@@ -15,6 +15,7 @@ import torch
 
 from prefloop.data import DataError, file_sha256, iter_jsonl, pack_texts
 from prefloop.models import CausalLMLoss, gpt2_config, llama_config, load_causal_lm, load_tokenizer
+from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
 from .common import CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
@@ -124,26 +125,20 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     denom = batch * (cfg.max_length - 1) / ctx.world
     while step < steps:
         epoch, i = divmod(step, steps_per_epoch)
-        perm = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch))
+        perm = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(cfg.seed * EPOCH_SEED_STRIDE + epoch))
         idx = perm[i * batch:(i + 1) * batch].tolist()
         local_sum = 0.0
-        mbs = micro_batches(shard(idx, ctx.rank, ctx.world), cfg.micro_batch_size)
-        for mb in mbs:
+        for mb in ctx.accumulate(micro_batches(shard(idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             ids = blocks[mb].to(ctx.device)
             with ctx.acc.autocast():
                 loss_sum = model(ids, torch.ones_like(ids), ids)
             ctx.acc.backward(loss_sum / denom)
             local_sum += loss_sum.item()
-        if cfg.max_grad_norm:
-            ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = ctx.step(opt, sched)
         step += 1
         loss = ctx.all_sum(local_sum) / (denom * ctx.world)
-        ctx.log(step, {"loss/lm": loss, "lr": sched.get_last_lr()[0]}, show=("loss/lm",))
-        ctx.maybe_checkpoint(step, steps, {"model": ctx.acc.unwrap_model(model).lm}, tok,
-                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+        ctx.log(step, {"loss/lm": loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}, show=("loss/lm",))
+        ctx.maybe_checkpoint(step, steps, {"model": ctx.acc.unwrap_model(model).lm}, tok, opt, sched)
 
     metrics = {"loss/lm": ctx.logger.history[-1]["loss/lm"] if ctx.logger.history else None, "steps": steps,
                "blocks": n_blocks, "parameters": sum(p.numel() for p in lm.parameters()), "vocab_size": len(tok)}

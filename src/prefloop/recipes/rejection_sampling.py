@@ -27,6 +27,7 @@ from prefloop.models.precision import checkpoint_dtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, process_seed, run_meta, save_hf, seed_everything, write_json
 from prefloop.runtime.distributed import rank_and_world
+from prefloop.runtime.seeding import EPOCH_SEED_STRIDE, PROMPT_ORDER_STRIDE
 
 from .common import CommonConfig, ConfigError, output_dir, require
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
@@ -71,7 +72,7 @@ class RejectionSamplingConfig(CommonConfig):
 def _round_prompts(cfg: RejectionSamplingConfig, n: int, r: int) -> list[int]:
     if not cfg.prompts_per_round or cfg.prompts_per_round >= n:
         return list(range(n))
-    return sorted(random.Random(cfg.seed * 1009 + r).sample(range(n), cfg.prompts_per_round))
+    return sorted(random.Random(cfg.seed * EPOCH_SEED_STRIDE + r).sample(range(n), cfg.prompts_per_round))
 
 
 def _mean(xs) -> float:
@@ -106,7 +107,7 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
     d = Path(cfg.out) / f"round_{r}"
     idx = _round_prompts(cfg, len(texts), r)
     # 1-2. sample and score; the winners become demonstrations
-    s = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * 7919 + r, acc.device)
+    s = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * PROMPT_ORDER_STRIDE + r, acc.device)
     best = s.best()
     main = acc.is_main_process  # every process holds all samples; one writes them
     if main:
@@ -166,7 +167,7 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
 
     # The final policy on round 1's prompts and seed: directly comparable with round 1's sample_mean.
     idx = _round_prompts(cfg, len(texts), 1)
-    final = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * 7919 + 1, acc.device)
+    final = _sample_policy(cfg, policy, [texts[i] for i in idx], reward, cfg.seed * PROMPT_ORDER_STRIDE + 1, acc.device)
     summary = {"rounds": rounds, "reward": reward.name,
                "final": {"policy": str(out / "model"), "trained_in": policy,
                          "sample_mean": _mean(x for row in final.scores for x in row),

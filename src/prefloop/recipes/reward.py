@@ -391,26 +391,20 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
         batch_idx = plan.batch(step)
         frac = 1.0 / len(batch_idx)
         stats_sum: dict[str, float] = {}
-        mbs = micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size)
-        for mb in mbs:
+        for mb in ctx.accumulate(micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             with ctx.acc.autocast():
                 loss, stats = task.loss(model, mb, ctx.device)
             # Each micro-batch's mean loss weighted by its share of the global batch (DDP averages ranks).
             ctx.acc.backward(loss * len(mb) * frac * ctx.world)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * len(mb)
-        if cfg.max_grad_norm:
-            ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = ctx.step(opt, sched)
         step += 1
         metrics = {k: ctx.all_sum(v) / len(batch_idx) for k, v in stats_sum.items()}
-        metrics["lr"] = sched.get_last_lr()[0]
+        metrics.update({"lr": sched.get_last_lr()[0], "grad_norm": grad_norm})
         ctx.log(step, metrics, show=task.show)
-        ctx.maybe_checkpoint(step, steps, {"model": ctx.acc.unwrap_model(model).rm}, tok,
-                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                      **_extra_params(ctx.acc.unwrap_model(model))})
+        ctx.maybe_checkpoint(step, steps, {"model": ctx.acc.unwrap_model(model).rm}, tok, opt, sched,
+                             lambda: _extra_params(ctx.acc.unwrap_model(model)))
 
     final: dict = {"data_kind": kind, f"train_{kind}": len(train), f"eval_{kind}": len(held), "steps": steps}
     unwrapped = ctx.acc.unwrap_model(model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,24 +59,18 @@ def run_sft(cfg: SFTConfig) -> dict:
         # add up to the exact mean token loss (DDP averages gradients over processes, hence * world).
         denom = sum(n_targets[i] for i in batch_idx) / ctx.world
         local_sum = 0.0
-        mbs = micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size)
-        for j, mb in enumerate(mbs):
+        for mb in ctx.accumulate(micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             b = collate_sft([examples[i] for i in mb], tok.pad_token_id)
-            with ctx.acc.no_sync(model) if j < len(mbs) - 1 else nullcontext(), ctx.acc.autocast():
+            with ctx.acc.autocast():
                 loss_sum = model(b.input_ids.to(ctx.device), b.attention_mask.to(ctx.device), b.labels.to(ctx.device))
                 ctx.acc.backward(loss_sum / denom)
             local_sum += loss_sum.item()
-        grad_norm = ctx.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = ctx.step(opt, sched)
         step += 1
 
         loss = ctx.all_sum(local_sum) / (denom * ctx.world)
-        ctx.log(step, {"loss/sft": loss, "lr": sched.get_last_lr()[0],
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None}, show=("loss/sft",))
-        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok,
-                             lambda: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+        ctx.log(step, {"loss/sft": loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}, show=("loss/sft",))
+        ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok, opt, sched)
 
     final = {"loss/sft": ctx.logger.history[-1]["loss/sft"] if ctx.logger.history else None, "steps": steps,
              "examples": len(examples)}
