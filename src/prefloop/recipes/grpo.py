@@ -16,7 +16,6 @@ The math lives in prefloop.rl.group; this file owns models, sampling, distributi
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
+from prefloop.data import file_sha256
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
@@ -35,7 +34,6 @@ from prefloop.rl.group import (
     pg_loss_sequence_mean,
     pg_loss_token_mean,
 )
-from prefloop.rollout import sample
 from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
@@ -45,13 +43,25 @@ from .common import (
     Timer,
     chunks,
     decode_responses,
-    make_optimizer,
-    make_scheduler,
     micro_batches,
     require,
     sampling_config,
 )
 from .context import RunContext
+from .rl_common import (
+    SHOW,
+    add_stats,
+    final_metrics,
+    generator_states,
+    global_mean,
+    gold_mean,
+    minibatches,
+    prompt_indices,
+    read_rl_prompts,
+    restore_generators,
+    rollout,
+    rollout_metrics,
+)
 from .sample import device_generator, load_reward_source
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
@@ -131,237 +141,186 @@ class RLOOConfig(GroupPGConfig):
     --no-kl-in-reward a k3 loss term instead."""
 
 
-def prompt_indices(n_prompts: int, per_update: int, update: int, start: int, count: int, seed: int) -> list[int]:
-    """Prompt indices `start .. start + count` of update `update`, when each update takes `per_update`
-    prompts from a seeded permutation per pass over the data (the same on every process)."""
-    out = []
-    for k in range(update * per_update + start, update * per_update + start + count):
-        epoch, i = divmod(k, n_prompts)
-        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        out.append(int(perm[i]))
-    return out
+def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_fn: GoldFn | None = None) -> dict:
+    # -- set-up: options, the reward, prompts, models, optimizer, and the state a resume continues from
+    require(cfg, "policy", "prompts")
+    K = cfg.num_generations
+    if K < 2:
+        raise ConfigError(f"--num-generations must be at least 2 (a group baseline needs company), got {K}")
+    if cfg.rollout_batch_size % cfg.batch_size:
+        raise ConfigError("--rollout-batch-size must be a multiple of --batch-size")
+    if cfg.epochs_per_rollout < 1:
+        raise ConfigError("--epochs-per-rollout must be at least 1")
+    tok = load_tokenizer(cfg.policy)
+    # The reward first: a bad --reward-fn or prompt fails before any model is loaded or file written.
+    reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
+    prompt_texts, prompt_ids = read_rl_prompts(cfg, tok)
+    reward.check(prompt_texts, cfg.prompts)
+    sampling = sampling_config(cfg, tok)
+    ctx = RunContext(recipe, cfg)
+    if cfg.rollout_batch_size % (K * ctx.world) or cfg.batch_size % ctx.world:
+        raise ConfigError("--rollout-batch-size must be a multiple of --num-generations times the number of "
+                          "processes, and --batch-size a multiple of the number of processes")
+    reward.to(ctx.device)
+    policy_fwd, ref_fwd = load_models(cfg, ctx, tok)
+    state = ctx.resume_state()
+    n_steps = cfg.max_steps * cfg.epochs_per_rollout * (cfg.rollout_batch_size // cfg.batch_size)
+    opt, sched = ctx.optimizer(policy_fwd.parameters(), n_steps, state)
+    # Shuffles draw on the CPU; samples on the device the sampler runs on.
+    shuffle_gen = torch.Generator().manual_seed(ctx.process_seed)
+    sample_gen = device_generator(ctx.device, ctx.process_seed)
+    if state:
+        restore_generators(state["generator"], ctx, shuffle_gen, sample_gen)
+    policy_fwd, opt = ctx.acc.prepare(policy_fwd, opt)
+    timer = Timer()
 
-
-@torch.no_grad()
-def _rollout_logprobs(fwd, ids, mask, r_ids, r_mask, temperature: float, chunk: int) -> torch.Tensor:
-    """(B, R) tempered log-probs of the response tokens under a ResponseForward, 0 after the response."""
-    R = r_ids.shape[1]
-    parts = [logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], temperature) for s in chunks(len(ids), chunk)]
-    return torch.cat(parts) * r_mask.float()
-
-
-class GroupTrainer:
-    """Models and state of a GRPO or RLOO run; `run()` is the explicit loop, `advantage_fn` the baseline."""
-
-    def __init__(self, cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_fn: GoldFn | None = None):
-        require(cfg, "policy", "prompts")
-        K = cfg.num_generations
-        if K < 2:
-            raise ConfigError(f"--num-generations must be at least 2 (a group baseline needs company), got {K}")
-        if cfg.rollout_batch_size % cfg.batch_size:
-            raise ConfigError("--rollout-batch-size must be a multiple of --batch-size")
-        if cfg.epochs_per_rollout < 1:
-            raise ConfigError("--epochs-per-rollout must be at least 1")
-        self.cfg, self.gold_fn, self.advantage_fn = cfg, gold_fn, advantage_fn
-        self.tok = tok = load_tokenizer(cfg.policy)
-        # The reward first: a bad --reward-fn or prompt fails before any model is loaded or file written.
-        self.reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
-        max_prompt = cfg.max_length - cfg.max_new_tokens
-        if max_prompt < 1:
-            raise ConfigError("--max-length must exceed --max-new-tokens")
-        self.prompt_texts = [render_prompt(tok, p.prompt) for p in read_prompts(cfg.prompts)]
-        self.reward.check(self.prompt_texts, cfg.prompts)
-        self.prompt_ids = [encode_prompt(tok, t)[-max_prompt:] for t in self.prompt_texts]
-        self.sampling = sampling_config(cfg, tok)
-
-        self.ctx = ctx = RunContext(recipe, cfg)
-        if cfg.rollout_batch_size % (K * ctx.world) or cfg.batch_size % ctx.world:
-            raise ConfigError("--rollout-batch-size must be a multiple of --num-generations times the number of "
-                              "processes, and --batch-size a multiple of the number of processes")
-        self.reward.to(ctx.device)
-        policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
-        self.ref_fwd = None
-        if cfg.kl_coef > 0:
-            ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
-            ref.eval().requires_grad_(False)
-            self.ref_fwd = ResponseForward(ref.to(ctx.device))
-        self.policy_fwd = ResponseForward(policy)
-        # One epoch over one minibatch: the sampling policy is the policy being differentiated, so its
-        # log-probs need no separate forward (ratio exactly 1: REINFORCE).
-        self.on_policy = cfg.epochs_per_rollout == 1 and cfg.batch_size == cfg.rollout_batch_size
-        n_minibatches = cfg.rollout_batch_size // cfg.batch_size
-        self.opt = make_optimizer(self.policy_fwd.parameters(), cfg)
-        self.sched = make_scheduler(self.opt, cfg, cfg.max_steps * cfg.epochs_per_rollout * n_minibatches)
-        # Shuffles draw on the CPU; samples on the device the sampler runs on.
-        self.gen = torch.Generator().manual_seed(ctx.process_seed)
-        self.sample_gen = device_generator(ctx.device, ctx.process_seed)
-        self.state = ctx.ckpt.load_state() if ctx.resuming else None
-        if self.state:
-            self.opt.load_state_dict(self.state["optimizer"])
-            self.sched.load_state_dict(self.state["scheduler"])
-            self.gen.set_state(self.state["generator"][ctx.rank][0])
-            self.sample_gen.set_state(self.state["generator"][ctx.rank][1])
-        self.policy_fwd, self.opt = ctx.acc.prepare(self.policy_fwd, self.opt)
-        self.timer = Timer()
-        self.loss_fn = pg_loss_token_mean if cfg.loss_aggregation == "token" else pg_loss_sequence_mean
-
-    # -- helpers --------------------------------------------------------------------------------------
-    def _policy(self):
-        return self.ctx.acc.unwrap_model(self.policy_fwd).lm
-
-    def _prompt_batch(self, update: int) -> list[int]:
-        """This process's prompts of an update (each is sampled K times)."""
-        per_rank = self.cfg.rollout_batch_size // self.cfg.num_generations // self.ctx.world
-        return prompt_indices(len(self.prompt_ids), per_rank * self.ctx.world, update, self.ctx.rank * per_rank,
-                              per_rank, self.cfg.seed)
-
-    def _state(self) -> dict:
-        mine = (self.gen.get_state(), self.sample_gen.get_state())
-        gens = [mine]
-        if self.ctx.world > 1:
-            import torch.distributed as dist
-
-            gens = [None] * self.ctx.world
-            dist.all_gather_object(gens, mine)
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "generator": gens}
-
-    # -- the loop -------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        cfg, ctx = self.cfg, self.ctx
-        update = ctx.start(cfg.max_steps, self.state)
-        while update < cfg.max_steps:
-            metrics = self.step(update)
-            update += 1
-            ctx.log(update, metrics, show=("rollout/score_mean", "kl/k1", "gold/mean"))
-            ctx.maybe_checkpoint(update, cfg.max_steps, {"policy": self._policy()}, self.tok, self._state)
-        last = ctx.logger.history[-1] if ctx.logger.history else {}
-        final = {k: last.get(k) for k in ("rollout/score_mean", "kl/k1", "gold/mean")}
-        final["time_split"] = dict(self.timer.totals)
-        hashes = {"prompts": file_sha256(cfg.prompts)}
-        return ctx.finish(self._policy(), self.tok, final, hashes, extra={"reward": self.reward.name})
-
-    def step(self, update: int) -> dict:
-        cfg, ctx, T, K = self.cfg, self.ctx, self.cfg.temperature, self.cfg.num_generations
-        idx = self._prompt_batch(update)
+    start = ctx.start(cfg.max_steps, state)
+    for update in range(start, cfg.max_steps):
+        idx = prompt_batch(cfg, ctx.rank, ctx.world, len(prompt_ids), update)
         rows = [i for i in idx for _ in range(K)]
         # 1. rollout: the K samples of a prompt in consecutive rows (the groups of rl.group)
-        with self.timer.phase("sample"):
-            policy = self._policy()
-            policy.eval()
-            q_ids, q_mask = left_pad([self.prompt_ids[i] for i in rows], self.tok.pad_token_id)
-            out = sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), self.sampling,
-                         generator=self.sample_gen)
-        # 2. score, and the log-probs the update needs (reference; old policy when not on-policy)
-        with self.timer.phase("score"):
-            prompts = [self.prompt_texts[i] for i in rows]
-            responses = decode_responses(self.tok, out.response_ids, out.response_mask)
-            raw = self.reward(prompts, responses, out).to(ctx.device)
+        with timer.phase("sample"):
+            out = rollout(ctx, policy_fwd, [prompt_ids[i] for i in rows], tok, sampling, sample_gen)
+        # 2. score: the reward (a fixed score without EOS if asked), log-probs of the reference and, unless
+        #    on-policy, of the policy that sampled
+        with timer.phase("score"):
+            responses = decode_responses(tok, out.response_ids, out.response_mask)
+            raw = reward([prompt_texts[i] for i in rows], responses, out).to(ctx.device)
             scores = raw
             if cfg.no_eos_penalty is not None:
                 scores = torch.where(out.ended, scores, torch.full_like(scores, cfg.no_eos_penalty))
-            ids = torch.cat([out.query_ids, out.response_ids], 1)
-            attn = torch.cat([out.query_mask, out.response_mask], 1)
-            chunk = cfg.micro_batch_size or cfg.batch_size
-            old_logp = None
-            if not self.on_policy:
-                pf = ctx.acc.unwrap_model(self.policy_fwd)
-                pf.eval()
-                old_logp = _rollout_logprobs(pf, ids, attn, out.response_ids, out.response_mask, T, chunk)
-            ref_logp = None
-            if self.ref_fwd is not None:
-                ref_logp = _rollout_logprobs(self.ref_fwd, ids, attn, out.response_ids, out.response_mask, T, chunk)
+            old_logp, ref_logp = score_rollout(cfg, ctx, policy_fwd, ref_fwd, out)
             # 3. advantages: KL folded into the score (optional), then the group baseline
             rewards = scores
             if cfg.kl_in_reward and ref_logp is not None:
                 logp = old_logp if old_logp is not None else out.logprobs
                 rewards, _ = kl_penalised_scores(scores, logp, ref_logp, out.response_mask, cfg.kl_coef)
-            advantages, adv_stats = self.advantage_fn(rewards, K)
+            advantages, adv_stats = advantage_fn(rewards, K)
         # 4. optimise: epochs over shuffled minibatches, micro-batches accumulate gradients
-        with self.timer.phase("update"):
-            train_stats = self._optimise(ids, attn, out, old_logp, ref_logp, advantages)
-        metrics = self._rollout_metrics(out, raw, scores, rewards, old_logp, ref_logp, idx)
-        metrics.update(adv_stats)
-        metrics.update({"kl/coef": cfg.kl_coef, "lr": self.sched.get_last_lr()[0]})
-        metrics.update(train_stats)
-        metrics.update({f"time/{k}": v for k, v in self.timer.totals.items()})
-        return metrics
+        with timer.phase("update"):
+            train_stats = optimise(cfg, ctx, policy_fwd, opt, sched, out, old_logp, ref_logp, advantages, shuffle_gen)
+        # 5. log, checkpoint (the KL coefficient is fixed)
+        metrics = rollout_metrics(ctx, cfg.rollout_batch_size, out, raw, scores)
+        metrics.update(kl_metrics(cfg, ctx, cfg.rollout_batch_size, out, old_logp, ref_logp, rewards))
+        if gold_fn is not None:
+            metrics["gold/mean"] = gold_mean(ctx, cfg.rollout_batch_size, gold_fn, tok, out,
+                                             [prompt_texts[i] for i in rows])
+        metrics.update({**adv_stats, "kl/coef": cfg.kl_coef, "lr": sched.get_last_lr()[0], **train_stats})
+        metrics.update({f"time/{k}": v for k, v in timer.totals.items()})
+        ctx.log(update + 1, metrics, show=SHOW)
+        ctx.maybe_checkpoint(update + 1, cfg.max_steps, {"policy": ctx.acc.unwrap_model(policy_fwd).lm}, tok, opt,
+                             sched, lambda: {"generator": generator_states(ctx, shuffle_gen, sample_gen)})
 
-    def _optimise(self, ids, attn, out, old_logp, ref_logp, advantages) -> dict:
-        cfg, ctx = self.cfg, self.ctx
-        self.policy_fwd.train()
-        n_local, R = ids.shape[0], out.response_ids.shape[1]
-        mb_size = cfg.batch_size // ctx.world
-        kl_loss_coef = 0.0 if cfg.kl_in_reward else cfg.kl_coef
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.epochs_per_rollout):
-            perm = torch.randperm(n_local, generator=self.gen)
-            for mb_start in range(0, n_local, mb_size):
-                mb = perm[mb_start:mb_start + mb_size].tolist()
-                mb_tokens = float(out.response_mask[mb].sum())
-                micro = micro_batches(mb, cfg.micro_batch_size)
-                for j, mi in enumerate(micro):
-                    mask = out.response_mask[mi].float()
-                    sync = nullcontext() if j == len(micro) - 1 else ctx.acc.no_sync(self.policy_fwd)
-                    with sync, ctx.acc.autocast():
-                        logits, _ = self.policy_fwd(ids[mi], attn[mi], R)
-                        new_logp = logprobs_from_logits(logits, out.response_ids[mi], cfg.temperature)
-                        loss, stats = self.loss_fn(new_logp, None if old_logp is None else old_logp[mi],
-                                                   advantages[mi], mask, cfg.clip_eps,
-                                                   None if ref_logp is None else ref_logp[mi], kl_loss_coef)
-                        # Each micro-batch's share of the minibatch mean: tokens (token mean) or rows.
-                        share = float(mask.sum()) / max(mb_tokens, 1.0) if cfg.loss_aggregation == "token" \
-                            else len(mi) / len(mb)
-                        ctx.acc.backward(loss * share)
-                    with torch.no_grad():
-                        stats["policy/entropy"] = float(masked_mean(entropy_from_logits(logits.detach(),
-                                                                                       cfg.temperature), mask))
-                        if self.on_policy:  # the sampler's log-probs against the training forward's
-                            stats["rollout/logprob_gap"] = float(masked_mean(
-                                (new_logp.detach() - out.logprobs[mi]).abs(), mask))
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + (v if v == v else 0.0)
-                    count += 1
-                if cfg.max_grad_norm:
-                    ctx.acc.clip_grad_norm_(self.policy_fwd.parameters(), cfg.max_grad_norm)
-                self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
-        return {k: v / max(count, 1) for k, v in sums.items()}
-
-    def _rollout_metrics(self, out, raw, scores, rewards, old_logp, ref_logp, idx) -> dict:
-        ctx, cfg = self.ctx, self.cfg
-        n = cfg.rollout_batch_size
-
-        def mean(x):
-            return ctx.all_sum(float(x.float().sum())) / n
-
-        mask = out.response_mask
-        m = {"rollout/score_mean": mean(scores), "rollout/reward_raw": mean(raw),
-             "rollout/reward_total": mean(rewards), "rollout/response_length": mean(mask.sum(1)),
-             "rollout/no_eos_fraction": mean(~out.ended)}
-        m["rollout/score_std"] = max(0.0, ctx.all_sum(float((scores.float() ** 2).sum())) / n
-                                     - m["rollout/score_mean"] ** 2) ** 0.5
-        logp = old_logp if old_logp is not None else out.logprobs
-        if old_logp is not None:
-            m["rollout/logprob_gap"] = float(masked_mean((old_logp - out.logprobs).abs(), mask))
-        if ref_logp is not None:
-            m["kl/k1"] = mean(masked_sum(kl_k1(logp, ref_logp), mask, dim=1))
-            m["kl/k3"] = mean(masked_sum(kl_k3(logp, ref_logp), mask, dim=1))
-            if cfg.kl_in_reward:
-                m["rollout/kl_penalty"] = -cfg.kl_coef * m["kl/k1"]
-        if self.gold_fn is not None:
-            responses = decode_responses(self.tok, out.response_ids, out.response_mask)
-            prompts = [self.prompt_texts[i] for i in idx for _ in range(cfg.num_generations)]
-            m["gold/mean"] = mean(torch.tensor(self.gold_fn(prompts, responses)))
-        return m
+    return ctx.finish(ctx.acc.unwrap_model(policy_fwd).lm, tok, final_metrics(ctx, timer),
+                      {"prompts": file_sha256(cfg.prompts)}, extra={"reward": reward.name})
 
 
 def run_grpo(cfg: GRPOConfig, gold_fn: GoldFn | None = None) -> dict:
     """GRPO: group-relative advantages (Shao et al. 2024), or only mean-centred with --no-scale-rewards."""
-    return GroupTrainer(cfg, "grpo", partial(group_advantages, scale_by_std=cfg.scale_rewards), gold_fn).run()
+    return run_group(cfg, "grpo", partial(group_advantages, scale_by_std=cfg.scale_rewards), gold_fn)
 
 
 def run_rloo(cfg: RLOOConfig, gold_fn: GoldFn | None = None) -> dict:
     """RLOO: leave-one-out baselines (Kool et al. 2019; Ahmadian et al. 2024)."""
-    return GroupTrainer(cfg, "rloo", leave_one_out_advantages, gold_fn).run()
+    return run_group(cfg, "rloo", leave_one_out_advantages, gold_fn)
+
+
+# -- set-up ---------------------------------------------------------------------------------------------
+
+def load_models(cfg: GroupPGConfig, ctx: RunContext, tok):
+    """The policy (trained) and the frozen reference (None when --kl-coef is 0: no KL, nothing to load)."""
+    policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
+    if cfg.kl_coef <= 0:
+        return ResponseForward(policy), None
+    ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
+    ref.eval().requires_grad_(False)
+    return ResponseForward(policy), ResponseForward(ref.to(ctx.device))
+
+
+def on_policy(cfg: GroupPGConfig) -> bool:
+    """One epoch over one minibatch: the sampling policy is the policy being differentiated, so its log-probs
+    need no separate forward (ratio exactly 1: REINFORCE)."""
+    return cfg.epochs_per_rollout == 1 and cfg.batch_size == cfg.rollout_batch_size
+
+
+def prompt_batch(cfg: GroupPGConfig, rank: int, world: int, n_prompts: int, update: int) -> list[int]:
+    """This process's prompts of an update (each is sampled K times)."""
+    per_rank = cfg.rollout_batch_size // cfg.num_generations // world
+    return prompt_indices(n_prompts, per_rank * world, update, rank * per_rank, per_rank, cfg.seed)
+
+
+# -- the steps of an update -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def score_rollout(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, ref_fwd, out):
+    """Old log-probs (None on-policy) and reference log-probs (None without KL), (B, R) and 0 after the
+    response, a micro-batch at a time (docs/ppo.md item 5)."""
+    ids, mask = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
+    r_ids, R, T = out.response_ids, out.response_ids.shape[1], cfg.temperature
+    parts = list(chunks(ids.shape[0], cfg.micro_batch_size or cfg.batch_size))
+
+    def logprobs(fwd):
+        return torch.cat([logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], T) for s in parts]) \
+            * out.response_mask.float()
+
+    old_logp = ref_logp = None
+    if not on_policy(cfg):
+        pf = ctx.acc.unwrap_model(policy_fwd)
+        pf.eval()
+        old_logp = logprobs(pf)
+    if ref_fwd is not None:
+        ref_logp = logprobs(ref_fwd)
+    return old_logp, ref_logp
+
+
+def optimise(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, opt, sched, out, old_logp, ref_logp, advantages,
+             generator) -> dict:
+    """The clipped surrogate (plus a k3 KL term unless KL is in the reward) over epochs of shuffled
+    minibatches, one optimizer step each; micro-batches accumulate gradients. Returns the mean statistics of
+    the micro-batches and the mean gradient norm of the steps."""
+    policy_fwd.train()
+    ids, attn = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
+    R = out.response_ids.shape[1]
+    loss_fn = pg_loss_token_mean if cfg.loss_aggregation == "token" else pg_loss_sequence_mean
+    kl_loss_coef = 0.0 if cfg.kl_in_reward else cfg.kl_coef
+    sums: dict[str, float] = {}
+    count, norms = 0, []
+    for mb in minibatches(ids.shape[0], cfg.batch_size // ctx.world, cfg.epochs_per_rollout, generator):
+        mb_tokens = float(out.response_mask[mb].sum())
+        for mi in ctx.accumulate(micro_batches(mb, cfg.micro_batch_size), policy_fwd):
+            mask = out.response_mask[mi].float()
+            with ctx.acc.autocast():
+                logits, _ = policy_fwd(ids[mi], attn[mi], R)
+                new_logp = logprobs_from_logits(logits, out.response_ids[mi], cfg.temperature)
+                loss, stats = loss_fn(new_logp, None if old_logp is None else old_logp[mi], advantages[mi], mask,
+                                      cfg.clip_eps, None if ref_logp is None else ref_logp[mi], kl_loss_coef)
+                # Each micro-batch's share of the minibatch mean: tokens (token mean) or rows.
+                share = float(mask.sum()) / max(mb_tokens, 1.0) if cfg.loss_aggregation == "token" \
+                    else len(mi) / len(mb)
+                ctx.acc.backward(loss * share)
+            with torch.no_grad():
+                stats["policy/entropy"] = float(masked_mean(entropy_from_logits(logits.detach(), cfg.temperature),
+                                                            mask))
+                if on_policy(cfg):  # the sampler's log-probs against the training forward's
+                    stats["rollout/logprob_gap"] = float(masked_mean((new_logp.detach() - out.logprobs[mi]).abs(),
+                                                                     mask))
+            add_stats(sums, stats)
+            count += 1
+        norms.append(ctx.step(opt, sched))
+    return {**{k: v / max(count, 1) for k, v in sums.items()}, "grad_norm": sum(norms) / max(len(norms), 1)}
+
+
+def kl_metrics(cfg: GroupPGConfig, ctx: RunContext, n: int, out, old_logp, ref_logp, rewards) -> dict:
+    """KL to the reference (k1, k3 per sequence), the KL penalty and total reward, and the gap between the
+    sampler's log-probs and those of a separate forward (about 0: docs/ppo.md item 19)."""
+    mask = out.response_mask
+    m = {"rollout/reward_total": global_mean(ctx, rewards, n)}
+    logp = old_logp if old_logp is not None else out.logprobs
+    if old_logp is not None:
+        m["rollout/logprob_gap"] = float(masked_mean((old_logp - out.logprobs).abs(), mask))
+    if ref_logp is not None:
+        m["kl/k1"] = global_mean(ctx, masked_sum(kl_k1(logp, ref_logp), mask, dim=1), n)
+        m["kl/k3"] = global_mean(ctx, masked_sum(kl_k3(logp, ref_logp), mask, dim=1), n)
+        if cfg.kl_in_reward:
+            m["rollout/kl_penalty"] = -cfg.kl_coef * m["kl/k1"]
+    return m
