@@ -32,26 +32,26 @@ def _save(out_dir, tensors: dict) -> None:
 
 
 def record_rollouts() -> None:
-    """Wrap the RL trainers so that each rollout batch is saved before it is used."""
+    """Wrap the RL recipes' optimisation steps so that each rollout batch is saved before it is used."""
     from prefloop.recipes import grpo, ppo
 
-    ppo_optimise = ppo.PPOTrainer._optimise
+    ppo_optimise = ppo.optimise
 
-    def ppo_recording(self, b):
-        _save(self.cfg.out, {"response_mask": b.response_mask, "rewards": b.rewards, "values": b.values,
-                             "advantages": b.advantages, "logprobs": b.logprobs, "ref_logprobs": b.ref_logprobs,
-                             "scores": b.scores})
-        return ppo_optimise(self, b)
+    def ppo_recording(cfg, ctx, policy_fwd, critic_fwd, opt, sched, b, generator):
+        _save(cfg.out, {"response_mask": b.response_mask, "rewards": b.rewards, "values": b.values,
+                        "advantages": b.advantages, "logprobs": b.logprobs, "ref_logprobs": b.ref_logprobs,
+                        "scores": b.scores})
+        return ppo_optimise(cfg, ctx, policy_fwd, critic_fwd, opt, sched, b, generator)
 
-    ppo.PPOTrainer._optimise = ppo_recording
-    group_optimise = grpo.GroupTrainer._optimise
+    ppo.optimise = ppo_recording
+    group_optimise = grpo.optimise
 
-    def group_recording(self, ids, attn, out, old_logp, ref_logp, advantages):
-        _save(self.cfg.out, {"response_mask": out.response_mask, "logprobs": out.logprobs, "ref_logprobs": ref_logp,
-                             "advantages": advantages})
-        return group_optimise(self, ids, attn, out, old_logp, ref_logp, advantages)
+    def group_recording(cfg, ctx, policy_fwd, opt, sched, out, old_logp, ref_logp, advantages, generator):
+        _save(cfg.out, {"response_mask": out.response_mask, "logprobs": out.logprobs, "ref_logprobs": ref_logp,
+                        "advantages": advantages})
+        return group_optimise(cfg, ctx, policy_fwd, opt, sched, out, old_logp, ref_logp, advantages, generator)
 
-    grpo.GroupTrainer._optimise = group_recording
+    grpo.optimise = group_recording
 
 
 def record_shares(out_dir: Path, rank: int) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from prefloop.cli import main
 from prefloop.data import DataError
-from prefloop.recipes.grpo import GroupTrainer, GRPOConfig, RLOOConfig, run_grpo, run_rloo
+from prefloop.recipes.grpo import GRPOConfig, RLOOConfig, prompt_batch, run_group, run_grpo, run_rloo
 from prefloop.rl.group import group_advantages
 from prefloop.runtime import read_metrics
 
@@ -37,6 +37,13 @@ def config(cls, tmp_path, policy_dir, toy_data, **kw):
                 num_generations=4, rollout_batch_size=32, batch_size=32, max_new_tokens=8, lr=1e-2, max_length=64)
     base.update(kw)
     return cls(**base)
+
+
+def weights_after(cfg) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(cfg.out / "model" / "model.safetensors"))
+    return torch.cat([saved[k].flatten() for k in sorted(saved)])
 
 
 def first_last(rows, key="rollout/score_mean", n=5):
@@ -97,19 +104,19 @@ def test_micro_batches_match_full_batch(tmp_path, policy_dir, toy_data, toy_rewa
     for micro in (None, 4):
         cfg = config(GRPOConfig, tmp_path / str(micro), policy_dir, toy_data, reward_fn=toy_reward, max_steps=1,
                      micro_batch_size=micro, loss_aggregation=aggregation, seed=3, lr=1e-3)
-        t = GroupTrainer(cfg, "grpo", group_advantages)
-        t.step(0)
-        params.append(torch.cat([p.detach().flatten() for p in t.policy_fwd.parameters()]))
+        run_group(cfg, "grpo", group_advantages)
+        params.append(weights_after(cfg))
     torch.testing.assert_close(params[0], params[1], atol=2e-5, rtol=1e-4)
 
 
 def test_groups_are_consecutive_samples_of_one_prompt(tmp_path, policy_dir, toy_data, toy_reward):
     cfg = config(RLOOConfig, tmp_path, policy_dir, toy_data, reward_fn=toy_reward, num_generations=8,
                  rollout_batch_size=16, batch_size=16)
-    t = GroupTrainer(cfg, "rloo", group_advantages)
-    idx = t._prompt_batch(0)
+    idx = prompt_batch(cfg, 0, 1, 64, 0)
     assert len(idx) == 2 and len(set(idx)) == 2
-    assert t._prompt_batch(1) != idx  # the next update takes the next prompts
+    assert prompt_batch(cfg, 0, 1, 64, 1) != idx  # the next update takes the next prompts
+    # Two processes take the two halves of one process's prompts of an update.
+    assert prompt_batch(cfg, 0, 2, 64, 0) + prompt_batch(cfg, 1, 2, 64, 0) == idx
 
 
 def test_world_gold_reward_fn_and_bad_world_prompt(tmp_path, policy_dir, toy_data):
@@ -185,8 +192,9 @@ def test_reward_ensemble_is_accepted(tmp_path, policy_dir, reward_dir, toy_data)
     means = []
     for spec, mode in ((str(reward_dir), "mean"), (f"{reward_dir},{reward_dir}", "mean-std")):
         cfg = config(GRPOConfig, tmp_path / mode, policy_dir, toy_data, reward=spec, ensemble_mode=mode,
-                     ensemble_lambda=2.0, rollout_batch_size=8, batch_size=8, seed=4)
-        means.append(GroupTrainer(cfg, "grpo", group_advantages).step(0)["rollout/score_mean"])
+                     ensemble_lambda=2.0, rollout_batch_size=8, batch_size=8, seed=4, max_steps=1)
+        run_grpo(cfg)
+        means.append(read_metrics(cfg.out / "metrics.jsonl")[0]["rollout/score_mean"])
     assert means[0] == pytest.approx(means[1], abs=1e-5)
 
 

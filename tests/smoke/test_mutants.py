@@ -7,26 +7,26 @@ from __future__ import annotations
 import pytest
 import torch
 
+import prefloop.recipes.grpo as grpo
+import prefloop.recipes.ppo as ppo
 from prefloop.cli import main
 from prefloop.recipes.dpo import DPOConfig, dpo_loss
-from prefloop.recipes.grpo import GroupTrainer
-from prefloop.recipes.ppo import PPOTrainer
 from prefloop.rl import gae, masked_mean, masked_var, masked_whiten
 
 from .test_grpo import toy_reward  # noqa: F401  (fixture)
-from .test_ppo import ppo_config
+from .test_ppo import first_update, ppo_config
 
 
-def capture_rollout(monkeypatch, trainer: PPOTrainer) -> list:
-    """Record every RolloutBatch the trainer optimises on (and still optimise)."""
+def capture_rollout(monkeypatch) -> list:
+    """Record every RolloutBatch PPO optimises on (and still optimise)."""
     seen = []
-    optimise = trainer._optimise
+    optimise = ppo.optimise
 
-    def recording(batch):
+    def recording(cfg, ctx, policy_fwd, critic_fwd, opt, sched, batch, generator):
         seen.append(batch)
-        return optimise(batch)
+        return optimise(cfg, ctx, policy_fwd, critic_fwd, opt, sched, batch, generator)
 
-    monkeypatch.setattr(trainer, "_optimise", recording)
+    monkeypatch.setattr(ppo, "optimise", recording)
     return seen
 
 
@@ -34,7 +34,7 @@ def test_ppo_reference_logprobs_use_the_sampling_temperature(tmp_path, policy_di
     """docs/ppo.md item 5: with the reference equal to the policy, the first rollout has KL exactly 0 at any
     temperature; a reference scored at temperature 1 would give a KL of the size of the tempering."""
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, temperature=0.5, normalize_reward=False)
-    m = PPOTrainer(cfg).step(0)
+    m = first_update(cfg)
     assert abs(m["kl/k1"]) < 1e-4 and abs(m["kl/k3"]) < 1e-4, (m["kl/k1"], m["kl/k3"])
     assert m["rollout/response_length"] > 1  # there were tokens to disagree on
 
@@ -42,12 +42,12 @@ def test_ppo_reference_logprobs_use_the_sampling_temperature(tmp_path, policy_di
 def test_ppo_advantages_are_whitened_gae(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
     """docs/ppo.md item 15: the optimiser sees GAE advantages whitened over the rollout (masked mean 0, variance 1),
     and returns = raw GAE advantages + values."""
-    t = PPOTrainer(ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=1))
-    seen = capture_rollout(monkeypatch, t)
-    t.step(0)
+    cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=1)
+    seen = capture_rollout(monkeypatch)
+    ppo.run_ppo(cfg)
     b = seen[0]
     mask = b.response_mask.float()
-    raw, returns = gae(b.rewards, b.values, mask, t.cfg.gamma, t.cfg.lam)
+    raw, returns = gae(b.rewards, b.values, mask, cfg.gamma, cfg.lam)
     assert float(masked_mean(b.advantages, mask)) == pytest.approx(0.0, abs=1e-5)
     assert float(masked_var(b.advantages, mask)) == pytest.approx(1.0, abs=1e-3)
     torch.testing.assert_close(b.advantages, masked_whiten(raw, mask))
@@ -57,8 +57,6 @@ def test_ppo_advantages_are_whitened_gae(tmp_path, policy_dir, reward_dir, toy_d
 
 def test_ppo_reshuffles_every_epoch(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
     """docs/ppo.md item 16: each PPO epoch covers the rollout once, in a fresh random order of minibatches."""
-    import prefloop.recipes.ppo as ppo
-
     minibatches = []
     real = ppo.micro_batches
 
@@ -69,7 +67,7 @@ def test_ppo_reshuffles_every_epoch(tmp_path, policy_dir, reward_dir, toy_data, 
     monkeypatch.setattr(ppo, "micro_batches", recording)
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=1, ppo_epochs=3, rollout_batch_size=16,
                      batch_size=4, normalize_reward=False)
-    PPOTrainer(cfg).step(0)
+    ppo.run_ppo(cfg)
     assert len(minibatches) == 3 * 4
     epochs = [sum(minibatches[i:i + 4], []) for i in range(0, 12, 4)]
     for order in epochs:
@@ -97,20 +95,14 @@ def test_grpo_scale_rewards_option_reaches_the_advantages(tmp_path, policy_dir, 
     """Through the command line: --no-scale-rewards gives r - group mean (Dr. GRPO), the default divides by
     the group's std (GRPO)."""
     seen = []
-    init = GroupTrainer.__init__
+    real = grpo.group_advantages
 
-    def recording_init(self, *args, **kw):
-        init(self, *args, **kw)
-        fn = self.advantage_fn
+    def recording(rewards, k, **kw):
+        adv, stats = real(rewards, k, **kw)
+        seen.append((rewards.detach().clone(), adv.detach().clone(), k))
+        return adv, stats
 
-        def recording(rewards, k):
-            adv, stats = fn(rewards, k)
-            seen.append((rewards.detach().clone(), adv.detach().clone(), k))
-            return adv, stats
-
-        self.advantage_fn = recording
-
-    monkeypatch.setattr(GroupTrainer, "__init__", recording_init)
+    monkeypatch.setattr(grpo, "group_advantages", recording)
     args = ["grpo", "--policy", str(policy_dir), "--prompts", str(toy_data["prompts"]), "--out", str(tmp_path / "g"),
             "--reward-fn", toy_reward, "--max-steps", "1", "--rollout-batch-size", "16", "--batch-size", "16",
             "--num-generations", "4", "--max-new-tokens", "12", "--max-length", "64", "--seed", "2"]

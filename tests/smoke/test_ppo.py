@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefloop.recipes.ppo import PPOConfig, PPOTrainer
+import prefloop.recipes.ppo as ppo
+from prefloop.recipes.ppo import PPOConfig, run_ppo
 from prefloop.runtime import read_metrics
 
 # docs/ppo.md item 19: what every update must log.
 LOGGED = ["rollout/score_mean", "rollout/kl_penalty", "rollout/reward_total", "kl/k1", "kl/k3",
           "policy/entropy", "policy/clipfrac", "policy/approxkl", "loss/value", "value/explained_variance",
-          "rollout/response_length", "rollout/no_eos_fraction", "rollout/logprob_gap", "loss/policy", "kl/coef"]
+          "rollout/response_length", "rollout/no_eos_fraction", "rollout/logprob_gap", "loss/policy", "kl/coef",
+          "rollout/reward_raw", "grad_norm"]
 
 
 def ppo_config(tmp_path, policy_dir, reward_dir, toy_data, **kw) -> PPOConfig:
@@ -21,10 +23,24 @@ def ppo_config(tmp_path, policy_dir, reward_dir, toy_data, **kw) -> PPOConfig:
     return PPOConfig(**base)
 
 
+def first_update(cfg: PPOConfig) -> dict:
+    """The metrics of a run's first update (a one-update run without reward normalisation)."""
+    cfg.max_steps, cfg.normalize_reward = 1, False
+    run_ppo(cfg)
+    return read_metrics(cfg.out / "metrics.jsonl")[0]
+
+
+def weights_after(cfg: PPOConfig) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(cfg.out / "model" / "model.safetensors"))
+    return torch.cat([saved[k].flatten() for k in sorted(saved)])
+
+
 def test_ppo_raises_reward_and_logs_everything(tmp_path, policy_dir, reward_dir, toy_data):
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=20, rollout_batch_size=32, batch_size=16,
                      lr=3e-3, kl_coef=0.01)
-    PPOTrainer(cfg).run()
+    run_ppo(cfg)
     rows = read_metrics(cfg.out / "metrics.jsonl")
     assert len(rows) == 20
     for key in LOGGED:
@@ -43,40 +59,58 @@ def test_value_head_critic_option(tmp_path, policy_dir, reward_dir, toy_data, mo
     from prefloop.models import ValueHead
 
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, critic="value-head", max_steps=3, lr=3e-3)
-    t = PPOTrainer(cfg)
-    values = []
-    optimise = t._optimise
-    monkeypatch.setattr(t, "_optimise", lambda b: (values.append(b.values), optimise(b))[1])
-    t.run()
+    values, policies = [], []
+    optimise = ppo.optimise
+
+    def recording(cfg, ctx, policy_fwd, critic_fwd, opt, sched, b, generator):
+        values.append(b.values)
+        policies.append(policy_fwd)
+        return optimise(cfg, ctx, policy_fwd, critic_fwd, opt, sched, b, generator)
+
+    monkeypatch.setattr(ppo, "optimise", recording)
+    run_ppo(cfg)
     assert float(values[0].abs().max()) == 0.0  # zero-initialised head: V = 0 on the first rollout
     assert float(values[-1].abs().max()) > 1e-3  # the value loss trained it
     assert not (cfg.out / "critic").exists()
     saved = torch.load(cfg.out / "value_head.pt")
     head = ValueHead(saved["linear.weight"].shape[1])
     head.load_state_dict(saved)
-    trained = t.policy_fwd.value_head.state_dict()
+    trained = policies[-1].value_head.state_dict()
     assert all(torch.equal(saved[k], trained[k]) for k in saved) and float(saved["linear.weight"].abs().max()) > 0
     assert "loss/value" in read_metrics(cfg.out / "metrics.jsonl")[-1]
 
 
 def test_reward_normalisation_centres_initial_scores(tmp_path, policy_dir, reward_dir, toy_data):
     """docs/ppo.md item 10: the initial policy's samples score mean 0, std 1 after the gain and bias."""
-    t = PPOTrainer(ppo_config(tmp_path, policy_dir, reward_dir, toy_data, rollout_batch_size=64, batch_size=64))
-    raw = t.calibrate_reward()
-    z = raw * t.reward_gain + t.reward_bias
+    from prefloop.models import load_tokenizer
+    from prefloop.recipes.common import sampling_config
+    from prefloop.recipes.context import RunContext
+    from prefloop.recipes.rl_common import read_rl_prompts, rollout
+
+    cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, rollout_batch_size=64, batch_size=64)
+    ctx, tok = RunContext("ppo", cfg), load_tokenizer(cfg.policy)
+    _, ids = read_rl_prompts(cfg, tok)
+    policy_fwd, _, _, rm = ppo.load_models(cfg, ctx, tok)
+    gen, sampling = torch.Generator().manual_seed(ctx.process_seed), sampling_config(cfg, tok)
+
+    def prompts(update):
+        return [ids[i] for i in ppo.prompt_batch(cfg, 0, 1, len(ids), update)]
+
+    (gain, bias), raw = ppo.calibrate_reward(ctx, policy_fwd, rm, prompts(0), tok, sampling, gen)
+    z = raw * gain + bias
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3
     # A fresh batch of the same policy lands near mean 0, std 1 too (sampling noise only).
-    out = t._sample(t._prompt_batch(1))
+    out = rollout(ctx, policy_fwd, prompts(1), tok, sampling, gen)
     with torch.no_grad():
-        s = t.rm(torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1))
-    z = s * t.reward_gain + t.reward_bias
+        s = rm(torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1))
+    z = s * gain + bias
     assert abs(float(z.mean())) < 0.5 and 0.6 < float(z.std()) < 1.5
 
 
 def test_no_eos_penalty(tmp_path, policy_dir, reward_dir, toy_data):
     """docs/ppo.md item 4: with 1 new token nothing ends, so every score is the fixed penalty."""
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_new_tokens=1, max_steps=1, no_eos_penalty=-3.0)
-    m = PPOTrainer(cfg).step(0)
+    m = first_update(cfg)
     assert m["rollout/no_eos_fraction"] == pytest.approx(1.0)
     assert m["rollout/score_mean"] == pytest.approx(-3.0)
 
@@ -90,7 +124,7 @@ def test_adaptive_kl_moves_coefficient(tmp_path, policy_dir, reward_dir, toy_dat
     target = 1e-6
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, kl_coef=0.1, kl_target=target, kl_horizon=100,
                      max_steps=3, seed=seed)
-    PPOTrainer(cfg).run()
+    run_ppo(cfg)
     rows = read_metrics(cfg.out / "metrics.jsonl")
     assert rows[0]["kl/coef"] == pytest.approx(0.1 * (1 - 0.2 * 16 / 100))
     beta = 0.1
@@ -107,9 +141,8 @@ def test_micro_batches_match_full_batch(tmp_path, policy_dir, reward_dir, toy_da
     for micro in (None, 2):
         cfg = ppo_config(tmp_path / str(micro), policy_dir, reward_dir, toy_data, max_steps=1, ppo_epochs=1,
                          micro_batch_size=micro, seed=3, normalize_reward=False)
-        t = PPOTrainer(cfg)
-        t.step(0)
-        params.append(torch.cat([p.detach().flatten() for p in t.policy_fwd.parameters()]))
+        run_ppo(cfg)
+        params.append(weights_after(cfg))
     torch.testing.assert_close(params[0], params[1], atol=2e-5, rtol=1e-4)
 
 
@@ -128,7 +161,7 @@ def test_keep_every_leaves_loadable_policy_copies(tmp_path, policy_dir, reward_d
     from transformers import AutoModelForCausalLM
 
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=4, keep_every=2)
-    PPOTrainer(cfg).run()
+    run_ppo(cfg)
     kept = sorted(p.name for p in (cfg.out / "checkpoints").iterdir())
     assert kept == ["step-2"]  # the final policy is OUT/model
     m = AutoModelForCausalLM.from_pretrained(cfg.out / "checkpoints" / "step-2")

@@ -60,19 +60,26 @@ def test_ensemble_scores_combine_member_scores(tmp_path, policy_dir, tokenizer):
         load_reward_scorer(str(tmp_path / "missing"), tokenizer)
 
 
-def test_ppo_runs_on_an_ensemble_manifest(tmp_path, policy_dir, reward_dir, toy_data):
-    from prefloop.recipes.ppo import PPOConfig, PPOTrainer
+def test_ppo_runs_on_an_ensemble_manifest(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
+    import prefloop.recipes.ppo as ppo
     from prefloop.runtime import read_metrics
 
     ens = tmp_path / "ens"
     ens.mkdir()
     (ens / "ensemble.json").write_text(json.dumps({"members": [str(reward_dir), str(reward_dir)]}))
-    cfg = PPOConfig(policy=str(policy_dir), reward=str(ens), prompts=toy_data["prompts"], out=tmp_path / "ppo",
-                    max_steps=2, rollout_batch_size=8, batch_size=8, max_new_tokens=6, max_length=48,
-                    ensemble_mode="mean-std", ensemble_lambda=2.0)
-    t = PPOTrainer(cfg)
-    assert len(t.rm.members) == 2
-    t.run()
+    cfg = ppo.PPOConfig(policy=str(policy_dir), reward=str(ens), prompts=toy_data["prompts"], out=tmp_path / "ppo",
+                        max_steps=2, rollout_batch_size=8, batch_size=8, max_new_tokens=6, max_length=48,
+                        ensemble_mode="mean-std", ensemble_lambda=2.0)
+    loaded = []
+    load_models = ppo.load_models
+
+    def recording(*args):
+        loaded.append(load_models(*args))
+        return loaded[-1]
+
+    monkeypatch.setattr(ppo, "load_models", recording)
+    ppo.run_ppo(cfg)
+    assert len(loaded[0][3].members) == 2  # the reward model PPO scored with
     rows = read_metrics(cfg.out / "metrics.jsonl")
-    assert len(rows) == 2 and all(r["rollout/reward_model_raw"] == r["rollout/reward_model_raw"] for r in rows)
+    assert len(rows) == 2 and all(r["rollout/reward_raw"] == r["rollout/reward_raw"] for r in rows)
     assert (cfg.out / "critic" / "config.json").exists()
