@@ -114,7 +114,7 @@ def rl_prompt_order(setup: Path, shape: Shape) -> list[int]:
     """Rows of prompts.jsonl that GRPO / RLOO sample from, update by update (each K times), as the trainer
     draws them (`prompt_indices`, seed 0, one process): TRL gets them in this order, unshuffled."""
     from prefloop.data import read_prompts
-    from prefloop.recipes.grpo import prompt_indices
+    from prefloop.recipes.rl_common import prompt_indices
 
     n = len(read_prompts(setup / "prompts.jsonl"))
     per_update = shape.batch // shape.samples_per_prompt
@@ -167,21 +167,23 @@ def run_reward(setup: Path, out: Path, shape: Shape, info: dict) -> dict:
 
 
 def run_ppo(setup: Path, out: Path, shape: Shape, info: dict) -> dict:
-    from prefloop.recipes.ppo import PPOConfig, PPOTrainer
+    from prefloop.models import load_tokenizer
+    from prefloop.recipes import ppo
+    from prefloop.recipes.rl_common import read_rl_prompts
 
     # Fixed length (--no-stop-at-eos): every completion has exactly new_tokens tokens, like TRL's side with
     # min_new_tokens; no response ever ends, so the no-EOS penalty is off (it would replace every score).
-    cfg = PPOConfig(policy=str(setup / "lm"), reward=str(setup / "rm"), prompts=setup / "prompts.jsonl",
+    cfg = ppo.PPOConfig(policy=str(setup / "lm"), reward=str(setup / "rm"), prompts=setup / "prompts.jsonl",
                     critic="reward", rollout_batch_size=shape.batch, ppo_epochs=4, max_new_tokens=shape.new_tokens,
                     stop_at_eos=False, no_eos_penalty=None, temperature=1.0, **_common(shape, out))
-    trainer = PPOTrainer(cfg)
-    trainer.run()
+    ppo.run_ppo(cfg)
     times, rows = _step_times(out)
     split = _rl_split(rows)
-    # prompt tokens of each update: the trainer's own prompt order (prompts were filtered to fit, none is cut)
+    # prompt tokens of each update: the recipe's own prompt order (prompts were filtered to fit, none is cut)
+    _, prompt_ids = read_rl_prompts(cfg, load_tokenizer(cfg.policy))
     tokens = []
     for u in range(shape.steps):
-        prompt = sum(len(trainer.prompt_ids[i]) for i in trainer._prompt_batch(u))
+        prompt = sum(len(prompt_ids[i]) for i in ppo.prompt_batch(cfg, 0, 1, len(prompt_ids), u))
         tokens.append(prompt + shape.batch * shape.new_tokens)
     lengths = [r.get("rollout/response_length") for r in rows]
     flops = [rl_flops_ppo(info["matmul_params_lm"], info["matmul_params_rm"], t, cfg.ppo_epochs) for t in tokens]
@@ -244,22 +246,27 @@ def group_config(task: str, setup: Path, out: Path, shape: Shape):
 
 
 def _run_group(task: str, setup: Path, out: Path, shape: Shape, info: dict) -> dict:
-    from prefloop.recipes.grpo import GroupTrainer, group_advantages, leave_one_out_advantages
+    from prefloop.models import load_tokenizer
+    from prefloop.recipes import grpo
+    from prefloop.recipes.rl_common import read_rl_prompts
 
     cfg = group_config(task, setup, out, shape)
-    adv = partial(group_advantages, scale_by_std=cfg.scale_rewards) if task == "grpo" else leave_one_out_advantages
-    trainer = GroupTrainer(cfg, task, adv)
-    trainer.run()
+    (grpo.run_grpo if task == "grpo" else grpo.run_rloo)(cfg)
     times, rows = _step_times(out)
     K = cfg.num_generations
-    tokens = [K * sum(len(trainer.prompt_ids[i]) for i in trainer._prompt_batch(u)) + shape.batch * shape.new_tokens
+    _, prompt_ids = read_rl_prompts(cfg, load_tokenizer(cfg.policy))
+
+    def batch(u):
+        return grpo.prompt_batch(cfg, 0, 1, len(prompt_ids), u)
+
+    tokens = [K * sum(len(prompt_ids[i]) for i in batch(u)) + shape.batch * shape.new_tokens
               for u in range(shape.steps)]
     flops = [rl_flops_group(info["matmul_params_lm"], info["matmul_params_rm"], t, ref=cfg.kl_coef > 0,
-                            old=not trainer.on_policy) for t in tokens]
+                            old=not grpo.on_policy(cfg)) for t in tokens]
     return {"step_times": times, "samples": [shape.batch] * shape.steps, "tokens": tokens, "flops": flops,
             "split": _rl_split(rows), "response_length": [r.get("rollout/response_length") for r in rows],
             "generated_tokens": [shape.batch * shape.new_tokens] * shape.steps,
-            "same_prompts": [i for u in range(shape.steps) for i in trainer._prompt_batch(u)]
+            "same_prompts": [i for u in range(shape.steps) for i in batch(u)]
             == rl_prompt_order(setup, shape)}
 
 

@@ -58,24 +58,40 @@ def sft_step_profile(setup: Path, rows: int) -> None:
 
 
 def ppo_update_profile(setup: Path, out: Path, rows: int) -> None:
-    from prefloop.recipes.ppo import PPOConfig, PPOTrainer
+    """The second update of a two-update run_ppo (the first warms up), its phases as profiler ranges."""
+    from prefloop.recipes import ppo
 
-    cfg = PPOConfig(policy=str(setup / "lm"), reward=str(setup / "rm"), prompts=setup / "prompts.jsonl",
-                    out=out, max_steps=3, rollout_batch_size=16, batch_size=16, max_new_tokens=48,
-                    stop_at_eos=False, no_eos_penalty=None, temperature=1.0, precision="fp32")
-    trainer = PPOTrainer(cfg)
-    trainer.calibrate_reward()
-    timer_phase = trainer.timer.phase
+    cfg = ppo.PPOConfig(policy=str(setup / "lm"), reward=str(setup / "rm"), prompts=setup / "prompts.jsonl",
+                        out=out, max_steps=2, rollout_batch_size=16, batch_size=16, max_new_tokens=48,
+                        stop_at_eos=False, no_eos_penalty=None, temperature=1.0, precision="fp32", overwrite=True)
+    prof = profile(activities=[ProfilerActivity.CPU])
+    optimised = [0]
 
-    @contextlib.contextmanager
-    def phase(name):
-        with record_function(f"ppo/{name}"), timer_phase(name):
-            yield
+    def ranged(name, fn, after=None):
+        def call(*args, **kw):
+            # calibrate_reward samples once before update 1; update 2 starts with the 3rd rollout
+            if name == "sample" and calls.count("sample") == 2:
+                prof.start()
+            calls.append(name)
+            with record_function(f"ppo/{name}"):
+                result = fn(*args, **kw)
+            if after:
+                after()
+            return result
+        return call
 
-    trainer.timer.phase = phase
-    trainer.step(0)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        trainer.step(1)
+    def stop_after_second_update():
+        optimised[0] += 1
+        if optimised[0] == 2:
+            prof.stop()
+
+    calls: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for attr, name in (("rollout", "sample"), ("score_rollout", "score"), ("optimise", "update")):
+            real = getattr(ppo, attr)
+            stack.callback(setattr, ppo, attr, real)
+            setattr(ppo, attr, ranged(name, real, stop_after_second_update if name == "update" else None))
+        ppo.run_ppo(cfg)
     print("## prefloop PPO: 1 update (16 completions x 48 tokens, 4 epochs, critic from the reward model)\n")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
     _phases(prof, "ppo/")
