@@ -173,7 +173,7 @@ def part_vader(texts: dict, work: Path, sizes: Sizes) -> dict:
 
 def part_hh(hh_file: Path, work: Path, sizes: Sizes, quick: bool) -> dict:
     from prefloop.data.real import read_hh_rlhf
-    from prefloop.recipes.reward import split_by_prompt
+    from prefloop.data.splits import split_by_prompt
 
     result = read_hh_rlhf(hh_file)
     pairs = result.records[:300] if quick else result.records

@@ -14,8 +14,9 @@ from transformers import AutoModelForSequenceClassification
 
 from prefloop.cli import main
 from prefloop.data import DataError, read_ratings
+from prefloop.data.splits import split_by_prompt
 from prefloop.recipes.common import ConfigError
-from prefloop.recipes.reward import RewardConfig, run_reward, split_by_prompt
+from prefloop.recipes.reward import RewardConfig, run_reward
 from prefloop.runtime import read_metrics
 
 PERSONAS = ["expert", "demonstrator", "troll", "overcautious", "rambler"]

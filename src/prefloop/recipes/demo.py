@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from prefloop.data import read_prompts, write_jsonl
+from prefloop.data.splits import split_by_prompt
 from prefloop.eval.compare import pairwise_accuracy
 from prefloop.eval.diversity import distinct_n
 from prefloop.eval.policy import mean, sample_policy
@@ -133,10 +134,7 @@ def make_comparisons(world, sft_dir: Path, prompts: list[str], p: DemoPreset, se
     policy = load_causal_lm(str(sft_dir), tok)
     s = sample_policy(policy, tok, prompts, 2, _sampling(tok, p), seed=seed)
     records = world.label_pairs(prompts, [r[0] for r in s.responses], [r[1] for r in s.responses], seed=seed)
-    rng = random.Random(seed)
-    held = set(rng.sample(prompts, max(1, len(prompts) // 10)))
-    train = [r for r in records if r["prompt"] not in held]
-    heldout = [r for r in records if r["prompt"] in held]
+    train, heldout = split_by_prompt(records, 0.1, seed)
     write_jsonl(out / "comparisons_train.jsonl", train)
     write_jsonl(out / "comparisons_heldout.jsonl", heldout)
     agree = [(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records

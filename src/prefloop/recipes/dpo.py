@@ -20,6 +20,7 @@ from torch import nn
 
 from prefloop.data import file_sha256, read_comparisons, right_pad
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
+from prefloop.data.splits import split_by_prompt
 from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
 from prefloop.rl import logprobs_from_logits
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
@@ -35,7 +36,6 @@ from .common import (
     total_steps,
 )
 from .context import RunContext
-from .reward import split_by_prompt
 
 
 @dataclass(kw_only=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefloop.data import read_prompts, write_jsonl
+from prefloop.data.splits import split_by_prompt
 from prefloop.runtime import console, write_json
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
@@ -214,13 +215,6 @@ def world_feedback(world, items: list[dict], seed: int) -> list[dict]:
                              [it["responses"][1] for it in items], seed=seed)
 
 
-def _split_heldout(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    prompts = sorted({r["prompt"] for r in records})
-    rng = random.Random(f"heldout-{seed}")
-    held = set(rng.sample(prompts, max(1, int(round(fraction * len(prompts)))))) if fraction > 0 else set()
-    return [r for r in records if r["prompt"] not in held], [r for r in records if r["prompt"] in held]
-
-
 def kl_plan(cfg: LoopConfig, rnd: int, previous_policy: str) -> tuple[str, float | None]:
     """(reference, KL target) of round `rnd`'s PPO under --kl-strategy (see LoopConfig.kl_strategy)."""
     if cfg.kl_strategy == "reset":
@@ -373,7 +367,7 @@ class Loop:
             r.setdefault("meta", {})["round"] = rnd
             _record_sources(r, items)
         screen = self.screen_annotators(records, rnd)
-        train, held = _split_heldout(screen.pop("kept"), self.cfg.heldout_fraction, self.cfg.seed + rnd)
+        train, held = split_by_prompt(screen.pop("kept"), self.cfg.heldout_fraction, f"heldout-{self.cfg.seed + rnd}")
         write_jsonl(self.round_dir(rnd) / "comparisons_train.jsonl", train)
         write_jsonl(self.round_dir(rnd) / "comparisons_heldout.jsonl", held)
         gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in records

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -35,6 +34,7 @@ from prefloop.data import (
     read_ratings,
 )
 from prefloop.data.encode_more import encode_ranking, encode_rating
+from prefloop.data.splits import split_by_prompt
 from prefloop.models import RewardScorer, load_reward_model, load_tokenizer, sequence_scores
 from prefloop.rl import bradley_terry_loss
 from prefloop.rl.preference import (
@@ -96,17 +96,6 @@ def is_reward_model(path: str) -> bool:
         return False
     archs = json.loads(cfg_file.read_text()).get("architectures") or []
     return any(a.endswith("ForSequenceClassification") for a in archs)
-
-
-def split_by_prompt(records: list, fraction: float, seed: int):
-    """Hold out whole prompts, so no held-out prompt was seen in training (any record with a `prompt`)."""
-    if fraction <= 0:
-        return records, []
-    prompts = sorted({json.dumps(c.prompt, sort_keys=True) for c in records})
-    random.Random(seed).shuffle(prompts)
-    held = set(prompts[:max(1, int(round(fraction * len(prompts))))])
-    train = [c for c in records if json.dumps(c.prompt, sort_keys=True) not in held]
-    return train, [c for c in records if json.dumps(c.prompt, sort_keys=True) in held]
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
