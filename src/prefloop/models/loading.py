@@ -116,27 +116,51 @@ def _sync_special_tokens(model, tokenizer) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
-def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+def _dtype_kwargs(dtype: torch.dtype | None, attn_implementation: str | None = None) -> dict:
     # Trained models keep fp32 master weights whatever dtype the checkpoint was saved in (transformers 5
     # loads the saved dtype by default, and AdamW on bf16 weights loses updates smaller than their ulp).
-    return {"dtype": dtype if dtype is not None else torch.float32}
+    kwargs = {"dtype": dtype if dtype is not None else torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
 
 
-def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
+def _with_adapter(model, adapter_dir: str | None):
+    """`model` with the LoRA adapter of `adapter_dir` attached (see prefloop.models.lora), dropout off."""
+    if adapter_dir is None:
+        return disable_dropout(model)
+    from .lora import load_adapter
+
+    return load_adapter(disable_dropout(model), adapter_dir)
+
+
+def _base_of(name: str) -> tuple[str, str | None]:
+    """(weights to load, adapter directory or None): an adapter directory loads its base model first."""
+    from .lora import adapter_base, is_adapter_dir
+
+    if is_adapter_dir(name):
+        return adapter_base(name), str(name)
+    return str(name), None
+
+
+def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
+                   attn_implementation: str | None = None):
     """A causal LM in `dtype` (default float32: the master weights of a model to train), dropout off, its
-    output head checked against its own forward (`prefloop.models.logits.check_logits`)."""
+    output head checked against its own forward (`prefloop.models.logits.check_logits`). A LoRA adapter
+    directory loads as its base model with the adapter attached."""
     from transformers import AutoModelForCausalLM
 
     from .logits import LogitsMismatchError, check_logits
 
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
-                             **_dtype_kwargs(dtype))
+    base, adapter = _base_of(name)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, "causal language model",
+                             **_dtype_kwargs(dtype, attn_implementation))
     _sync_special_tokens(model, tokenizer)
     try:
         check_logits(model, str(name))
     except LogitsMismatchError as e:
         raise ModelLoadError(str(e)) from None
-    return disable_dropout(model)
+    return _with_adapter(model, adapter)
 
 
 def init_score_head(model) -> None:
@@ -148,14 +172,17 @@ def init_score_head(model) -> None:
         nn.init.zeros_(head.bias)
 
 
-def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = None, new_head: bool = False):
-    """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint."""
+def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = None, new_head: bool = False,
+                      attn_implementation: str | None = None):
+    """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint. A LoRA
+    adapter directory loads as its base model with the adapter and its trained score head attached."""
     from transformers import AutoModelForSequenceClassification
 
     from .logits import LogitsMismatchError, check_scores
 
-    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
-                             num_labels=1, **_dtype_kwargs(dtype))
+    base, adapter = _base_of(name)
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, base, "reward model",
+                             num_labels=1, **_dtype_kwargs(dtype, attn_implementation))
     if not hasattr(model, "score"):
         raise ModelLoadError(f"{name}: architecture {type(model).__name__} has no `score` head; "
                              "prefloop reads rewards from causal-LM sequence classifiers")
@@ -168,4 +195,4 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
         check_scores(model, str(name))
     except LogitsMismatchError as e:
         raise ModelLoadError(str(e)) from None
-    return disable_dropout(model)
+    return _with_adapter(model, adapter)

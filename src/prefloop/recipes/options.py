@@ -78,6 +78,9 @@ RANGES: dict[str, Range] = {
     "vf_coef": AT_LEAST_0, "critic_lr": POSITIVE, "no_eos_penalty": ANY,
     # rejection sampling
     "rounds": AT_LEAST_1, "prompts_per_round": AT_LEAST_1,
+    # memory (recipes/memory.py)
+    "lora_r": AT_LEAST_0, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, hi_open=True),
+    "rollout_micro_batch_size": AT_LEAST_1,
 }
 
 
