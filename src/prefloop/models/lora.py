@@ -19,6 +19,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from prefloop.data.errors import InputError
@@ -139,14 +140,15 @@ def adapter_disabled(module: nn.Module):
 
 
 class WithoutAdapter(nn.Module):
-    """A forward module run with the adapter disabled: the reference of a LoRA policy (the same weights)."""
+    """A forward module run with the adapter disabled and no gradient: the reference of a LoRA policy
+    (the same weights; the reference is a constant of the loss, never differentiated)."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
     def forward(self, *args, **kwargs):
-        with adapter_disabled(self.inner):
+        with adapter_disabled(self.inner), torch.no_grad():
             return self.inner(*args, **kwargs)
 
 

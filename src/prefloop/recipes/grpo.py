@@ -27,6 +27,7 @@ import torch
 from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
+from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
@@ -52,13 +53,14 @@ from .common import (
     sampling_config,
 )
 from .context import RunContext
+from .memory import LoraOptions, RolloutOptions, final_model, load_trained_lm, shares_reference
 from .sample import device_generator, load_reward_source
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 
 
 @dataclass(kw_only=True)
-class GroupPGConfig(CommonConfig):
+class GroupPGConfig(CommonConfig, LoraOptions, RolloutOptions):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
@@ -179,9 +181,12 @@ class GroupTrainer:
             raise ConfigError("--rollout-batch-size must be a multiple of --num-generations times the number of "
                               "processes, and --batch-size a multiple of the number of processes")
         self.reward.to(ctx.device)
-        policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
+        policy = load_trained_lm(ctx, "policy", cfg.policy, tok, cfg)
         self.ref_fwd = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 and shares_reference(cfg):
+            # A LoRA policy's reference: the same weights with the adapter disabled, no second copy.
+            self.ref_fwd = WithoutAdapter(ResponseForward(policy))
+        elif cfg.kl_coef > 0:
             ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
             ref.eval().requires_grad_(False)
             self.ref_fwd = ResponseForward(ref.to(ctx.device))
@@ -238,7 +243,8 @@ class GroupTrainer:
         final = {k: last.get(k) for k in ("rollout/score_mean", "kl/k1", "gold/mean")}
         final["time_split"] = dict(self.timer.totals)
         hashes = {"prompts": file_sha256(cfg.prompts)}
-        return ctx.finish(self._policy(), self.tok, final, hashes, extra={"reward": self.reward.name})
+        policy, counts = final_model(self._policy(), cfg)
+        return ctx.finish(policy, self.tok, {**final, **counts}, hashes, extra={"reward": self.reward.name})
 
     def step(self, update: int) -> dict:
         cfg, ctx, T, K = self.cfg, self.ctx, self.cfg.temperature, self.cfg.num_generations
@@ -250,7 +256,7 @@ class GroupTrainer:
             policy.eval()
             q_ids, q_mask = left_pad([self.prompt_ids[i] for i in rows], self.tok.pad_token_id)
             out = sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), self.sampling,
-                         generator=self.sample_gen)
+                         generator=self.sample_gen, micro_batch_size=cfg.rollout_micro_batch_size)
         # 2. score, and the log-probs the update needs (reference; old policy when not on-policy)
         with self.timer.phase("score"):
             prompts = [self.prompt_texts[i] for i in rows]

@@ -24,10 +24,10 @@ from prefloop.models import (
     ResponseForward,
     ValueHead,
     load_causal_lm,
-    load_reward_model,
     load_tokenizer,
 )
 from prefloop.models.ensemble import EnsembleMode, load_reward_scorer, reward_members
+from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -60,10 +60,18 @@ from .common import (
     sampling_config,
 )
 from .context import RunContext
+from .memory import (
+    LoraOptions,
+    RolloutOptions,
+    final_model,
+    load_trained_lm,
+    load_trained_reward_model,
+    shares_reference,
+)
 
 
 @dataclass(kw_only=True)
-class PPOConfig(CommonConfig):
+class PPOConfig(CommonConfig, LoraOptions, RolloutOptions):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
@@ -134,7 +142,7 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
     R = r_ids.shape[1]
     logp, ref_logp, values, scores = [], [], [], []
-    ref_fwd = ResponseForward(ref)
+    ref_fwd = WithoutAdapter(ResponseForward(ref))  # a LoRA policy's reference: the adapter disabled
     for s in chunks(ids.shape[0], chunk):
         logits, v = policy_fwd(ids[s], mask[s], R)
         logp.append(logprobs_from_logits(logits, r_ids[s], temperature))
@@ -165,9 +173,12 @@ class PPOTrainer:
         self.sampling = sampling_config(cfg, tok)
 
         # Models: the policy (trained), the frozen reference and reward model, and the critic.
-        policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
+        policy = load_trained_lm(ctx, "policy", cfg.policy, tok, cfg)
         frozen = frozen_dtype(cfg.precision)
-        self.ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen).eval().requires_grad_(False)
+        if shares_reference(cfg):
+            self.ref = policy
+        else:
+            self.ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen).eval().requires_grad_(False)
         self.rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
         self.ref.to(ctx.device)
         self.rm.to(ctx.device)
@@ -175,8 +186,8 @@ class PPOTrainer:
         self.critic_fwd = None
         if cfg.critic == "reward":
             # An ensemble's first member initialises the critic.
-            critic_init = ctx.init_path("critic", reward_members(cfg.reward)[0])
-            self.critic_fwd = CriticForward(load_reward_model(critic_init, tok))
+            critic = load_trained_reward_model(ctx, "critic", reward_members(cfg.reward)[0], tok, cfg)
+            self.critic_fwd = CriticForward(critic)
             self.policy_fwd = ResponseForward(policy)
             params = [{"params": list(self.critic_fwd.parameters()), "lr": cfg.critic_lr or cfg.lr}]
         else:
@@ -227,7 +238,8 @@ class PPOTrainer:
         policy.eval()
         q_ids, q_mask = left_pad([self.prompt_ids[i] for i in idx], self.tok.pad_token_id)
         q_ids, q_mask = q_ids.to(self.ctx.device), q_mask.to(self.ctx.device)
-        out = sample(policy, q_ids, q_mask, self.sampling, generator=self.gen)
+        out = sample(policy, q_ids, q_mask, self.sampling, generator=self.gen,
+                     micro_batch_size=self.cfg.rollout_micro_batch_size)
         return out
 
     def _gather_mean_std(self, x: torch.Tensor) -> tuple[float, float]:
@@ -266,7 +278,8 @@ class PPOTrainer:
         final = {k: last.get(k) for k in ("rollout/score_mean", "kl/k1", "kl/coef", "gold/mean")}
         final["time_split"] = dict(self.timer.totals)
         extra = {"reward_norm": [self.reward_gain, self.reward_bias]}
-        meta = ctx.finish(policy, self.tok, final, {"prompts": file_sha256(cfg.prompts)}, extra=extra)
+        policy, counts = final_model(policy, cfg)
+        meta = ctx.finish(policy, self.tok, {**final, **counts}, {"prompts": file_sha256(cfg.prompts)}, extra=extra)
         if ctx.is_main and self.critic_fwd is not None:
             self._unwrap(self.critic_fwd).critic.save_pretrained(ctx.out / "critic")
         elif ctx.is_main:
