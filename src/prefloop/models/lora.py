@@ -162,7 +162,11 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in the backward pass instead of storing them. Non-reentrant
     checkpointing: the same gradients as without, also when the inputs of a block need no gradient."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if peft_model(model) is not None:
         # The embeddings are frozen under LoRA; peft's recipe for checkpointed adapters keeps their
         # output in the graph, which reentrant checkpointing (a user's override) needs.
@@ -176,7 +180,8 @@ def prepare_for_training(model: nn.Module, opts, resumed: bool = False, reward: 
     otherwise it belongs to an earlier stage and is merged first. Then a new adapter if --lora-r is set."""
     r = getattr(opts, "lora_r", 0) or 0
     if peft_model(model) is not None and not (resumed and r):
-        model = merged(model)
+        # peft froze the base weights when it attached the adapter; the merged model trains in full
+        model = merged(model).requires_grad_(True)
     if peft_model(model) is not None:
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name or "modules_to_save" in name)
