@@ -4,7 +4,6 @@ chunks joined as one batch."""
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from prefloop.rollout import sample
