@@ -167,3 +167,27 @@ def test_cli_refuses_a_bad_attention_kernel(data, tmp_path, capsys):
         code = e.code
     assert code == 2 and not (tmp_path / "x").exists()
     assert "attn-implementation" in capsys.readouterr().err
+
+
+def test_reference_given_as_an_adapter_directory_keeps_its_adapter(data, tmp_path):
+    """--reference pointing at a LoRA run's OUT/model: the reference is that adapted policy, not its base
+    (a policy started from the same adapted model then begins at KL 0)."""
+    from prefloop.recipes.grpo import GRPOConfig, run_grpo
+
+    _sft(data, tmp_path / "sft", **TINY)
+    sft = str(tmp_path / "sft" / "model")
+    run_grpo(GRPOConfig(policy=sft, reference=sft, reward=str(data["reward"]), prompts=data["prompts"],
+                        out=tmp_path / "grpo", num_generations=2, kl_coef=0.1, **{**RL, "max_steps": 1},
+                        max_length=64, lr=1e-2, seed=0))
+    assert _last(tmp_path / "grpo", "kl/k1") == pytest.approx(0.0, abs=1e-5)
+
+
+def test_pretrain_with_gradient_checkpointing(data, tmp_path, monkeypatch):
+    from prefloop.recipes.pretrain import PretrainConfig, run_pretrain
+
+    checkpointed = []
+    real = lora_module.enable_gradient_checkpointing
+    monkeypatch.setattr(lora_module, "enable_gradient_checkpointing", lambda m: (checkpointed.append(m), real(m)))
+    run_pretrain(PretrainConfig(data=data["corpus"], out=tmp_path / "pt", max_steps=2, batch_size=4, max_length=32,
+                                vocab_size=300, gradient_checkpointing=True, attn_implementation="eager"))
+    assert len(checkpointed) == 1 and checkpointed[0].config._attn_implementation == "eager"

@@ -158,7 +158,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     if shares_reference(cfg):
         ref_fwd = WithoutAdapter(model)
     else:
-        ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision))
+        ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
         ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
     ref_fwd.to(ctx.device)
     chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast

@@ -187,7 +187,7 @@ class GroupTrainer:
             # A LoRA policy's reference: the same weights with the adapter disabled, no second copy.
             self.ref_fwd = WithoutAdapter(ResponseForward(policy))
         elif cfg.kl_coef > 0:
-            ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
+            ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
             ref.eval().requires_grad_(False)
             self.ref_fwd = ResponseForward(ref.to(ctx.device))
         self.policy_fwd = ResponseForward(policy)

@@ -110,3 +110,12 @@ def final_model(model, cfg):
 
     counts = parameter_counts(model)
     return for_saving(model, getattr(cfg, "merge_lora", False)), counts
+
+
+def built_model_options(lm, cfg):
+    """`MemoryOptions` on a model built from a config (pretraining): attention kernel, checkpointing."""
+    from prefloop.models.lora import prepare_for_training
+
+    if cfg.attn_implementation is not None:
+        lm.set_attn_implementation(cfg.attn_implementation)
+    return prepare_for_training(lm, cfg)

@@ -142,7 +142,9 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
     R = r_ids.shape[1]
     logp, ref_logp, values, scores = [], [], [], []
-    ref_fwd = WithoutAdapter(ResponseForward(ref))  # a LoRA policy's reference: the adapter disabled
+    ref_fwd = ResponseForward(ref)
+    if ref is policy_fwd.lm:  # a LoRA policy without --reference: its reference is the adapter disabled
+        ref_fwd = WithoutAdapter(ref_fwd)
     for s in chunks(ids.shape[0], chunk):
         logits, v = policy_fwd(ids[s], mask[s], R)
         logp.append(logprobs_from_logits(logits, r_ids[s], temperature))
@@ -178,7 +180,8 @@ class PPOTrainer:
         if shares_reference(cfg):
             self.ref = policy
         else:
-            self.ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen).eval().requires_grad_(False)
+            self.ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen, cfg.attn_implementation)
+            self.ref.eval().requires_grad_(False)
         self.rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
         self.ref.to(ctx.device)
         self.rm.to(ctx.device)
