@@ -246,22 +246,35 @@ def test_attn_implementation_reaches_the_model(policy_dir, tok, kernel):
 
 
 def test_lora_options_without_peft_are_refused_naming_the_extra(monkeypatch):
+    from prefloop.recipes.memory import check_memory_options
     from prefloop.recipes.options import ConfigError
     from prefloop.recipes.sft import SFTConfig
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(ConfigError, match=r"--lora-r needs peft: pip install 'prefloop\[lora\]'"):
-        SFTConfig(lora_r=8)
-    SFTConfig()  # no LoRA option: no peft needed
+        check_memory_options(SFTConfig(lora_r=8))
+    check_memory_options(SFTConfig())  # no LoRA option: no peft needed
 
 
 def test_lora_option_checks():
+    from prefloop.recipes.memory import check_memory_options
     from prefloop.recipes.options import ConfigError
     from prefloop.recipes.sft import SFTConfig
 
     with pytest.raises(ConfigError, match="--merge-lora and --lora-target-modules need --lora-r"):
-        SFTConfig(merge_lora=True)
+        check_memory_options(SFTConfig(merge_lora=True))
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
-            SFTConfig(attn_implementation="flash_attention_2")
+            check_memory_options(SFTConfig(attn_implementation="flash_attention_2"))
+
+
+def test_cli_lora_option_without_peft_exits_2(monkeypatch, tmp_path, capsys):
+    from prefloop.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    code = main(["dpo", "--model", "m", "--data", "d.jsonl", "--out", str(tmp_path / "x"), "--lora-r", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --lora-r needs peft: pip install 'prefloop[lora]'"]
+    assert not (tmp_path / "x").exists()

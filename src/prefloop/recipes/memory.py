@@ -22,11 +22,6 @@ class MemoryOptions:
     """Attention kernel passed to transformers: sdpa, eager or flash_attention_2 (needs the flash-attn
     package and a GPU). Default: transformers' choice for the model."""
 
-    def __post_init__(self):
-        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn package "
-                              "(pip install flash-attn) and a GPU")
-
 
 @dataclass(kw_only=True)
 class LoraOptions(MemoryOptions):
@@ -45,21 +40,27 @@ class LoraOptions(MemoryOptions):
     """Save OUT/model as a plain model with the adapter merged into the weights (default: the adapter,
     which peft loads; prefloop loads either)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        uses_lora = self.lora_r or self.merge_lora or self.lora_target_modules
-        if uses_lora and importlib.util.find_spec("peft") is None:
-            given = "--lora-r" if self.lora_r else "--merge-lora" if self.merge_lora else "--lora-target-modules"
-            raise ConfigError(f"{given} needs peft: pip install 'prefloop[lora]'")
-        if (self.merge_lora or self.lora_target_modules) and not self.lora_r:
-            raise ConfigError("--merge-lora and --lora-target-modules need --lora-r (a LoRA rank > 0)")
-
 
 @dataclass(kw_only=True)
 class RolloutOptions:
     rollout_micro_batch_size: int | None = None
     """Prompts sampled together on each process; the rollout batch is sampled in chunks of this size, so
     the KV cache holds one chunk at a time. Default: the whole rollout batch at once."""
+
+
+def check_memory_options(cfg) -> None:
+    """What the memory options need: peft for LoRA, flash-attn for flash_attention_2, a rank for the other
+    LoRA options. The command line runs it with its option checks; the recipes before loading a model."""
+    flash = getattr(cfg, "attn_implementation", None) == "flash_attention_2"
+    if flash and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn package "
+                          "(pip install flash-attn) and a GPU")
+    r, merge, targets = (getattr(cfg, k, None) for k in ("lora_r", "merge_lora", "lora_target_modules"))
+    if (r or merge or targets) and importlib.util.find_spec("peft") is None:
+        given = "--lora-r" if r else "--merge-lora" if merge else "--lora-target-modules"
+        raise ConfigError(f"{given} needs peft: pip install 'prefloop[lora]'")
+    if (merge or targets) and not r:
+        raise ConfigError("--merge-lora and --lora-target-modules need --lora-r (a LoRA rank > 0)")
 
 
 # -- the model-loading lines of the recipes -----------------------------------------------------------------
@@ -81,6 +82,7 @@ def load_trained_lm(ctx, name: str, path: str, tok, cfg):
     from prefloop.models import load_causal_lm
     from prefloop.models.lora import prepare_for_training
 
+    check_memory_options(cfg)
     lm = load_causal_lm(ctx.init_path(name, path), tok, attn_implementation=cfg.attn_implementation)
     lm = prepare_for_training(lm, cfg, resumed=ctx.resuming)
     _report(ctx, lm, cfg)
@@ -92,6 +94,7 @@ def load_trained_reward_model(ctx, name: str, path: str, tok, cfg, new_head: boo
     from prefloop.models import load_reward_model
     from prefloop.models.lora import prepare_for_training
 
+    check_memory_options(cfg)
     rm = load_reward_model(ctx.init_path(name, path), tok, new_head=new_head,
                            attn_implementation=cfg.attn_implementation)
     rm = prepare_for_training(rm, cfg, resumed=ctx.resuming, reward=True)
@@ -116,6 +119,7 @@ def built_model_options(lm, cfg):
     """`MemoryOptions` on a model built from a config (pretraining): attention kernel, checkpointing."""
     from prefloop.models.lora import prepare_for_training
 
+    check_memory_options(cfg)
     if cfg.attn_implementation is not None:
         lm.set_attn_implementation(cfg.attn_implementation)
     return prepare_for_training(lm, cfg)

@@ -226,7 +226,10 @@ def check_out(cfg, command: str) -> None:
 
 def validate(cfg, command: str, given: set[str] | None = None) -> None:
     """All checks that need no model or data, in the order a user fixes them."""
+    from .memory import check_memory_options
+
     check_types(cfg)
     derive_defaults(cfg, given or set())
     check_ranges(cfg)
+    check_memory_options(cfg)
     check_out(cfg, command)
