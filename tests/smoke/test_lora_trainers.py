@@ -191,3 +191,24 @@ def test_pretrain_with_gradient_checkpointing(data, tmp_path, monkeypatch):
     run_pretrain(PretrainConfig(data=data["corpus"], out=tmp_path / "pt", max_steps=2, batch_size=4, max_length=32,
                                 vocab_size=300, gradient_checkpointing=True, attn_implementation="eager"))
     assert len(checkpointed) == 1 and checkpointed[0].config._attn_implementation == "eager"
+
+
+@pytest.mark.slow  # two PPO runs of 4 and 2 updates (~8 s)
+def test_ppo_with_lora_policy_and_critic_resumes(data, tmp_path):
+    """The policy and the critic (a LoRA on the reward model) resume from their checkpointed adapters."""
+    from prefloop.recipes.ppo import PPOConfig, run_ppo
+
+    def cfg(out, **kw):
+        return PPOConfig(policy=str(data["policy"]), reward=str(data["reward"]), prompts=data["prompts"], out=out,
+                         **{**RL, "max_steps": 4}, save_every=2, kl_target=2.0, **TINY, **kw)
+
+    run_ppo(cfg(tmp_path / "full"))
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint", tmp_path / "resumed" / "checkpoint")
+    run_ppo(cfg(tmp_path / "resumed", resume=True))
+    for name in ("model", "critic"):
+        a = load_file(str(tmp_path / "full" / name / "adapter_model.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / name / "adapter_model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=f"{name}: {k}")

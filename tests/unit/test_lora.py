@@ -4,6 +4,7 @@ disabled, merging, saving and loading, gradient checkpointing, the attention ker
 from __future__ import annotations
 
 import importlib.util
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -278,3 +279,19 @@ def test_cli_lora_option_without_peft_exits_2(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: --lora-r needs peft: pip install 'prefloop[lora]'"]
     assert not (tmp_path / "x").exists()
+
+
+def test_an_adapter_trained_on_an_earlier_adapter_reloads_to_the_same_model(policy_dir, tok, tmp_path):
+    """SFT with LoRA, then another LoRA stage from its OUT/model: the second adapter was trained on the base
+    with the first merged, so it names the first as its base, and the loader rebuilds that chain."""
+    first = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    first.save_pretrained(tmp_path / "first")
+    second = train_steps(prepare_for_training(load_causal_lm(str(tmp_path / "first"), tok), opts()), tok)
+    second.save_pretrained(tmp_path / "second")
+    config = json.loads((tmp_path / "second" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "first")
+    ids, mask, _ = batch(tok, seed=5)
+    with torch.no_grad():
+        expected = second(input_ids=ids, attention_mask=mask).logits
+        reloaded = load_causal_lm(str(tmp_path / "second"), tok)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)

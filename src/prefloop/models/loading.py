@@ -125,22 +125,15 @@ def _dtype_kwargs(dtype: torch.dtype | None, attn_implementation: str | None = N
     return kwargs
 
 
-def _with_adapter(model, adapter_dir: str | None):
-    """`model` with the LoRA adapter of `adapter_dir` attached (see prefloop.models.lora), dropout off."""
-    if adapter_dir is None:
-        return disable_dropout(model)
-    from .lora import load_adapter
+def _adapter_model(load, name: str, **kwargs):
+    """A LoRA adapter directory (see prefloop.models.lora): its base model, then the adapter. The base may
+    itself be an adapter directory (an adapter trained on an earlier stage's adapter names that one as its
+    base): it loads the same way and is merged first. None when `name` is no adapter directory."""
+    from .lora import adapter_base, is_adapter_dir, load_adapter, merged
 
-    return load_adapter(disable_dropout(model), adapter_dir)
-
-
-def _base_of(name: str) -> tuple[str, str | None]:
-    """(weights to load, adapter directory or None): an adapter directory loads its base model first."""
-    from .lora import adapter_base, is_adapter_dir
-
-    if is_adapter_dir(name):
-        return adapter_base(name), str(name)
-    return str(name), None
+    if not is_adapter_dir(name):
+        return None
+    return load_adapter(merged(load(adapter_base(name), **kwargs)), str(name))
 
 
 def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
@@ -152,15 +145,18 @@ def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
 
     from .logits import LogitsMismatchError, check_logits
 
-    base, adapter = _base_of(name)
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, "causal language model",
+    adapted = _adapter_model(load_causal_lm, name, tokenizer=tokenizer, dtype=dtype,
+                             attn_implementation=attn_implementation)
+    if adapted is not None:
+        return adapted
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
                              **_dtype_kwargs(dtype, attn_implementation))
     _sync_special_tokens(model, tokenizer)
     try:
         check_logits(model, str(name))
     except LogitsMismatchError as e:
         raise ModelLoadError(str(e)) from None
-    return _with_adapter(model, adapter)
+    return disable_dropout(model)
 
 
 def init_score_head(model) -> None:
@@ -180,8 +176,11 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
 
     from .logits import LogitsMismatchError, check_scores
 
-    base, adapter = _base_of(name)
-    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, base, "reward model",
+    adapted = _adapter_model(load_reward_model, name, tokenizer=tokenizer, dtype=dtype, new_head=new_head,
+                             attn_implementation=attn_implementation)
+    if adapted is not None:
+        return adapted
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
                              num_labels=1, **_dtype_kwargs(dtype, attn_implementation))
     if not hasattr(model, "score"):
         raise ModelLoadError(f"{name}: architecture {type(model).__name__} has no `score` head; "
@@ -195,4 +194,4 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
         check_scores(model, str(name))
     except LogitsMismatchError as e:
         raise ModelLoadError(str(e)) from None
-    return _with_adapter(model, adapter)
+    return disable_dropout(model)

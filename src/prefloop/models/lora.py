@@ -24,8 +24,9 @@ from torch import nn
 
 from prefloop.data.errors import InputError
 
-# The attribute of the HF model that holds its peft wrapper (set without registering a submodule).
-_PEFT = "_prefloop_peft_model"
+# Attributes of the HF model: its peft wrapper (set without registering a submodule), and the directory
+# its adapter was loaded from.
+_PEFT, _SOURCE = "_prefloop_peft_model", "_prefloop_adapter_dir"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -63,18 +64,19 @@ def peft_model(model: nn.Module):
     return model.__dict__.get(_PEFT)
 
 
-def _attach(peft, base: nn.Module) -> nn.Module:
+def _attach(peft, base: nn.Module, source: str | None = None) -> nn.Module:
     # object.__setattr__: a plain reference, not a submodule (the wrapper contains `base`; registering it
     # would make `base.modules()` recurse). Saving the model saves its adapter, wherever it is saved.
     object.__setattr__(base, _PEFT, peft)
+    object.__setattr__(base, _SOURCE, source)
     object.__setattr__(base, "save_pretrained", peft.save_pretrained)
     return base
 
 
-def _detach(base: nn.Module) -> nn.Module:
+def _detach(base: nn.Module) -> str | None:
     base.__dict__.pop(_PEFT, None)
     base.__dict__.pop("save_pretrained", None)
-    return base
+    return base.__dict__.pop(_SOURCE, None)
 
 
 def add_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: str | None,
@@ -108,7 +110,7 @@ def load_adapter(base: nn.Module, adapter_dir) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - peft and safetensors raise many types; name the directory
         raise LoraUnavailable(f"{adapter_dir}: cannot load the LoRA adapter: {' '.join(str(e).split())[:300]}") \
             from None
-    return _attach(peft, peft.get_base_model())
+    return _attach(peft, peft.get_base_model(), str(adapter_dir))
 
 
 def merged(model: nn.Module) -> nn.Module:
@@ -116,8 +118,13 @@ def merged(model: nn.Module) -> nn.Module:
     peft = peft_model(model)
     if peft is None:
         return model
-    _detach(model)
-    return peft.merge_and_unload()
+    source = _detach(model)
+    plain = peft.merge_and_unload()
+    if source is not None:
+        # An adapter trained on this merged model records its base as this directory, where the loader
+        # finds (and merges) the same weights again.
+        plain.name_or_path = source
+    return plain
 
 
 @contextlib.contextmanager
