@@ -212,3 +212,26 @@ def test_ppo_with_lora_policy_and_critic_resumes(data, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=f"{name}: {k}")
+
+
+@pytest.mark.slow  # two torchrun launches (~40 s)
+def test_lora_with_gradient_checkpointing_on_two_processes_matches_one(data, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = ["-m", "prefloop.cli", "sft", "--model", str(data["policy"]), "--data", str(data["demos"]),
+            "--max-steps", "3", "--batch-size", "8", "--micro-batch-size", "2", "--max-length", "64", "--lr", "1e-2",
+            "--lora-r", "4", "--gradient-checkpointing"]
+    runs = {}
+    for n in (1, 2):
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                              str(n), *args, "--out", str(tmp_path / f"p{n}")], capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert {int(w) for w in re.findall(r"on (\d+) process\(es\)", res.stdout + res.stderr)} == {n}
+        runs[n] = load_file(str(tmp_path / f"p{n}" / "model" / "adapter_model.safetensors"))
+    for k in runs[1]:
+        torch.testing.assert_close(runs[2][k], runs[1][k], atol=1e-6, rtol=1e-5, msg=k)
