@@ -388,9 +388,10 @@ def main(argv=None) -> int:
     have_trl = not args.no_trl and _importable("trl") and _importable("datasets")
     if not have_trl and not args.no_trl:
         record["skipped"].append("TRL side by side: trl/datasets not importable (carry their wheels)")
-    lora = recipe_supports("lora_r")
+    lora = recipe_supports("lora_r") and _importable("peft")
     if not lora:
-        record["skipped"].append("LoRA runs: the recipes have no --lora-r option in this version")
+        why = "peft not importable (carry its wheel)" if recipe_supports("lora_r") else "no --lora-r option"
+        record["skipped"].append(f"LoRA runs: {why}")
     plan = []
     for task in tasks:
         steps, warm = (DRY_STEPS if args.dry_run else STEPS)[task]

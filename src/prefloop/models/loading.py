@@ -116,21 +116,41 @@ def _sync_special_tokens(model, tokenizer) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
-def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+def _dtype_kwargs(dtype: torch.dtype | None, attn_implementation: str | None = None) -> dict:
     # Trained models keep fp32 master weights whatever dtype the checkpoint was saved in (transformers 5
     # loads the saved dtype by default, and AdamW on bf16 weights loses updates smaller than their ulp).
-    return {"dtype": dtype if dtype is not None else torch.float32}
+    kwargs = {"dtype": dtype if dtype is not None else torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
 
 
-def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
+def _adapter_model(load, name: str, **kwargs):
+    """A LoRA adapter directory (see prefloop.models.lora): its base model, then the adapter. The base may
+    itself be an adapter directory (an adapter trained on an earlier stage's adapter names that one as its
+    base): it loads the same way and is merged first. None when `name` is no adapter directory."""
+    from .lora import adapter_base, is_adapter_dir, load_adapter, merged
+
+    if not is_adapter_dir(name):
+        return None
+    return load_adapter(merged(load(adapter_base(name), **kwargs)), str(name))
+
+
+def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
+                   attn_implementation: str | None = None):
     """A causal LM in `dtype` (default float32: the master weights of a model to train), dropout off, its
-    output head checked against its own forward (`prefloop.models.logits.check_logits`)."""
+    output head checked against its own forward (`prefloop.models.logits.check_logits`). A LoRA adapter
+    directory loads as its base model with the adapter attached."""
     from transformers import AutoModelForCausalLM
 
     from .logits import LogitsMismatchError, check_logits
 
+    adapted = _adapter_model(load_causal_lm, name, tokenizer=tokenizer, dtype=dtype,
+                             attn_implementation=attn_implementation)
+    if adapted is not None:
+        return adapted
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
-                             **_dtype_kwargs(dtype))
+                             **_dtype_kwargs(dtype, attn_implementation))
     _sync_special_tokens(model, tokenizer)
     try:
         check_logits(model, str(name))
@@ -148,14 +168,20 @@ def init_score_head(model) -> None:
         nn.init.zeros_(head.bias)
 
 
-def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = None, new_head: bool = False):
-    """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint."""
+def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = None, new_head: bool = False,
+                      attn_implementation: str | None = None):
+    """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint. A LoRA
+    adapter directory loads as its base model with the adapter and its trained score head attached."""
     from transformers import AutoModelForSequenceClassification
 
     from .logits import LogitsMismatchError, check_scores
 
+    adapted = _adapter_model(load_reward_model, name, tokenizer=tokenizer, dtype=dtype, new_head=new_head,
+                             attn_implementation=attn_implementation)
+    if adapted is not None:
+        return adapted
     model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
-                             num_labels=1, **_dtype_kwargs(dtype))
+                             num_labels=1, **_dtype_kwargs(dtype, attn_implementation))
     if not hasattr(model, "score"):
         raise ModelLoadError(f"{name}: architecture {type(model).__name__} has no `score` head; "
                              "prefloop reads rewards from causal-LM sequence classifiers")

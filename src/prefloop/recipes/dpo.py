@@ -22,6 +22,7 @@ from prefloop.data import file_sha256, read_comparisons, right_pad
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
 from prefloop.data.splits import split_by_prompt
 from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
+from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import logprobs_from_logits
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
 from prefloop.runtime.accel import frozen_dtype
@@ -36,10 +37,11 @@ from .common import (
     total_steps,
 )
 from .context import RunContext
+from .memory import LoraOptions, final_model, load_trained_lm, shares_reference
 
 
 @dataclass(kw_only=True)
-class DPOConfig(CommonConfig):
+class DPOConfig(CommonConfig, LoraOptions):
     model: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the reference unless --reference is given."""
     data: Path | None = None
@@ -150,9 +152,14 @@ def run_dpo(cfg: DPOConfig) -> dict:
 
     plan = BatchPlan([max(len(p.chosen), len(p.rejected)) for p in enc], cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
-    # Reference: frozen; with precomputation one pass over every pair, then the model is freed.
-    ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision))
-    ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
+    model = SequenceLogprobs(load_trained_lm(ctx, "model", cfg.model, tok, cfg))
+    # Reference: frozen; with precomputation one pass over every pair, then the model is freed. A LoRA
+    # policy's reference is its own base weights (the adapter disabled): no second copy.
+    if shares_reference(cfg):
+        ref_fwd = WithoutAdapter(model)
+    else:
+        ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
+        ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
     ref_fwd.to(ctx.device)
     chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast
     ref_train = ref_held = None
@@ -160,7 +167,6 @@ def run_dpo(cfg: DPOConfig) -> dict:
         ref_train = pair_logprobs(ref_fwd, enc, tok.pad_token_id, ctx.device, chunk, amp)
         ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk, amp)
         ref_fwd = None
-    model = SequenceLogprobs(load_causal_lm(ctx.init_path("model", cfg.model), tok))
     model.train()
     state = ctx.resume_state()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
@@ -205,7 +211,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
                       ("rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected")})
         final["eval/loss"] = float(stats["loss/dpo"])
         ctx.logger.log(step, final)
-    return ctx.finish(_lm(ctx, model), tok, final, {"data": file_sha256(cfg.data)})
+    lm, counts = final_model(_lm(ctx, model), cfg)
+    return ctx.finish(lm, tok, {**final, **counts}, {"data": file_sha256(cfg.data)})
 
 
 def _lm(ctx, wrapped):

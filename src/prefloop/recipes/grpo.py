@@ -26,6 +26,7 @@ import torch
 from prefloop.data import file_sha256
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
+from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
@@ -48,6 +49,7 @@ from .common import (
     sampling_config,
 )
 from .context import RunContext
+from .memory import LoraOptions, RolloutOptions, final_model, load_trained_lm, shares_reference
 from .rl_common import (
     SHOW,
     add_stats,
@@ -68,7 +70,7 @@ AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 
 
 @dataclass(kw_only=True)
-class GroupPGConfig(CommonConfig):
+class GroupPGConfig(CommonConfig, LoraOptions, RolloutOptions):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
@@ -180,7 +182,8 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
         rows = [i for i in idx for _ in range(K)]
         # 1. rollout: the K samples of a prompt in consecutive rows (the groups of rl.group)
         with timer.phase("sample"):
-            out = rollout(ctx, policy_fwd, [prompt_ids[i] for i in rows], tok, sampling, sample_gen)
+            out = rollout(ctx, policy_fwd, [prompt_ids[i] for i in rows], tok, sampling, sample_gen,
+                          cfg.rollout_micro_batch_size)
         # 2. score: the reward (a fixed score without EOS if asked), log-probs of the reference and, unless
         #    on-policy, of the policy that sampled
         with timer.phase("score"):
@@ -211,7 +214,8 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
         ctx.maybe_checkpoint(update + 1, cfg.max_steps, {"policy": ctx.acc.unwrap_model(policy_fwd).lm}, tok, opt,
                              sched, lambda: {"generator": generator_states(ctx, shuffle_gen, sample_gen)})
 
-    return ctx.finish(ctx.acc.unwrap_model(policy_fwd).lm, tok, final_metrics(ctx, timer),
+    policy, counts = final_model(ctx.acc.unwrap_model(policy_fwd).lm, cfg)
+    return ctx.finish(policy, tok, {**final_metrics(ctx, timer), **counts},
                       {"prompts": file_sha256(cfg.prompts)}, extra={"reward": reward.name})
 
 
@@ -229,10 +233,13 @@ def run_rloo(cfg: RLOOConfig, gold_fn: GoldFn | None = None) -> dict:
 
 def load_models(cfg: GroupPGConfig, ctx: RunContext, tok):
     """The policy (trained) and the frozen reference (None when --kl-coef is 0: no KL, nothing to load)."""
-    policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
+    policy = load_trained_lm(ctx, "policy", cfg.policy, tok, cfg)
     if cfg.kl_coef <= 0:
         return ResponseForward(policy), None
-    ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision))
+    if shares_reference(cfg):
+        # A LoRA policy's reference: the same weights with the adapter disabled, no second copy.
+        return ResponseForward(policy), WithoutAdapter(ResponseForward(policy))
+    ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
     ref.eval().requires_grad_(False)
     return ResponseForward(policy), ResponseForward(ref.to(ctx.device))
 

@@ -78,6 +78,9 @@ RANGES: dict[str, Range] = {
     "vf_coef": AT_LEAST_0, "critic_lr": POSITIVE, "no_eos_penalty": ANY,
     # rejection sampling
     "rounds": AT_LEAST_1, "prompts_per_round": AT_LEAST_1,
+    # memory (recipes/memory.py)
+    "lora_r": AT_LEAST_0, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, hi_open=True),
+    "rollout_micro_batch_size": AT_LEAST_1,
 }
 
 
@@ -223,7 +226,10 @@ def check_out(cfg, command: str) -> None:
 
 def validate(cfg, command: str, given: set[str] | None = None) -> None:
     """All checks that need no model or data, in the order a user fixes them."""
+    from .memory import check_memory_options
+
     check_types(cfg)
     derive_defaults(cfg, given or set())
     check_ranges(cfg)
+    check_memory_options(cfg)
     check_out(cfg, command)

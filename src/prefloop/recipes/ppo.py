@@ -23,10 +23,10 @@ from prefloop.models import (
     ResponseForward,
     ValueHead,
     load_causal_lm,
-    load_reward_model,
     load_tokenizer,
 )
 from prefloop.models.ensemble import EnsembleMode, load_reward_scorer, reward_members
+from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -46,6 +46,14 @@ from prefloop.runtime.accel import frozen_dtype
 
 from .common import CommonConfig, ConfigError, GoldFn, Timer, chunks, micro_batches, require, sampling_config
 from .context import RunContext
+from .memory import (
+    LoraOptions,
+    RolloutOptions,
+    final_model,
+    load_trained_lm,
+    load_trained_reward_model,
+    shares_reference,
+)
 from .rl_common import (
     SHOW,
     add_stats,
@@ -63,7 +71,7 @@ from .rl_common import (
 
 
 @dataclass(kw_only=True)
-class PPOConfig(CommonConfig):
+class PPOConfig(CommonConfig, LoraOptions, RolloutOptions):
     policy: str | None = None
     """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
     reward: str | None = None
@@ -149,7 +157,8 @@ def run_ppo(cfg: PPOConfig, gold_fn: GoldFn | None = None) -> dict:
     policy_fwd, critic_fwd, opt = prepare(ctx, policy_fwd, critic_fwd, opt)
     if cfg.normalize_reward and not state:
         first = [prompt_ids[i] for i in prompt_batch(cfg, ctx.rank, ctx.world, len(prompt_ids), 0)]
-        reward_norm, _ = calibrate_reward(ctx, policy_fwd, rm, first, tok, sampling, sample_gen)
+        reward_norm, _ = calibrate_reward(ctx, policy_fwd, rm, first, tok, sampling, sample_gen,
+                                          cfg.rollout_micro_batch_size)
     timer = Timer()
 
     start = ctx.start(cfg.max_steps, state)
@@ -157,7 +166,8 @@ def run_ppo(cfg: PPOConfig, gold_fn: GoldFn | None = None) -> dict:
         idx = prompt_batch(cfg, ctx.rank, ctx.world, len(prompt_ids), update)
         # 1. rollout: one sample of each of this process's prompts
         with timer.phase("sample"):
-            out = rollout(ctx, policy_fwd, [prompt_ids[i] for i in idx], tok, sampling, sample_gen)
+            out = rollout(ctx, policy_fwd, [prompt_ids[i] for i in idx], tok, sampling, sample_gen,
+                          cfg.rollout_micro_batch_size)
         # 2. score: the reward model (normalised; a fixed score without EOS), log-probs of policy and reference
         #    (the policy's recomputed by a training-style forward), values of the critic
         with timer.phase("score"):
@@ -200,7 +210,8 @@ def run_ppo(cfg: PPOConfig, gold_fn: GoldFn | None = None) -> dict:
             tok.save_pretrained(ctx.out / "checkpoints" / f"step-{update + 1}")
 
     extra = {"reward_norm": list(reward_norm)}
-    meta = ctx.finish(ctx.acc.unwrap_model(policy_fwd).lm, tok, final_metrics(ctx, timer),
+    policy, counts = final_model(ctx.acc.unwrap_model(policy_fwd).lm, cfg)
+    meta = ctx.finish(policy, tok, {**final_metrics(ctx, timer), **counts},
                       {"prompts": file_sha256(cfg.prompts)}, extra=extra)
     if ctx.is_main:
         save_critic(ctx, policy_fwd, critic_fwd)
@@ -212,20 +223,24 @@ def run_ppo(cfg: PPOConfig, gold_fn: GoldFn | None = None) -> dict:
 def load_models(cfg: PPOConfig, ctx: RunContext, tok):
     """The policy (trained; with a value head under --critic value-head), the critic (trained, initialised
     from the reward model under --critic reward, else None), the frozen reference and reward model."""
-    policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
+    policy = load_trained_lm(ctx, "policy", cfg.policy, tok, cfg)
     frozen = frozen_dtype(cfg.precision)
-    ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen).eval().requires_grad_(False)
+    if shares_reference(cfg):
+        # A LoRA policy's reference: the same weights with the adapter disabled, no second copy.
+        ref_fwd = WithoutAdapter(ResponseForward(policy))
+    else:
+        ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen, cfg.attn_implementation)
+        ref_fwd = ResponseForward(ref.eval().requires_grad_(False).to(ctx.device))
     rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
-    ref.to(ctx.device)
     rm.to(ctx.device)
     if cfg.critic == "reward":
         # An ensemble's first member initialises the critic.
-        critic_init = ctx.init_path("critic", reward_members(cfg.reward)[0])
-        return ResponseForward(policy), CriticForward(load_reward_model(critic_init, tok)), ResponseForward(ref), rm
+        critic = load_trained_reward_model(ctx, "critic", reward_members(cfg.reward)[0], tok, cfg)
+        return ResponseForward(policy), CriticForward(critic), ref_fwd, rm
     head = ValueHead(policy.config.get_text_config().hidden_size)
     if ctx.resuming:
         head.load_state_dict(torch.load(ctx.ckpt.dir / "value_head.pt", map_location="cpu"))
-    return ResponseForward(policy, head), None, ResponseForward(ref), rm
+    return ResponseForward(policy, head), None, ref_fwd, rm
 
 
 def param_groups(cfg: PPOConfig, policy_fwd, critic_fwd) -> list[dict]:
@@ -250,10 +265,11 @@ def prompt_batch(cfg: PPOConfig, rank: int, world: int, n_prompts: int, update: 
     return prompt_indices(n_prompts, per_rank * world, update, rank * per_rank, per_rank, cfg.seed)
 
 
-def calibrate_reward(ctx: RunContext, policy_fwd, rm, prompt_ids: list[list[int]], tok, sampling, generator):
+def calibrate_reward(ctx: RunContext, policy_fwd, rm, prompt_ids: list[list[int]], tok, sampling, generator,
+                     micro_batch_size: int | None = None):
     """docs/ppo.md item 10: the gain and bias that give the initial policy's rewards mean 0 and std 1 over
     all processes, and the raw scores of this process's calibration samples."""
-    out = rollout(ctx, policy_fwd, prompt_ids, tok, sampling, generator)
+    out = rollout(ctx, policy_fwd, prompt_ids, tok, sampling, generator, micro_batch_size)
     with torch.no_grad():
         scores = rm(torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1))
     every = ctx.acc.gather(scores.to(ctx.device).float())

@@ -19,10 +19,11 @@ from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
 from .common import CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
+from .memory import MemoryOptions, built_model_options
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(CommonConfig):
+class PretrainConfig(CommonConfig, MemoryOptions):
     data: Path | None = None
     """Corpus: .jsonl with a "text" field per document, or .txt with one document per line."""
     tokenizer: str | None = None
@@ -111,7 +112,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
     lm = load_causal_lm(ctx.init_path("model", ""), tok) if ctx.resuming else new_model(
         tok, cfg.arch, cfg.size, max(512, cfg.max_length))
-    model = CausalLMLoss(lm)
+    model = CausalLMLoss(built_model_options(lm, cfg))
     model.train()
     n_blocks = blocks.shape[0]
     batch = min(cfg.batch_size, n_blocks)

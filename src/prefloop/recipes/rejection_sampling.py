@@ -30,12 +30,13 @@ from prefloop.runtime.distributed import rank_and_world
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE, PROMPT_ORDER_STRIDE
 
 from .common import CommonConfig, ConfigError, output_dir, require
+from .memory import LoraOptions
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 
 
 @dataclass(kw_only=True)
-class RejectionSamplingConfig(CommonConfig):
+class RejectionSamplingConfig(CommonConfig, LoraOptions):
     policy: str | None = None
     """Policy to start from (usually the SFT checkpoint): round 1 samples from it."""
     prompts: Path | None = None
@@ -84,7 +85,7 @@ def _sample_policy(cfg, policy_dir: str, texts: list[str], reward: RewardSource,
     """N scored samples per prompt from the policy in `policy_dir`; with several processes each samples its
     share of the prompts (its own random stream) and all of them get every prompt's samples."""
     tok = load_tokenizer(policy_dir)
-    model = load_causal_lm(policy_dir, tok).to(device)
+    model = load_causal_lm(policy_dir, tok, attn_implementation=cfg.attn_implementation).to(device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     gen = device_generator(device, process_seed(seed, rank_and_world()[0]))
@@ -98,7 +99,11 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
                      batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, max_length=cfg.max_length,
                      warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
                      adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision, dtype=cfg.dtype,
-                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r)
+                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r,
+                     # With LoRA each round's policy is saved merged: the next round samples and trains from it.
+                     lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                     lora_target_modules=cfg.lora_target_modules, merge_lora=bool(cfg.lora_r),
+                     gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation)
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,

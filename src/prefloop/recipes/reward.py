@@ -35,7 +35,7 @@ from prefloop.data import (
 )
 from prefloop.data.encode_more import encode_ranking, encode_rating
 from prefloop.data.splits import split_by_prompt
-from prefloop.models import RewardScorer, load_reward_model, load_tokenizer, sequence_scores
+from prefloop.models import RewardScorer, load_tokenizer, sequence_scores
 from prefloop.rl import bradley_terry_loss
 from prefloop.rl.preference import (
     ordered_thresholds,
@@ -59,12 +59,13 @@ from .common import (
     total_steps,
 )
 from .context import RunContext
+from .memory import LoraOptions, final_model, load_trained_reward_model
 
 ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclass(kw_only=True)
-class RewardConfig(CommonConfig):
+class RewardConfig(CommonConfig, LoraOptions):
     model: str | None = None
     """Initial model: a causal LM (e.g. the SFT checkpoint) gets a new reward head; a reward model continues."""
     data: Path | None = None
@@ -367,8 +368,8 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
 
     plan = BatchPlan(task.lengths, cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
-    init = ctx.init_path("model", cfg.model)
-    rm = load_reward_model(init, tok, new_head=not ctx.resuming and not is_reward_model(cfg.model))
+    rm = load_trained_reward_model(ctx, "model", cfg.model, tok, cfg,
+                                   new_head=not ctx.resuming and not is_reward_model(cfg.model))
     state = ctx.resume_state()
     model = task.make_model(rm, state)
     model.train()
@@ -402,7 +403,9 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     if held_out:
         final.update(held_out)
         ctx.logger.log(step, final)
-    return ctx.finish(unwrapped.rm, tok, final, {"data": file_sha256(cfg.data)}, extra=task.extra(unwrapped) or None)
+    rm, counts = final_model(unwrapped.rm, cfg)
+    return ctx.finish(rm, tok, {**final, **counts}, {"data": file_sha256(cfg.data)},
+                      extra=task.extra(unwrapped) or None)
 
 
 def _extra_params(module) -> dict:

@@ -39,12 +39,14 @@ def prompt_indices(n_prompts: int, per_update: int, update: int, start: int, cou
     return out
 
 
-def rollout(ctx, policy_fwd, prompt_ids: list[list[int]], tok, sampling, generator):
-    """Samples of the current policy for these (unpadded) prompts, one row each (docs/ppo.md items 1-4)."""
+def rollout(ctx, policy_fwd, prompt_ids: list[list[int]], tok, sampling, generator, micro_batch_size=None):
+    """Samples of the current policy for these (unpadded) prompts, one row each (docs/ppo.md items 1-4),
+    `micro_batch_size` rows at a time (all at once when None)."""
     policy = ctx.acc.unwrap_model(policy_fwd).lm
     policy.eval()
     q_ids, q_mask = left_pad(prompt_ids, tok.pad_token_id)
-    return sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), sampling, generator=generator)
+    return sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), sampling, generator=generator,
+                  micro_batch_size=micro_batch_size)
 
 
 def minibatches(n_local: int, size: int, epochs: int, generator: torch.Generator) -> Iterator[list[int]]:

@@ -13,14 +13,15 @@ from prefloop.data import (
     render_completion,
     render_prompt,
 )
-from prefloop.models import CausalLMLoss, load_causal_lm, load_tokenizer
+from prefloop.models import CausalLMLoss, load_tokenizer
 
 from .common import BatchPlan, CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
+from .memory import LoraOptions, final_model, load_trained_lm
 
 
 @dataclass(kw_only=True)
-class SFTConfig(CommonConfig):
+class SFTConfig(CommonConfig, LoraOptions):
     model: str | None = None
     """Causal LM to fine-tune: a local Hugging Face directory or a hub id."""
     data: Path | None = None
@@ -46,7 +47,7 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     plan = BatchPlan([len(e.input_ids) for e in examples], cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, plan.steps_per_epoch, cfg.epochs)
-    model = CausalLMLoss(load_causal_lm(ctx.init_path("model", cfg.model), tok))
+    model = CausalLMLoss(load_trained_lm(ctx, "model", cfg.model, tok, cfg))
     model.train()
     state = ctx.resume_state()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
@@ -74,7 +75,8 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     final = {"loss/sft": ctx.logger.history[-1]["loss/sft"] if ctx.logger.history else None, "steps": steps,
              "examples": len(examples)}
-    return ctx.finish(_lm(ctx, model), tok, final, {"data": file_sha256(cfg.data)})
+    lm, counts = final_model(_lm(ctx, model), cfg)
+    return ctx.finish(lm, tok, {**final, **counts}, {"data": file_sha256(cfg.data)})
 
 
 def _lm(ctx, wrapped):

@@ -222,8 +222,46 @@ def sample(
     query_mask: torch.Tensor,
     cfg: SamplingConfig,
     generator: torch.Generator | None = None,
+    micro_batch_size: int | None = None,
 ) -> SampleOutput:
     """Sample one response per prompt. `query_ids`, `query_mask`: (B, P), left padded.
+
+    `micro_batch_size` samples the rows in consecutive chunks of that size (the KV cache then holds one
+    chunk), joined as if sampled together. Each chunk draws from `generator` in turn, so a chunked batch
+    gets other (equally distributed) samples than an unchunked one with the same seed; its first chunk's
+    samples are those of sampling that chunk alone, and greedy decoding gives identical results.
+    """
+    B = query_ids.shape[0]
+    if not micro_batch_size or micro_batch_size >= B:
+        return _sample_batch(model, query_ids, query_mask, cfg, generator)
+    parts = [_sample_batch(model, query_ids[i:i + micro_batch_size], query_mask[i:i + micro_batch_size], cfg,
+                           generator) for i in range(0, B, micro_batch_size)]
+    return _join(parts, cfg.pad_token_id)
+
+
+def _join(parts: list[SampleOutput], pad_token_id: int) -> SampleOutput:
+    """Chunks of one batch as one SampleOutput: responses right-padded (pad id, mask 0, log-prob 0) to the
+    longest chunk's length (in stop-at-EOS mode chunks end at different steps)."""
+    R = max(p.response_ids.shape[1] for p in parts)
+
+    def right_pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, R - x.shape[1]), value=value)
+
+    return SampleOutput(
+        torch.cat([p.query_ids for p in parts]), torch.cat([p.query_mask for p in parts]),
+        torch.cat([right_pad(p.response_ids, pad_token_id) for p in parts]),
+        torch.cat([right_pad(p.response_mask, 0) for p in parts]),
+        torch.cat([right_pad(p.logprobs, 0.0) for p in parts]), torch.cat([p.ended for p in parts]))
+
+
+def _sample_batch(
+    model: nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+) -> SampleOutput:
+    """`sample` on one batch: all rows share one KV cache.
 
     Prefill the prompts with position ids from the mask (docs/ppo.md item 2), then decode one token per step
     from the KV cache, each new token at position previous + 1. The model's train/eval mode is the

@@ -1,0 +1,297 @@
+"""LoRA adapters and the memory switches on micro models: what trains, the reference with the adapter
+disabled, merging, saving and loading, gradient checkpointing, the attention kernel, option checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from prefloop.models import CausalLMLoss, load_causal_lm, load_reward_model, load_tokenizer  # noqa: E402
+from prefloop.models.heads import sequence_scores  # noqa: E402
+from prefloop.models.lora import (  # noqa: E402
+    WithoutAdapter,
+    adapter_disabled,
+    enable_gradient_checkpointing,
+    is_adapter_dir,
+    merged,
+    parameter_counts,
+    peft_model,
+    prepare_for_training,
+)
+from prefloop.models.wrappers import ResponseForward  # noqa: E402
+from prefloop.rl import logprobs_from_logits, ppo_policy_loss  # noqa: E402
+
+
+def opts(**kw):
+    base = dict(lora_r=4, lora_alpha=8.0, lora_dropout=0.0, lora_target_modules=None, gradient_checkpointing=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def batch(tok, n=4, T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, len(tok), (n, T), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def train_steps(model, tok, steps=3, lr=5e-2):
+    loss_fn = CausalLMLoss(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    ids, mask, labels = batch(tok)
+    for _ in range(steps):
+        loss_fn(ids, mask, labels).backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """Every weight of the model outside the adapter, under its plain-model name."""
+    out = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        out[name.replace(".base_layer", "").replace(".original_module", "")] = p.detach().clone()
+    return out
+
+
+@pytest.fixture()
+def tok(policy_dir):
+    return load_tokenizer(str(policy_dir))
+
+
+def test_lora_trains_only_the_adapter(policy_dir, tok):
+    original = dict(load_causal_lm(str(policy_dir), tok).named_parameters())
+    model = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    after = base_weights(model)
+    assert after.keys() == original.keys()
+    for name, w in after.items():
+        assert torch.equal(w, original[name]), name  # bitwise: the base weights never moved
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: these were trained
+    # every projection of attention and MLP is adapted by default, the LM head is not
+    adapted = {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith("lora_A")}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= adapted
+    assert "lm_head" not in adapted
+
+
+def test_reward_lora_trains_adapter_and_score_head(reward_dir, tok):
+    original = {n: p.detach().clone() for n, p in load_reward_model(str(reward_dir), tok).named_parameters()}
+    rm = prepare_for_training(load_reward_model(str(reward_dir), tok), opts(), reward=True)
+    trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
+    assert any("score.modules_to_save" in n for n in trainable)
+    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=5e-2)
+    ids, mask, _ = batch(tok)
+    for _ in range(2):
+        (-sequence_scores(rm, ids, mask).mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    for name, w in base_weights(rm).items():
+        assert torch.equal(w, original[name]), name
+    head = dict(rm.named_parameters())["score.modules_to_save.default.weight"]
+    assert not torch.equal(head, original["score.weight"])
+
+
+def test_adapter_disabled_reproduces_the_base_model_exactly(policy_dir, tok):
+    base = load_causal_lm(str(policy_dir), tok)
+    model = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    ids, mask, _ = batch(tok, seed=1)
+    R = 5
+    with torch.no_grad():
+        ref = logprobs_from_logits(ResponseForward(base)(ids, mask, R)[0], ids[:, -R:], 0.7)
+        trained = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
+        with adapter_disabled(model):
+            disabled = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
+        wrapped = logprobs_from_logits(WithoutAdapter(ResponseForward(model))(ids, mask, R)[0], ids[:, -R:], 0.7)
+        again = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
+    assert not torch.equal(trained, ref)  # the adapter changed the policy...
+    assert torch.equal(disabled, ref) and torch.equal(wrapped, ref)  # ...and disabling it gives the base exactly
+    assert torch.equal(again, trained)  # and it is back on after the block
+
+
+def test_reference_forward_has_no_gradient(policy_dir, tok):
+    model = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts())
+    ids, mask, _ = batch(tok)
+    logits, _ = WithoutAdapter(ResponseForward(model))(ids, mask, 4)
+    assert not logits.requires_grad
+
+
+def test_merged_model_loads_in_plain_transformers_with_the_same_logits(policy_dir, tok, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    model = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    ids, mask, _ = batch(tok, seed=2)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path / "adapter")
+    assert is_adapter_dir(tmp_path / "adapter") and not (tmp_path / "adapter" / "model.safetensors").exists()
+    with torch.no_grad():
+        by_peft = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"))(
+            input_ids=ids, attention_mask=mask).logits
+        by_prefloop = load_causal_lm(str(tmp_path / "adapter"), tok)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(by_peft, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(by_prefloop, expected, atol=1e-5, rtol=1e-5)
+
+    plain = merged(model)
+    assert peft_model(plain) is None and not any("lora_" in n for n, _ in plain.named_parameters())
+    plain.save_pretrained(tmp_path / "merged")
+    assert not is_adapter_dir(tmp_path / "merged")
+    with torch.no_grad():
+        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))(
+            input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trainable_parameter_count(policy_dir, tok):
+    model = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(lora_r=2))
+    counts = parameter_counts(model)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert counts["params/trainable"] == lora
+    base_total = sum(p.numel() for p in load_causal_lm(str(policy_dir), tok).parameters())
+    assert counts["params/total"] == base_total + lora
+
+
+def test_an_earlier_stages_adapter_is_merged_before_a_new_one(policy_dir, tok, tmp_path):
+    model = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    model.save_pretrained(tmp_path / "sft")
+    loaded = load_causal_lm(str(tmp_path / "sft"), tok)
+    full = prepare_for_training(loaded, opts(lora_r=0))  # full fine-tuning of the merged model
+    assert peft_model(full) is None and all(p.requires_grad for p in full.parameters())
+    resumed = prepare_for_training(load_causal_lm(str(tmp_path / "sft"), tok), opts(), resumed=True)
+    trainable = [n for n, p in resumed.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # a resumed run continues its own adapter
+
+
+def _grads(model, loss_fn):
+    loss = loss_fn(model)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def _count_layer_forwards(model):
+    # The first module inside the first block: a checkpointed block's hooks stay outside the checkpoint,
+    # its submodules' run again when the backward pass recomputes it.
+    calls = []
+    handle = model.model.layers[0].input_layernorm.register_forward_pre_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_sft(policy_dir, tok, lora):
+    ids, mask, labels = batch(tok)
+    results = []
+    for gc in (False, True):
+        torch.manual_seed(0)  # the same adapter initialisation in both runs
+        model = load_causal_lm(str(policy_dir), tok)
+        model = prepare_for_training(model, opts(lora_r=4 if lora else 0, gradient_checkpointing=gc))
+        model.train()
+        calls, handle = _count_layer_forwards(model)
+        results.append(_grads(model, lambda m: CausalLMLoss(m)(ids, mask, labels)))
+        handle.remove()
+        # checkpointing really ran: the block is run again during the backward pass
+        assert len(calls) == (2 if gc else 1)
+    (loss0, g0), (loss1, g1) = results
+    assert torch.equal(loss0, loss1)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-7, rtol=1e-6, msg=n)
+
+
+def test_gradient_checkpointing_gives_the_same_policy_gradient(policy_dir, tok):
+    ids, mask, _ = batch(tok)
+    R = 6
+    g = torch.Generator().manual_seed(3)
+    advantages, old_noise = torch.randn(ids.shape[0], R, generator=g), 0.1 * torch.randn(ids.shape[0], R, generator=g)
+
+    def loss_fn(m):
+        logits, _ = ResponseForward(m)(ids, mask, R)
+        logp = logprobs_from_logits(logits, ids[:, -R:], 0.7)
+        loss, _ = ppo_policy_loss(logp, logp.detach() + old_noise, advantages, torch.ones_like(logp), 0.2)
+        return loss
+
+    results = []
+    for gc in (False, True):
+        model = load_causal_lm(str(policy_dir), tok)
+        if gc:
+            enable_gradient_checkpointing(model)
+        model.train()
+        calls, handle = _count_layer_forwards(model)
+        results.append(_grads(model, loss_fn))
+        handle.remove()
+        assert len(calls) == (2 if gc else 1)
+    (loss0, g0), (loss1, g1) = results
+    assert torch.equal(loss0, loss1)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-7, rtol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "sdpa"])
+def test_attn_implementation_reaches_the_model(policy_dir, tok, kernel):
+    model = load_causal_lm(str(policy_dir), tok, attn_implementation=kernel)
+    assert model.config._attn_implementation == kernel
+    rm = load_reward_model(str(policy_dir), tok, attn_implementation=kernel)
+    assert rm.config._attn_implementation == kernel
+
+
+def test_lora_options_without_peft_are_refused_naming_the_extra(monkeypatch):
+    from prefloop.recipes.memory import check_memory_options
+    from prefloop.recipes.options import ConfigError
+    from prefloop.recipes.sft import SFTConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"--lora-r needs peft: pip install 'prefloop\[lora\]'"):
+        check_memory_options(SFTConfig(lora_r=8))
+    check_memory_options(SFTConfig())  # no LoRA option: no peft needed
+
+
+def test_lora_option_checks():
+    from prefloop.recipes.memory import check_memory_options
+    from prefloop.recipes.options import ConfigError
+    from prefloop.recipes.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match="--merge-lora and --lora-target-modules need --lora-r"):
+        check_memory_options(SFTConfig(merge_lora=True))
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
+            check_memory_options(SFTConfig(attn_implementation="flash_attention_2"))
+
+
+def test_cli_lora_option_without_peft_exits_2(monkeypatch, tmp_path, capsys):
+    from prefloop.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    code = main(["dpo", "--model", "m", "--data", "d.jsonl", "--out", str(tmp_path / "x"), "--lora-r", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --lora-r needs peft: pip install 'prefloop[lora]'"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_adapter_trained_on_an_earlier_adapter_reloads_to_the_same_model(policy_dir, tok, tmp_path):
+    """SFT with LoRA, then another LoRA stage from its OUT/model: the second adapter was trained on the base
+    with the first merged, so it names the first as its base, and the loader rebuilds that chain."""
+    first = train_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    first.save_pretrained(tmp_path / "first")
+    second = train_steps(prepare_for_training(load_causal_lm(str(tmp_path / "first"), tok), opts()), tok)
+    second.save_pretrained(tmp_path / "second")
+    config = json.loads((tmp_path / "second" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "first")
+    ids, mask, _ = batch(tok, seed=5)
+    with torch.no_grad():
+        expected = second(input_ids=ids, attention_mask=mask).logits
+        reloaded = load_causal_lm(str(tmp_path / "second"), tok)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)
