@@ -18,11 +18,12 @@ from prefloop.models import CausalLMLoss, gpt2_config, llama_config, load_causal
 
 from .common import CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
+from .options import EpochsOption, required
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(CommonConfig):
-    data: Path | None = None
+class PretrainConfig(EpochsOption, CommonConfig):
+    data: Path | None = required()
     """Corpus: .jsonl with a "text" field per document, or .txt with one document per line."""
     tokenizer: str | None = None
     """Use this tokenizer instead of training one (a local directory or hub id)."""
@@ -34,11 +35,11 @@ class PretrainConfig(CommonConfig):
     """Model size preset (see prefloop.models.SIZES)."""
     max_length: int = 128
     """Block length of the packed training sequences."""
-    epochs: float = 1.0
     lr: float = 2e-3
     warmup_ratio: float = 0.05
     schedule: Literal["linear", "cosine", "constant"] = "cosine"
     batch_size: int = 32
+    """Packed sequences of --max-length tokens per optimizer step (global)."""
 
 
 def read_corpus(path: Path) -> list[str]:
