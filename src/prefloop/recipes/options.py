@@ -7,7 +7,7 @@ an option a user left out may take its default from one they gave (`derive_defau
 The option groups several commands share are declared here once (`ConfigFileOption`, `SamplingOptions`,
 `RLSamplingOptions`, `PolicyOptions`, `RewardModelOptions`, `RewardOptions`): a command's config class inherits
 them, so each flag has one name and one help text everywhere. Options a command cannot run without are
-declared with `required()`: help shows them as required and the command line refuses their absence first.
+declared with `required()`: help shows them as required.
 `TRL_ALIASES` maps option names of TRL's trainers onto prefloop's where they mean the same thing.
 """
 
@@ -37,12 +37,8 @@ def flag(name: str) -> str:
 
 def required():
     """The default of an option the command cannot run without: None in Python (so a config can be built
-    step by step), "required" in --help, and a `missing option --name` error on the command line."""
+    step by step) and "required" in --help; the command refuses to start without it (`common.require`)."""
     return dataclasses.field(default=None, metadata={"required": True})
-
-
-def required_options(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("required")]
 
 
 # -- option groups shared by several commands ------------------------------------------------------------
@@ -318,12 +314,6 @@ def check_out(cfg, command: str) -> None:
                           "continue it, or choose another --out")
 
 
-def check_required(cfg) -> None:
-    for name in required_options(type(cfg)):
-        if getattr(cfg, name) in (None, ""):
-            raise ConfigError(f"missing option {flag(name)} (required)")
-
-
 # --report-to: where metrics go besides OUT/metrics.jsonl -> (package to import, extra that installs it).
 REPORT_SINKS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 
@@ -354,7 +344,6 @@ def check_report_to(cfg) -> None:
 def validate(cfg, command: str, given: set[str] | None = None) -> None:
     """All checks that need no model or data, in the order a user fixes them."""
     check_types(cfg)
-    check_required(cfg)
     check_report_to(cfg)
     derive_defaults(cfg, given or set())
     check_ranges(cfg)

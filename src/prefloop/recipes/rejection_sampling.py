@@ -80,7 +80,8 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
                      batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, max_length=cfg.max_length,
                      warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
                      adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision, dtype=cfg.dtype,
-                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r)
+                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r,
+                     report_to=cfg.report_to)
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,
