@@ -319,10 +319,9 @@ REPORT_SINKS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb"
 
 
 def report_sinks(value: str) -> list[str]:
-    """The sinks of a --report-to value ("none", or a comma list of tensorboard and wandb)."""
-    names = [n.strip() for n in str(value).split(",") if n.strip()]
-    if names == ["none"] or not names:
-        return []
+    """The sinks of a --report-to value: a comma list of tensorboard and wandb; "none" adds nothing (the
+    same reading as `prefloop.runtime.metrics.MetricsLogger`, which this module cannot import without torch)."""
+    names = [n.strip() for n in str(value).split(",") if n.strip() not in ("", "none")]
     for n in names:
         if n not in REPORT_SINKS:
             raise ConfigError(f"--report-to: unknown destination {n!r} (choose none, tensorboard, wandb, "
