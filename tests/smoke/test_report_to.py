@@ -9,7 +9,13 @@ import pytest
 from prefloop.cli import run_command
 from prefloop.recipes.sft import SFTConfig, run_sft
 
-from ..unit.test_report_to import tensorboard_scalars
+
+def tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_a_trainer_run_reports_to_tensorboard(tmp_path, policy_dir, toy_data):
