@@ -9,7 +9,7 @@ import types
 import pytest
 
 from prefloop.cli import run_command
-from prefloop.recipes.sft import SFTConfig
+from prefloop.recipes.sft import SFTConfig, run_sft
 from prefloop.runtime.metrics import MetricsLogger, WandbSink
 
 
@@ -81,3 +81,14 @@ def test_unknown_destination_is_refused(tmp_path, capsys):
     code = run_command(SFTConfig, lambda c: None, ["--report-to", "tensorbord", "--out", str(tmp_path / "o")],
                        "prefloop sft", "")
     assert code == 2 and "unknown destination 'tensorbord'" in capsys.readouterr().err
+
+
+def test_python_api_refuses_a_missing_package_before_loading_anything(tmp_path, monkeypatch):
+    from prefloop.data.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    cfg = SFTConfig(model=str(tmp_path / "no-model"), data=tmp_path / "no-data.jsonl", out=tmp_path / "o",
+                    report_to="tensorboard")
+    with pytest.raises(InputError, match=r"prefloop\[tensorboard\]"):  # not the missing model or data
+        run_sft(cfg)
+    assert not (tmp_path / "o").exists()

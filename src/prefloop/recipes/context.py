@@ -30,7 +30,7 @@ from prefloop.runtime import (
 )
 
 from .common import ConfigError, output_dir
-from .options import check_ranges, flag
+from .options import check_ranges, check_report_to, flag
 
 # Options that do not change what a run computes, so a resume may change them (max_steps: only upwards).
 RESUME_MAY_CHANGE = frozenset({"config", "out", "resume", "overwrite", "log_every", "save_every", "keep_every",
@@ -76,6 +76,7 @@ class RunContext:
         from prefloop.runtime.accel import PrecisionError
 
         check_ranges(cfg)
+        check_report_to(cfg)  # a missing package stops the Python API too, before a model loads
         try:
             self.acc = make_accelerator(cfg.precision)
         except PrecisionError as e:

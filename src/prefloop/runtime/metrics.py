@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from prefloop.data.errors import InputError
+
 
 def _clean(v):
     if hasattr(v, "item"):
@@ -102,7 +104,8 @@ class MetricsLogger:
         names = [n.strip() for n in str(report_to).split(",") if n.strip() not in ("", "none")]
         unknown = [n for n in names if n not in SINKS]
         if unknown:
-            raise ValueError(f"report_to: unknown destination {unknown[0]!r} (choose from none, {', '.join(SINKS)})")
+            raise InputError(f"--report-to: unknown destination {unknown[0]!r} (choose from none, "
+                             f"{', '.join(SINKS)})")
         self._sink_names, self._run_config, self.sinks = names, run_config, None
         if not enabled:
             return
