@@ -108,6 +108,9 @@ def _same_but_out(a, b) -> None:
     ("ppo", ["--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"],
      ["--micro-batch-size", "4", "--batch-size", "8"]),
     ("sft", ["--gradient-accumulation-steps", "4"], ["--micro-batch-size", "4"]),  # of the default --batch-size 16
+    # of the batch --rollout-batch-size makes (8), not of --batch-size's default 64
+    ("ppo", ["--rollout-batch-size", "8", "--gradient-accumulation-steps", "2"],
+     ["--rollout-batch-size", "8", "--micro-batch-size", "4"]),
     ("ppo", ["--max-prompt-length", "100", "--max-new-tokens", "28"],
      ["--max-length", "128", "--max-new-tokens", "28"]),
 ])

@@ -423,12 +423,14 @@ def apply_trl_derived(cfg, derived: dict[str, int], given: set[str], command: st
                 raise ConfigError(f"--per-device-train-batch-size {per_device} x --gradient-accumulation-steps "
                                   f"{accum or 1} x {world} processes = {total}, but --batch-size is {cfg.batch_size}")
             cfg.batch_size, cfg.micro_batch_size = total, per_device
-        elif cfg.batch_size % (accum * world):
-            raise ConfigError(f"--gradient-accumulation-steps {accum}: --batch-size {cfg.batch_size} is not a "
-                              f"multiple of {accum} x {world} processes")
+            given |= {"batch_size", "micro_batch_size"}
         else:
+            derive_defaults(cfg, given)  # the batch this divides: as the other options make it
+            if cfg.batch_size % (accum * world):
+                raise ConfigError(f"--gradient-accumulation-steps {accum}: --batch-size {cfg.batch_size} is not a "
+                                  f"multiple of {accum} x {world} processes")
             cfg.micro_batch_size = cfg.batch_size // (accum * world)
-        given |= {"batch_size", "micro_batch_size"}
+            given.add("micro_batch_size")
     prompt = derived.get("max_prompt_length")
     if prompt is not None:
         if "max_new_tokens" not in names:
