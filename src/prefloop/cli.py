@@ -169,16 +169,25 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(cls, fn, args: list[str], prog: str, description: str) -> int:
     """Parse `args` (after `--config FILE.yaml` values) into `cls`, check the options, and call `fn` with
     them; returns the exit code: 0, 2 with one `error: ...` line for bad input, 130 when interrupted."""
+    if "-h" in args or "--help" in args:
+        text = help_text(cls.__module__, cls.__name__, prog, description)
+        if text is not None:
+            print(text)
+            raise SystemExit(0)
     import tyro
 
     from prefloop.data.jsonl import skipping_invalid
-    from prefloop.recipes.options import validate
+    from prefloop.recipes.options import apply_trl_derived, translate_trl, validate
 
     try:
         config_path, rest = _split_config_arg(args)
+        trainer = any(f.name == "micro_batch_size" for f in dataclasses.fields(cls))
+        rest, trl = translate_trl(rest, cls) if trainer else (rest, {})
         default = config_from_yaml(cls, config_path) if config_path else cls()
         cfg = tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
-        validate(cfg, prog.split()[-1], _given(rest, config_path, default))
+        given = _given(rest, config_path, default)
+        apply_trl_derived(cfg, trl, given, prog.split()[-1])
+        validate(cfg, prog.split()[-1], given)
         with skipping_invalid(bool(getattr(cfg, "skip_invalid", False))):
             fn(cfg)
     except _known_errors() as e:
@@ -230,7 +239,7 @@ def _fields_from_source(module_name: str, cls_name: str) -> dict[str, list]:
     imports, aliases = _imported_from(tree, module_name), _aliases(tree)
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
     fields: dict[str, list] = {}
-    for base in node.bases:
+    for base in reversed(node.bases):  # a dataclass orders fields from the last base to the first
         if isinstance(base, ast.Name) and base.id != "object":
             fields.update(_fields_from_source(imports.get(base.id, module_name), base.id))
     for i, stmt in enumerate(node.body):
@@ -251,8 +260,8 @@ def _fields_from_source(module_name: str, cls_name: str) -> dict[str, list]:
     return fields
 
 
-def _metavar(ann: str) -> str:
-    parts = [p.strip() for p in ann.split("|")]
+def _metavar(ann: str, required: bool = False) -> str:
+    parts = [p.strip() for p in ann.split("|") if not (required and p.strip() == "None")]
     out = []
     for p in parts:
         if p.startswith("Literal["):
@@ -275,11 +284,12 @@ def help_text(module_name: str, cls_name: str, prog: str, description: str) -> s
              "  -h, --help              show this help message and exit"]
     for name, (ann, default, doc) in fields.items():
         opt = "--" + name.replace("_", "-")
+        required = default is None or default == "required()"
         if ann == "bool":
             head = f"{opt}, --no-{name.replace('_', '-')}"
         else:
-            head = f"{opt} {_metavar(ann)}"
-        default_text = "required" if default is None else f"default: {default.replace('Path(', '').rstrip(')')}" \
+            head = f"{opt} {_metavar(ann, required)}"
+        default_text = "required" if required else f"default: {default.replace('Path(', '').rstrip(')')}" \
             if default.startswith("Path(") else f"default: {default}"
         body = " ".join(f"{' '.join((doc or '').split())} ({default_text})".split())
         wrapped = textwrap.wrap(body, 96, initial_indent=" " * 26, subsequent_indent=" " * 26,
@@ -289,7 +299,23 @@ def help_text(module_name: str, cls_name: str, prog: str, description: str) -> s
         else:
             wrapped.insert(0, f"  {head}")
         lines += wrapped
-    return "\n".join(lines)
+    return "\n".join(lines + _alias_lines(fields))
+
+
+def _alias_lines(fields: dict) -> list[str]:
+    """The TRL option names a trainer accepts besides its own (see recipes/options.py: TRL_ALIASES)."""
+    if "micro_batch_size" not in fields:  # not a trainer
+        return []
+    # options.py imports no torch; its parent package's __init__ is empty.
+    from prefloop.recipes.options import TRL_ALIASES, TRL_DERIVED
+
+    pairs = [f"--{a.replace('_', '-')} (= --{t.replace('_', '-')})" for a, t in TRL_ALIASES.items()
+             if t in fields and a not in fields]
+    pairs += [f"--{a.replace('_', '-')}" for a in TRL_DERIVED
+              if a != "max_prompt_length" or "max_new_tokens" in fields]
+    text = ("TRL's option names are accepted too: " + ", ".join(pairs) + ". --per-device-train-batch-size P with "
+            "--gradient-accumulation-steps G on W processes means --micro-batch-size P --batch-size P*G*W.")
+    return ["", *textwrap.wrap(text, 96, break_on_hyphens=False)]
 
 
 if __name__ == "__main__":

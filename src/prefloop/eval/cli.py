@@ -18,28 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from prefloop.recipes.options import ConfigFileOption, SamplingOptions, required
+
 
 @dataclass(kw_only=True)
-class _Sampling:
+class _Sampling(SamplingOptions):
+    # An evaluation samples the way RL trains (cooler than SamplingOptions' defaults), and its KL and entropy
+    # estimates use the same tempered distributions.
     max_new_tokens: int = 48
-    """Response length cap (tokens)."""
     temperature: float = 0.7
-    """Sampling temperature (the KL estimates use the same tempered distributions)."""
-    top_p: float = 1.0
+    """Sampling temperature (> 0; the KL and entropy estimates use the same tempered distributions)."""
     num_prompts: int | None = None
     """Use only the first N prompts of --prompts."""
     batch_size: int = 64
     """Sequences sampled together."""
     seed: int = 0
+    """Random seed of the sampler (the same seed gives the same samples)."""
 
 
 @dataclass(kw_only=True)
-class EvalRewardConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    model: str | None = None
+class EvalRewardConfig(ConfigFileOption):
+    model: str | None = required()
     """The reward model (a prefloop reward directory's model/, or any HF sequence classifier with one label)."""
-    data: Path | None = None
+    data: Path | None = required()
     """Held-out comparisons JSONL ({"prompt", "chosen", "rejected"}, optional "pool" and meta.gold_*)."""
     out: Path = Path("runs/eval-reward")
     """Output directory: metrics.json, calibration plot, report.html and report.md."""
@@ -48,16 +49,16 @@ class EvalRewardConfig:
     bins: int = 5
     """Calibration bins over the model's confidence [0.5, 1]."""
     max_length: int = 512
+    """Maximum prompt + response tokens scored; prompts are cut from the left to fit."""
     batch_size: int = 64
+    """Comparisons scored together."""
 
 
 @dataclass(kw_only=True)
-class EvalPolicyConfig(_Sampling):
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    model: str | None = None
+class EvalPolicyConfig(_Sampling, ConfigFileOption):
+    model: str | None = required()
     """The policy to evaluate (an HF causal LM directory)."""
-    prompts: Path | None = None
+    prompts: Path | None = required()
     """Evaluation prompts JSONL ({"prompt"}); held-out prompts of the world for the gold judge."""
     out: Path = Path("runs/eval-policy")
     """Output directory: metrics.json, samples.jsonl, plots, report.html and report.md."""
@@ -87,14 +88,12 @@ class EvalPolicyConfig(_Sampling):
 
 
 @dataclass(kw_only=True)
-class EvalBestOfNConfig(_Sampling):
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    model: str | None = None
+class EvalBestOfNConfig(_Sampling, ConfigFileOption):
+    model: str | None = required()
     """The policy to draw samples from (the base of best-of-n, usually SFT)."""
-    prompts: Path | None = None
+    prompts: Path | None = required()
     """Prompts JSONL."""
-    reward_model: str | None = None
+    reward_model: str | None = required()
     """The proxy reward model that picks the best of n."""
     world: Path | None = None
     """World directory: the gold reward of the picked samples (over-optimisation shows here)."""
@@ -107,22 +106,20 @@ class EvalBestOfNConfig(_Sampling):
 
 
 @dataclass(kw_only=True)
-class EvalCheckpointsConfig(_Sampling):
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    policies: list[Path] | None = None
+class EvalCheckpointsConfig(_Sampling, ConfigFileOption):
+    policies: list[Path] | None = required()
     """Checkpoints of one RL run in training order (model directories, recipe outputs or checkpoint/)."""
     labels: list[str] | None = None
     """A name per checkpoint (default: the directory names), e.g. the update numbers."""
-    reference: str | None = None
+    reference: str | None = required()
     """The run's KL reference (the SFT model): the point KL = 0, and the KL of every checkpoint to it."""
     reference_name: str = "reference"
     """Name of the reference in tables."""
-    reward_model: str | None = None
+    reward_model: str | None = required()
     """The proxy reward model the run optimised."""
     world: Path | None = None
     """World directory: the gold reward (over-optimisation shows as gold falling while the proxy rises)."""
-    prompts: Path | None = None
+    prompts: Path | None = required()
     """Held-out prompts JSONL."""
     num_prompts: int | None = 64
     """Use only the first N prompts of --prompts."""
@@ -133,10 +130,8 @@ class EvalCheckpointsConfig(_Sampling):
 
 
 @dataclass(kw_only=True)
-class EvalJudgeConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    judge_file: Path | None = None
+class EvalJudgeConfig(ConfigFileOption):
+    judge_file: Path | None = required()
     """Judgments JSONL (e.g. the feedback app's export): comparisons of two policies' responses."""
     name: str = "policy"
     """The policy whose win rate is reported."""
@@ -151,12 +146,10 @@ class EvalJudgeConfig:
 
 
 @dataclass(kw_only=True)
-class EvalHumanProjectConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    policy_samples: Path | None = None
+class EvalHumanProjectConfig(ConfigFileOption):
+    policy_samples: Path | None = required()
     """`prefloop sample` output of the policy ({"prompt", "responses"} per line)."""
-    reference_samples: Path | None = None
+    reference_samples: Path | None = required()
     """`prefloop sample` output of the reference on the same prompts."""
     name: str = "policy"
     """Name of the policy (kept from annotators; the export's meta.chosen_policy / rejected_policy)."""
@@ -182,9 +175,7 @@ class EvalHumanProjectConfig:
 
 
 @dataclass(kw_only=True)
-class EvalSweepConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
+class EvalSweepConfig(ConfigFileOption):
     runs: list[Path] | None = None
     """Output directories of `prefloop eval policy` (or demo runs), e.g. one per KL coefficient."""
     stage: str | None = None

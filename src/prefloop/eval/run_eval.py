@@ -129,7 +129,7 @@ def gold_pairs(recs: list, world) -> list[tuple[float, float]] | None:
 # -- policies ----------------------------------------------------------------------------------------------
 def sampling(cfg, tok) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                          top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
 def world_rates(details: list[dict]) -> dict[str, float]:

@@ -3,6 +3,11 @@
 Passwords are never taken on the command line (other users could read them in the process list): give
 `--password-stdin`, or get a generated one printed once. Every command that changes something is recorded in
 the audit log with the actor `cli`. Bad input prints `error: ...` and exits with code 2.
+
+Parsing is declarative: `COMMANDS` names each subcommand, its options (each with its help) and the function
+that runs it; each function calls the service layer. It is argparse rather than tyro (which the trainers'
+option dataclasses use) because this command must start fast and import neither torch nor tyro: a server's
+admin runs it often, and none of its options is shared with a trainer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import json
 import secrets
 import sqlite3
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefloop.data import DataError
@@ -24,98 +31,6 @@ _DRIVERS = {"psycopg", "psycopg2", "asyncpg", "pg8000", "pymysql", "MySQLdb"}
 
 class CLIError(ValueError):
     pass
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prefloop annotate", description="the human feedback web app")
-    sub = p.add_subparsers(dest="command", required=True, metavar="command")
-
-    def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--db", required=True, help=DB_HELP)
-        return c
-
-    c = cmd("serve", "run the web app (migrates the database first)")
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=8000)
-    c.add_argument("--data-dir", type=Path, help="where the secret key lives (default: next to a SQLite file)")
-    c.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (serve behind HTTPS)")
-    c.add_argument("--log-level", default="warning")
-    c.add_argument("--workers", type=int, default=1, help="server processes (they share limits through the database)")
-    c.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
-                   help="a reverse proxy whose X-Forwarded-For names the client (repeatable); from anyone else "
-                        "that header is ignored")
-    cmd("init", "create or upgrade the database schema")
-    for name, help in (("create-admin", "create an admin (the first one: there are no default accounts)"),
-                       ("add-user", "create a user")):
-        c = cmd(name, help)
-        c.add_argument("--username", required=True)
-        c.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-        if name == "add-user":
-            c.add_argument("--role", default="annotator", choices=["annotator", "admin"])
-        c.add_argument("--pool", default="default", help="the annotator pool / group label")
-    c = cmd("set-password", "set a user's password (their sessions end)")
-    c.add_argument("--username", required=True)
-    c.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    c = cmd("deactivate", "deactivate a user: no login, sessions and API tokens stop working")
-    c.add_argument("--username", required=True)
-    c = cmd("token", "create an API token for a user (printed once)")
-    c.add_argument("--username", required=True)
-    c.add_argument("--name", default="cli")
-    c = cmd("revoke-token", "revoke one API token, by id (see `tokens`) or given on stdin")
-    g = c.add_mutually_exclusive_group(required=True)
-    g.add_argument("--id", type=int, help="the token's id")
-    g.add_argument("--token-stdin", action="store_true", help="read the token itself from stdin")
-    c = cmd("tokens", "list API tokens (id, user, name, created, revoked); never the tokens themselves")
-    c.add_argument("--username", help="only this user's tokens")
-    c = cmd("create-project", "create a project (campaign)")
-    c.add_argument("--name", required=True)
-    c.add_argument("--task", required=True, choices=["pairwise", "ranking", "rating", "demonstration"])
-    c.add_argument("--guidelines", type=Path, help="a text or Markdown file with the guidelines")
-    c.add_argument("--overlap", type=int, default=1, help="distinct annotators per item")
-    c.add_argument("--gold-rate", type=float, default=0.0, help="share of assignments that are gold items")
-    c.add_argument("--scale", type=int, nargs=2, default=[1, 3], metavar=("LO", "HI"), help="rating scale")
-    c.add_argument("--criteria", default="", help="comma-separated named rating criteria")
-    c.add_argument("--flags", default="", help='comma-separated flags, e.g. "contains a made-up fact"')
-    c.add_argument("--members", default="", help="comma-separated usernames to add")
-    c = cmd("add-members", "add users to a project")
-    c.add_argument("--project", required=True)
-    c.add_argument("--users", required=True, help="comma-separated usernames")
-    c = cmd("import", "import items from a JSONL file (or `prefloop sample` output)")
-    c.add_argument("--project", required=True, help="project name or id")
-    c.add_argument("file", type=Path)
-    c = cmd("sample", "sample responses from a model checkpoint (`prefloop sample`) and import them as items")
-    c.add_argument("--project", required=True)
-    c.add_argument("--model", required=True, help="a checkpoint directory (or hub id available offline)")
-    c.add_argument("--prompts", type=Path, required=True, help="a prompts JSONL file")
-    c.add_argument("--num-samples", type=int, help="responses per prompt (default: 2 pairwise, 4 ranking, else 1)")
-    c.add_argument("--max-new-tokens", type=int, default=64)
-    c.add_argument("--temperature", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=0)
-    c = cmd("export", "export judgments as JSONL records the trainers read")
-    c.add_argument("--project", required=True)
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--kind", choices=["comparisons", "rankings", "ratings", "demonstrations"])
-    c.add_argument("--ties", choices=["drop", "keep"], default="drop")
-    c.add_argument("--include-gold", action="store_true")
-    c = cmd("release", "take back unjudged assignments older than some minutes, so others get their items")
-    c.add_argument("--project", required=True)
-    c.add_argument("--older-than", type=float, required=True, metavar="MINUTES")
-    c = cmd("stats", "print the dashboard statistics of a project as JSON")
-    c.add_argument("--project", required=True)
-    c = cmd("backup", "copy a SQLite database with the online backup API (safe while serving)")
-    c.add_argument("--out", type=Path, required=True)
-    c = cmd("restore", "replace a SQLite database with a backup (stop the server first)")
-    c.add_argument("--from", dest="source", type=Path, required=True)
-    c = sub.add_parser("simulate", help="let simulated annotators of a world annotate through the REST API")
-    c.add_argument("--url", required=True)
-    c.add_argument("--token", required=True, help="the API token of the user the simulated annotator acts as")
-    c.add_argument("--project", type=int, required=True, help="project id")
-    c.add_argument("--world", type=Path, required=True, help="a world directory (`prefloop world` output)")
-    c.add_argument("--annotator", default="a00", help="id of one of the world's simulated annotators")
-    c.add_argument("--max-items", type=int)
-    c.add_argument("--retries", type=int, default=5, help="resends after a network error or a 5xx answer")
-    return p
 
 
 def _password(args) -> tuple[str, bool]:
@@ -433,46 +348,181 @@ def _cmd_simulate(args) -> None:
     print(f"{args.annotator} submitted {n} judgments")
 
 
-def _run(args) -> None:
+def _cmd_init(args) -> None:
+    from .service import migrate
+
+    migrate(args.db)
+    print("database is at the newest schema")
+
+
+def _cmd_token(args) -> None:
     from . import service
 
-    c = args.command
-    if c in ("create-admin", "add-user"):
-        _cmd_user(args)
-    elif c == "init":
-        service.migrate(args.db)
-        print("database is at the newest schema")
-    elif c in ("set-password", "deactivate"):
-        _cmd_account(args)
-    elif c == "token":
-        def go(s):
-            u = service.user_by_name(s, args.username)
-            if u is None:
-                raise CLIError(f"no user {args.username!r}")
-            return service.create_token(s, u, args.name)
-        print(_with_db(args, go))
-    elif c == "create-project":
-        _cmd_project(args)
-    elif c == "add-members":
-        _with_db(args, lambda s: _add_members(s, service.project_by_ref(s, args.project), _names(args.users)))
-        print("added")
-    elif c == "release":
-        from datetime import timedelta
+    def go(s):
+        u = service.user_by_name(s, args.username)
+        if u is None:
+            raise CLIError(f"no user {args.username!r}")
+        return service.create_token(s, u, args.name)
 
-        if args.older_than < 0:
-            raise CLIError("--older-than must be >= 0 minutes")
-        n = _with_db(args, lambda s: service.release_stale(s, service.project_by_ref(s, args.project),
-                                                              timedelta(minutes=args.older_than)))
-        print(f"released {n} assignments")
-    elif c == "stats":
-        from .dashboard import project_stats
-        stats = _with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project)), write=False)
-        print(json.dumps(stats, indent=2))
-    else:
-        commands = {"import": _cmd_import, "sample": _cmd_sample, "export": _cmd_export, "backup": _cmd_backup,
-                    "restore": _cmd_restore, "serve": _cmd_serve, "simulate": _cmd_simulate,
-                    "revoke-token": _cmd_revoke, "tokens": _cmd_tokens}
-        commands[c](args)
+    print(_with_db(args, go))
+
+
+def _cmd_add_members(args) -> None:
+    from . import service
+
+    _with_db(args, lambda s: _add_members(s, service.project_by_ref(s, args.project), _names(args.users)))
+    print("added")
+
+
+def _cmd_release(args) -> None:
+    from datetime import timedelta
+
+    from . import service
+
+    if args.older_than < 0:
+        raise CLIError("--older-than must be >= 0 minutes")
+    n = _with_db(args, lambda s: service.release_stale(s, service.project_by_ref(s, args.project),
+                                                          timedelta(minutes=args.older_than)))
+    print(f"released {n} assignments")
+
+
+def _cmd_stats(args) -> None:
+    from . import service
+    from .dashboard import project_stats
+
+    stats = _with_db(args, lambda s: project_stats(s, service.project_by_ref(s, args.project)), write=False)
+    print(json.dumps(stats, indent=2))
+
+
+# -- the command table: every subcommand, its options with their help, and the function that runs it --------
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: argparse's name(s) and keyword arguments; `help` is required (a test checks it is not empty)."""
+
+    names: tuple[str, ...]
+    help: str
+    kwargs: dict = field(default_factory=dict)
+
+
+def opt(*names: str, help: str, **kwargs) -> Opt:
+    return Opt(names, help, kwargs)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    run: Callable[[argparse.Namespace], None]
+    options: tuple[Opt, ...] = ()
+    one_of: tuple[Opt, ...] = ()  # exactly one of these must be given
+    db: bool = True  # takes --db
+
+
+USERNAME = opt("--username", required=True, help="the user's name (case-insensitive)")
+PASSWORD_STDIN = opt("--password-stdin", action="store_true",
+                     help="read the password from stdin (default: generate one and print it once)")
+POOL = opt("--pool", default="default", help="the annotator pool / group label")
+PROJECT = opt("--project", required=True, help="project name or id")
+
+COMMANDS: dict[str, Command] = {
+    "serve": Command("run the web app (migrates the database first)", _cmd_serve, (
+        opt("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"),
+        opt("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)"),
+        opt("--data-dir", type=Path, help="where the secret key lives (default: next to a SQLite file)"),
+        opt("--secure-cookies", action="store_true", help="mark cookies Secure (serve behind HTTPS)"),
+        opt("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug", "trace"],
+            help="uvicorn's log level (default: warning)"),
+        opt("--workers", type=int, default=1, help="server processes (they share limits through the database)"),
+        opt("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+            help="a reverse proxy whose X-Forwarded-For names the client (repeatable); from anyone else that "
+                 "header is ignored"))),
+    "init": Command("create or upgrade the database schema", _cmd_init),
+    "create-admin": Command("create an admin (the first one: there are no default accounts)", _cmd_user,
+                            (USERNAME, PASSWORD_STDIN, POOL)),
+    "add-user": Command("create a user", _cmd_user, (
+        USERNAME, PASSWORD_STDIN,
+        opt("--role", default="annotator", choices=["annotator", "admin"], help="the user's role (default: "
+            "annotator)"),
+        POOL)),
+    "set-password": Command("set a user's password (their sessions end)", _cmd_account, (USERNAME, PASSWORD_STDIN)),
+    "deactivate": Command("deactivate a user: no login, sessions and API tokens stop working", _cmd_account,
+                          (USERNAME,)),
+    "token": Command("create an API token for a user (printed once)", _cmd_token, (
+        USERNAME, opt("--name", default="cli", help="a label for the token, shown by `tokens` (default: cli)"))),
+    "revoke-token": Command("revoke one API token, by id (see `tokens`) or given on stdin", _cmd_revoke, one_of=(
+        opt("--id", type=int, help="the token's id"),
+        opt("--token-stdin", action="store_true", help="read the token itself from stdin"))),
+    "tokens": Command("list API tokens (id, user, name, created, revoked); never the tokens themselves",
+                      _cmd_tokens, (opt("--username", help="only this user's tokens"),)),
+    "create-project": Command("create a project (campaign)", _cmd_project, (
+        opt("--name", required=True, help="the project's name (unique)"),
+        opt("--task", required=True, choices=["pairwise", "ranking", "rating", "demonstration"],
+            help="what annotators do with each item"),
+        opt("--guidelines", type=Path, help="a text or Markdown file with the guidelines"),
+        opt("--overlap", type=int, default=1, help="distinct annotators per item"),
+        opt("--gold-rate", type=float, default=0.0, help="share of assignments that are gold items"),
+        opt("--scale", type=int, nargs=2, default=[1, 3], metavar=("LO", "HI"), help="rating scale"),
+        opt("--criteria", default="", help="comma-separated named rating criteria"),
+        opt("--flags", default="", help='comma-separated flags, e.g. "contains a made-up fact"'),
+        opt("--members", default="", help="comma-separated usernames to add"))),
+    "add-members": Command("add users to a project", _cmd_add_members, (
+        PROJECT, opt("--users", required=True, help="comma-separated usernames"))),
+    "import": Command("import items from a JSONL file (or `prefloop sample` output)", _cmd_import, (
+        PROJECT, opt("file", type=Path, help="the items JSONL file"))),
+    "sample": Command("sample responses from a model checkpoint (`prefloop sample`) and import them as items",
+                      _cmd_sample, (
+        PROJECT,
+        opt("--model", required=True, help="a checkpoint directory (or hub id available offline)"),
+        opt("--prompts", type=Path, required=True, help="a prompts JSONL file"),
+        opt("--num-samples", type=int, help="responses per prompt (default: 2 pairwise, 4 ranking, else 1)"),
+        opt("--max-new-tokens", type=int, default=64, help="most tokens sampled per response (default: 64)"),
+        opt("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)"),
+        opt("--seed", type=int, default=0, help="random seed of the sampler (default: 0)"))),
+    "export": Command("export judgments as JSONL records the trainers read", _cmd_export, (
+        PROJECT,
+        opt("--out", type=Path, required=True, help="the JSONL file to write"),
+        opt("--kind", choices=["comparisons", "rankings", "ratings", "demonstrations"],
+            help="record kind (default: the project's task's own)"),
+        opt("--ties", choices=["drop", "keep"], default="drop",
+            help="pairwise ties: drop them, or keep them (margin 0, meta.tie) (default: drop)"),
+        opt("--include-gold", action="store_true", help="also export the judgments of gold items"))),
+    "release": Command("take back unjudged assignments older than some minutes, so others get their items",
+                       _cmd_release, (
+        PROJECT, opt("--older-than", type=float, required=True, metavar="MINUTES",
+                     help="release assignments handed out more than this many minutes ago"))),
+    "stats": Command("print the dashboard statistics of a project as JSON", _cmd_stats, (PROJECT,)),
+    "backup": Command("copy a SQLite database with the online backup API (safe while serving)", _cmd_backup, (
+        opt("--out", type=Path, required=True, help="the backup file to write"),)),
+    "restore": Command("replace a SQLite database with a backup (stop the server first)", _cmd_restore, (
+        opt("--from", dest="source", type=Path, required=True, help="the backup file to restore from"),)),
+    "simulate": Command("let simulated annotators of a world annotate through the REST API", _cmd_simulate, (
+        opt("--url", required=True, help="base URL of the running app, e.g. http://127.0.0.1:8000"),
+        opt("--token", required=True, help="the API token of the user the simulated annotator acts as"),
+        opt("--project", type=int, required=True, help="project id"),
+        opt("--world", type=Path, required=True, help="a world directory (`prefloop world` output)"),
+        opt("--annotator", default="a00", help="id of one of the world's simulated annotators"),
+        opt("--max-items", type=int, help="stop after this many judgments (default: until none is left)"),
+        opt("--retries", type=int, default=5, help="resends after a network error or a 5xx answer")), db=False),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The argparse parser built from COMMANDS (nothing but declarations here)."""
+    p = argparse.ArgumentParser(prog="prefloop annotate", description="the human feedback web app")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    for name, c in COMMANDS.items():
+        sp = sub.add_parser(name, help=c.help, description=c.help)
+        if c.db:
+            sp.add_argument("--db", required=True, help=DB_HELP)
+        for o in c.options:
+            sp.add_argument(*o.names, help=o.help, **o.kwargs)
+        if c.one_of:
+            g = sp.add_mutually_exclusive_group(required=True)
+            for o in c.one_of:
+                g.add_argument(*o.names, help=o.help, **o.kwargs)
+        sp.set_defaults(run=c.run)
+    return p
 
 
 def _shown(db: str) -> str:
@@ -499,7 +549,7 @@ def main(argv: list[str]) -> int:
     from .service import AppError
 
     try:
-        _run(args)
+        args.run(args)
     except (AppError, DataError, CLIError, FeedbackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,43 +16,44 @@ from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
-from .options import ConfigError, default_out
+from .options import ConfigError, ConfigFileOption, default_out
 
 
 @dataclass(kw_only=True)
-class CommonConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
+class CommonConfig(ConfigFileOption):
     out: Path | None = None
     """Output directory: final model in OUT/model, metrics.jsonl, prefloop.json and OUT/checkpoint. Default:
     runs/<command>, or runs/<command>-2, -3, ... when that holds another run (with --resume: the newest)."""
     seed: int = 0
-    """Random seed (each process adds rank * 1,000,003)."""
+    """Random seed, 0 <= seed < 2**63 (process r of a distributed run uses seed + r * 1,000,003)."""
     max_steps: int | None = None
-    """Number of optimizer steps (PPO: updates). Default: derived from --epochs."""
+    """Number of optimizer steps (>= 1; PPO, GRPO, RLOO: updates). Default: derived from --epochs."""
     batch_size: int = 16
-    """Global batch size (summed over processes)."""
+    """Global batch size (>= 1, summed over processes): examples per optimizer step."""
     micro_batch_size: int | None = None
-    """Sequences per forward/backward on each process (gradient accumulation); default: the whole batch."""
+    """Sequences per forward/backward on each process (>= 1; gradient accumulation over the rest of the
+    batch); default: the process's whole share of the batch."""
     max_length: int = 256
-    """Maximum tokens of prompt + response; longer examples are truncated (the prompt from the left)."""
+    """Maximum tokens of prompt + response (>= 2); longer examples are truncated (the prompt from the left)."""
     lr: float = 1e-4
-    """Peak learning rate."""
+    """Peak learning rate (> 0), reached after the warm-up."""
     warmup_ratio: float = 0.0
-    """Fraction of the steps with a linear warm-up."""
+    """Fraction of the steps with a linear warm-up, in [0, 1)."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Learning-rate schedule after warm-up; linear and cosine anneal to 0."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (>= 0)."""
     adam_eps: float = 1e-8
-    """Adam epsilon."""
+    """Adam's epsilon (> 0), added to the root of the second moment."""
     max_grad_norm: float = 1.0
-    """Gradient clipping (0 disables)."""
+    """Clip the gradient's global L2 norm to this (>= 0; 0: no clipping)."""
     precision: Precision = "auto"
-    """auto: bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    """The computation: auto (bf16 autocast on a GPU that supports it, fp32 otherwise), fp32, bf16, or fp16 (GPU
+    only, with loss scaling); trained weights stay fp32 in every mode."""
     save_every: int = 0
-    """Write a resumable checkpoint every N steps (0: only at the end)."""
+    """Write a resumable checkpoint to OUT/checkpoint every N steps (>= 0; 0: only at the end)."""
     log_every: int = 1
-    """Log metrics every N steps."""
+    """Log metrics to OUT/metrics.jsonl (and --report-to) every N steps (>= 1)."""
     resume: bool = False
     """Continue from OUT/checkpoint if it exists; refused if options or data that change what the run
     computes differ from the checkpoint's (--max-steps may grow; logging and --save-every may change)."""
@@ -65,6 +66,10 @@ class CommonConfig:
     skip_invalid: bool = False
     """Skip data records that cannot be trained on (reporting how many and the first lines) instead of
     stopping at the first."""
+    report_to: str = "none"
+    """Where metrics go besides OUT/metrics.jsonl: none, tensorboard (event files in OUT/tensorboard; needs
+    prefloop[tensorboard]), wandb (needs prefloop[wandb]; WANDB_MODE=offline works without a network), or a
+    comma-separated list such as tensorboard,wandb."""
 
 
 def output_dir(cfg, recipe: str) -> Path:

@@ -33,11 +33,11 @@ from prefloop.runtime import (
 )
 
 from .common import ConfigError, output_dir
-from .options import check_ranges, flag
+from .options import check_ranges, check_report_to, flag
 
 # Options that do not change what a run computes, so a resume may change them (max_steps: only upwards).
 RESUME_MAY_CHANGE = frozenset({"config", "out", "resume", "overwrite", "log_every", "save_every", "keep_every",
-                               "max_steps"})
+                               "max_steps", "report_to"})
 
 
 def run_record(cfg, world: int) -> dict:
@@ -79,6 +79,7 @@ class RunContext:
         from prefloop.runtime.accel import PrecisionError
 
         check_ranges(cfg)
+        check_report_to(cfg)  # a missing package stops the Python API too, before a model loads
         try:
             self.acc = make_accelerator(cfg.precision)
         except PrecisionError as e:
@@ -137,7 +138,8 @@ class RunContext:
             raise ConfigError(f"--resume: {self.ckpt.dir} is at step {start}, past the {total} steps of this run "
                               "(--max-steps may only grow)")
         self.logger = MetricsLogger(self.out / "metrics.jsonl", enabled=self.is_main,
-                                    resume_from_step=start if self.resuming else None)
+                                    resume_from_step=start if self.resuming else None,
+                                    report_to=getattr(self.cfg, "report_to", "none"), run_config=self.cfg)
         self.progress = StepProgress(f"{self.recipe}", total=total, start=start, enabled=self.is_main)
         if self.is_main:
             console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es), device "

@@ -32,6 +32,7 @@ from prefloop.runtime.seeding import EVAL_SEED_OFFSET, SECOND_EVAL_SEED_OFFSET
 from prefloop.world import WorldConfig, build_world, write_world
 from prefloop.world.redteam import RedTeamScorer, make_redteam
 
+from .options import ConfigFileOption
 from .ppo import PPOConfig, run_ppo
 from .pretrain import PretrainConfig, run_pretrain
 from .reward import RewardConfig, run_reward, score_pairs
@@ -82,15 +83,15 @@ PRESETS = {
 
 
 @dataclass(kw_only=True)
-class DemoConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
+class DemoConfig(ConfigFileOption):
     out: Path = Path("runs/demo")
     """Output directory: metrics.json, report.md, plots, and one checkpoint directory per stage."""
     preset: Literal["default", "tiny"] = "default"
     """default: about 10 minutes on 2 CPU cores; tiny: about 2 minutes (used by the tests)."""
     seed: int = 0
+    """Random seed of the world and of every stage."""
     precision: Precision = "auto"
+    """The computation: auto (bf16 autocast on a GPU that supports it, fp32 otherwise), fp32, bf16, or fp16."""
     ppo_steps: int | None = None
     """Override the preset's number of PPO updates."""
     kl_coef: float | None = None

@@ -38,13 +38,14 @@ from .common import (
 )
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_lm, shares_reference
+from .options import EpochsOption, required
 
 
 @dataclass(kw_only=True)
-class DPOConfig(CommonConfig, LoraOptions):
-    model: str | None = None
+class DPOConfig(EpochsOption, CommonConfig, LoraOptions):
+    model: str | None = required()
     """Policy to optimise (usually the SFT checkpoint); also the reference unless --reference is given."""
-    data: Path | None = None
+    data: Path | None = required()
     """Comparisons JSONL: {"prompt", "chosen", "rejected"} (standard, conversational or implicit prompt)."""
     eval_data: Path | None = None
     """Held-out comparisons; default: --eval-fraction of the prompts of --data are held out."""
@@ -62,7 +63,6 @@ class DPOConfig(CommonConfig, LoraOptions):
     precompute_reference: bool = True
     """Compute reference log-probs once before training (then free the reference model);
     --no-precompute-reference computes them in every step instead (less start-up, more compute and memory)."""
-    epochs: float = 1.0
     lr: float = 1e-6
     warmup_ratio: float = 0.1
 

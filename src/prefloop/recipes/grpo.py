@@ -18,14 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from prefloop.data import file_sha256
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
-from prefloop.models.ensemble import EnsembleMode
 from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
 from prefloop.rl.group import (
@@ -50,6 +48,7 @@ from .common import (
 )
 from .context import RunContext
 from .memory import LoraOptions, RolloutOptions, final_model, load_trained_lm, shares_reference
+from .options import PolicyOptions, RewardOptions, RLSamplingOptions
 from .rl_common import (
     SHOW,
     add_stats,
@@ -70,22 +69,7 @@ AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 
 
 @dataclass(kw_only=True)
-class GroupPGConfig(CommonConfig, LoraOptions, RolloutOptions):
-    policy: str | None = None
-    """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
-    reward: str | None = None
-    """Reward model directory (a sequence classifier with one output), an ensemble directory (with
-    ensemble.json) or several directories joined by commas."""
-    ensemble_mode: EnsembleMode = "mean"
-    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
-    ensemble_lambda: float = 1.0
-    """lambda of --ensemble-mode mean-std."""
-    reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as
-    fn(prompts, responses) and returning one float per response (e.g. a verifier); or world:DIR for a
-    synthetic world's gold judge."""
-    prompts: Path | None = None
-    """Prompts JSONL: {"prompt": text or messages}."""
+class GroupPGConfig(RLSamplingOptions, RewardOptions, PolicyOptions, CommonConfig, LoraOptions, RolloutOptions):
     reference: str | None = None
     """Reference policy of the KL term (default: --policy); not loaded when --kl-coef is 0."""
     max_steps: int | None = 100
@@ -110,15 +94,6 @@ class GroupPGConfig(CommonConfig, LoraOptions, RolloutOptions):
     """Fold KL into the score (r - beta * sum of k1 over the response) instead of a k3 loss term."""
     no_eos_penalty: float | None = None
     """Score given to a response that never ends instead of the reward's (None: keep the reward)."""
-    max_new_tokens: int = 32
-    temperature: float = 0.7
-    """Sampling temperature; the same temperature scales old, new and reference log-probs (docs/ppo.md item 5)."""
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_at_eos: bool = True
-    """Stop a response at EOS; with --no-stop-at-eos sample fixed length (with --truncate-token)."""
-    truncate_token: str | None = None
-    """Fixed-length mode: mask everything after the first occurrence of this token (e.g. '.')."""
     lr: float = 1e-5
     adam_eps: float = 1e-5
     max_length: int = 256

@@ -40,20 +40,19 @@ from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
 from .common import ConfigError, require
+from .options import ConfigFileOption, required
 
 STAGES = ("sample", "feedback", "reward", "rl", "evaluate")
 
 
 @dataclass(kw_only=True)
-class LoopConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
+class LoopConfig(ConfigFileOption):
     out: Path = Path("runs/loop")
     """Output directory: OUT/round-N/{samples,comparisons,reward,rl,eval}, loop.json, report.md."""
-    world: Path | None = None
+    world: Path | None = required()
     """World directory (from `prefloop world`, or a demo run's OUT/world): prompts, simulated annotators and
     the gold judge used for evaluation."""
-    policy: str | None = None
+    policy: str | None = required()
     """Initial policy (usually the SFT checkpoint); also the reference of the KL penalty."""
     reward_init: str | None = None
     """Model every round's reward model is trained from (default: --policy)."""
@@ -100,17 +99,24 @@ class LoopConfig:
     num_generations: int = 4
     """grpo / rloo: samples per prompt."""
     dpo_beta: float = 0.1
+    """--method dpo: beta, the strength of DPO's implicit KL regularisation (> 0)."""
     dpo_epochs: float = 1.0
+    """--method dpo: passes over all comparisons so far, each round (> 0)."""
     rl_steps: int = 20
     """RL updates per round."""
     rollout_batch_size: int = 64
+    """Completions sampled per RL update (ppo, grpo, rloo)."""
     batch_size: int = 32
+    """Completions per RL optimizer step (ppo, grpo, rloo), or comparisons per DPO step."""
     rl_lr: float = 1e-4
+    """Peak learning rate of the policy update (> 0)."""
     kl_coef: float = 0.1
     """KL coefficient (initial value when --kl-target is given)."""
     kl_target: float | None = None
     """Adaptive KL target in nats per sequence against the initial policy (None: fixed coefficient)."""
     kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in completions (>= 1): beta moves at most 20% * batch / horizon
+    per update."""
     kl_strategy: Literal["total", "ramp", "reset"] = "total"
     """How the KL budget is spread over rounds (PPO, with --kl-target): total (every round's controller aims at
     --kl-target to the initial policy), ramp (round r aims at r/R of it, so early rounds leave room for later
@@ -126,18 +132,27 @@ class LoopConfig:
     min_annotator_agreement: float = 0.0
     """Labels of annotators whose gold-check agreement is below this are dropped from the reward model's data
     (written to comparisons_dropped.jsonl); 0 keeps every label."""
+    # Sampling here is only candidate generation and RL rollouts, so just these two of SamplingOptions apply.
     max_new_tokens: int = 40
+    """Most tokens sampled per response (>= 1), for the candidate pairs, RL and the evaluation."""
     temperature: float = 0.7
+    """Sampling temperature (> 0) of the candidate pairs, RL and the evaluation."""
     max_length: int = 168
+    """Maximum prompt tokens of RL and the reward model (responses add --max-new-tokens)."""
     rm_epochs: float = 2.0
+    """Passes of each round's reward model over the comparisons so far (> 0)."""
     rm_lr: float = 2e-4
+    """Peak learning rate of the reward model (> 0)."""
     rm_batch: int = 32
+    """Comparisons per reward model optimizer step."""
     eval_prompts: int = 200
     """Held-out prompts of the world evaluated after every round."""
     eval_k: int = 4
     """Samples per held-out prompt."""
     seed: int = 0
+    """Random seed of the whole loop (each round and stage derives its own from it)."""
     precision: Precision = "auto"
+    """The computation: auto (bf16 autocast on a GPU that supports it, fp32 otherwise), fp32, bf16, or fp16."""
 
 
 @dataclass

@@ -3,17 +3,26 @@ defaults and the output directory. Imports no torch, so the command line can run
 
 Every numeric option of the trainer commands has a declared range in `RANGES` (a test keeps it so);
 an option a user left out may take its default from one they gave (`derive_defaults`).
+
+The option groups several commands share are declared here once (`ConfigFileOption`, `SamplingOptions`,
+`RLSamplingOptions`, `PolicyOptions`, `RewardModelOptions`, `RewardOptions`): a command's config class inherits
+them, so each flag has one name and one help text everywhere. Options a command cannot run without are
+declared with `required()`: help shows them as required.
+`TRL_ALIASES` maps option names of TRL's trainers onto prefloop's where they mean the same thing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import os
 import tempfile
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from prefloop.data.errors import InputError
 
@@ -24,6 +33,90 @@ class ConfigError(InputError):
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def required():
+    """The default of an option the command cannot run without: None in Python (so a config can be built
+    step by step) and "required" in --help; the command refuses to start without it (`common.require`)."""
+    return dataclasses.field(default=None, metadata={"required": True})
+
+
+# -- option groups shared by several commands ------------------------------------------------------------
+
+# The combination rules of prefloop.models.ensemble (repeated here so that parsing options imports no torch;
+# a test keeps the two equal).
+EnsembleMode = Literal["mean", "min", "mean-std"]
+
+
+@dataclass(kw_only=True)
+class ConfigFileOption:
+    config: Path | None = None
+    """YAML file with option values (a mapping such as `max_steps: 100`); options given on the command line
+    override it."""
+
+
+@dataclass(kw_only=True)
+class EpochsOption:
+    epochs: float = 1.0
+    """Passes over the data (> 0; fractions allowed), used when --max-steps is not given."""
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """How responses are sampled. These defaults sample the model's own distribution (sample, best-of-n,
+    rejection sampling); RL commands override them (`RLSamplingOptions`)."""
+
+    max_new_tokens: int = 64
+    """Most tokens sampled per response (>= 1); a response ends earlier at EOS."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0): logits are divided by it; 1 samples the model's distribution, lower is greedier."""
+    top_p: float = 1.0
+    """Nucleus sampling, in (0, 1]: sample among the most likely tokens whose probabilities sum to top-p (1: off)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (>= 0; 0: off)."""
+
+
+@dataclass(kw_only=True)
+class RLSamplingOptions(SamplingOptions):
+    """Sampling inside an RL update: shorter and cooler by default than SamplingOptions, since every update
+    samples a whole rollout batch and the reference log-probs must be computed at the same temperature."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    """Sampling temperature (> 0); the same temperature scales old, new and reference log-probs (docs/ppo.md
+    item 5)."""
+    stop_at_eos: bool = True
+    """Stop a response at EOS; with --no-stop-at-eos sample fixed length (with --truncate-token)."""
+    truncate_token: str | None = None
+    """Fixed-length mode: mask everything after the first occurrence of this token (e.g. '.')."""
+
+
+@dataclass(kw_only=True)
+class PolicyOptions:
+    policy: str | None = required()
+    """Policy to train, usually the SFT checkpoint: a local Hugging Face directory or a hub id."""
+    prompts: Path | None = required()
+    """Prompts JSONL: {"prompt": text or messages}."""
+
+
+@dataclass(kw_only=True)
+class RewardModelOptions:
+    reward: str | None = None
+    """Reward model directory (a sequence classifier with one output), an ensemble directory (with
+    ensemble.json, as `prefloop reward --ensemble-size N` writes) or several directories joined by commas."""
+    ensemble_mode: EnsembleMode = "mean"
+    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-mode mean-std (>= 0)."""
+
+
+@dataclass(kw_only=True)
+class RewardOptions(RewardModelOptions):
+    """A reward model, or a scoring function in its place."""
+
+    reward_fn: str | None = None
+    """Scoring function instead of a reward model: package.module:function, called as fn(prompts, responses)
+    and returning one float per response (e.g. a verifier); or world:DIR for a synthetic world's gold judge."""
 
 
 @dataclass(frozen=True)
@@ -224,12 +317,133 @@ def check_out(cfg, command: str) -> None:
                           "continue it, or choose another --out")
 
 
+# --report-to: where metrics go besides OUT/metrics.jsonl -> (package to import, extra that installs it).
+REPORT_SINKS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def report_sinks(value: str) -> list[str]:
+    """The sinks of a --report-to value: a comma list of tensorboard and wandb; "none" adds nothing (the
+    same reading as `prefloop.runtime.metrics.MetricsLogger`, which this module cannot import without torch)."""
+    names = [n.strip() for n in str(value).split(",") if n.strip() not in ("", "none")]
+    for n in names:
+        if n not in REPORT_SINKS:
+            raise ConfigError(f"--report-to: unknown destination {n!r} (choose none, tensorboard, wandb, "
+                              "or a comma-separated list)")
+    return list(dict.fromkeys(names))
+
+
+def check_report_to(cfg) -> None:
+    """Each --report-to destination's package can be imported (checked before anything is written)."""
+    for name in report_sinks(getattr(cfg, "report_to", "none")):
+        package, extra = REPORT_SINKS[name]
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise ConfigError(f"--report-to {name} needs the {package} package: pip install 'prefloop[{extra}]'") \
+                from None
+
+
 def validate(cfg, command: str, given: set[str] | None = None) -> None:
     """All checks that need no model or data, in the order a user fixes them."""
     from .memory import check_memory_options
 
     check_types(cfg)
+    check_report_to(cfg)
     derive_defaults(cfg, given or set())
     check_ranges(cfg)
     check_memory_options(cfg)
     check_out(cfg, command)
+
+
+# -- TRL's option names ----------------------------------------------------------------------------------
+
+# TRL option -> prefloop option where the two mean the same thing; an alias applies to a command that has the
+# target option and no option of the alias's own name (so DPO's --beta stays DPO's beta, while in GRPO and
+# RLOO, as in TRL's trainers, --beta is the KL coefficient).
+TRL_ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "adam_epsilon": "adam_eps", "output_dir": "out",
+    "logging_steps": "log_every", "save_steps": "save_every", "num_ppo_epochs": "ppo_epochs",
+    "num_iterations": "epochs_per_rollout", "cliprange": "clip_eps", "epsilon": "clip_eps",
+    "cliprange_value": "clip_eps_value", "response_length": "max_new_tokens",
+    "max_completion_length": "max_new_tokens", "rloo_k": "num_generations", "beta": "kl_coef",
+}
+# Mapped onto the global batch (per-device x accumulation x processes = --batch-size) or onto --max-length
+# (prompt + response) after parsing, since they depend on other options.
+TRL_DERIVED = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_prompt_length")
+
+
+def _option_value(args: list[str], i: int) -> tuple[str, str | None, int]:
+    """(name, value, number of args used) of the option at args[i] (`--name value` or `--name=value`)."""
+    name, eq, value = args[i][2:].partition("=")
+    if eq:
+        return name.replace("-", "_"), value, 1
+    return name.replace("-", "_"), (args[i + 1] if i + 1 < len(args) else None), 2
+
+
+def translate_trl(args: list[str], cls) -> tuple[list[str], dict[str, int]]:
+    """Command-line args with TRL's option names renamed to prefloop's, and the values of the TRL options
+    that `apply_trl_derived` maps after parsing."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out: list[str] = []
+    derived: dict[str, int] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name = a[2:].partition("=")[0].replace("-", "_") if a.startswith("--") else ""
+        if name in TRL_ALIASES and name not in fields and TRL_ALIASES[name] in fields:
+            out.append(flag(TRL_ALIASES[name]) + a[2 + len(name):])
+        elif name in TRL_DERIVED and name not in fields:
+            _, value, used = _option_value(args, i)
+            try:
+                derived[name] = int(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{flag(name)} needs an integer, got {value!r}") from None
+            if derived[name] < 1:
+                raise ConfigError(f"{flag(name)} must be >= 1, got {derived[name]}")
+            i += used
+            continue
+        else:
+            out.append(a)
+        i += 1
+    return out, derived
+
+
+def _world_size() -> int:
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def apply_trl_derived(cfg, derived: dict[str, int], given: set[str], command: str) -> None:
+    """Map TRL's per-device batch, gradient accumulation and prompt length exactly onto --batch-size,
+    --micro-batch-size and --max-length, or refuse in one line where they cannot be."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    per_device = derived.get("per_device_train_batch_size")
+    accum = derived.get("gradient_accumulation_steps")
+    if per_device is not None or accum is not None:
+        if "micro_batch_size" not in names:
+            raise ConfigError(f"--per-device-train-batch-size / --gradient-accumulation-steps: prefloop {command} "
+                              "has no gradient accumulation; use --batch-size")
+        world = _world_size()
+        if per_device is not None:
+            total = per_device * (accum or 1) * world
+            if "batch_size" in given and cfg.batch_size != total:
+                raise ConfigError(f"--per-device-train-batch-size {per_device} x --gradient-accumulation-steps "
+                                  f"{accum or 1} x {world} processes = {total}, but --batch-size is {cfg.batch_size}")
+            cfg.batch_size, cfg.micro_batch_size = total, per_device
+            given |= {"batch_size", "micro_batch_size"}
+        else:
+            derive_defaults(cfg, given)  # the batch this divides: as the other options make it
+            if cfg.batch_size % (accum * world):
+                raise ConfigError(f"--gradient-accumulation-steps {accum}: --batch-size {cfg.batch_size} is not a "
+                                  f"multiple of {accum} x {world} processes")
+            cfg.micro_batch_size = cfg.batch_size // (accum * world)
+            given.add("micro_batch_size")
+    prompt = derived.get("max_prompt_length")
+    if prompt is not None:
+        if "max_new_tokens" not in names:
+            raise ConfigError(f"--max-prompt-length: prefloop {command} cuts prompts from the left to fit "
+                              "--max-length (prompt + response); use --max-length")
+        if "max_length" in given:
+            raise ConfigError("--max-prompt-length and --max-length: give one (--max-length = prompt + "
+                              "--max-new-tokens)")
+        cfg.max_length = prompt + cfg.max_new_tokens
+        given.add("max_length")

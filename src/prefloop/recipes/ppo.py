@@ -12,7 +12,6 @@ One update, top to bottom (see docs/ppo.md for the details each step follows):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -25,7 +24,7 @@ from prefloop.models import (
     load_causal_lm,
     load_tokenizer,
 )
-from prefloop.models.ensemble import EnsembleMode, load_reward_scorer, reward_members
+from prefloop.models.ensemble import load_reward_scorer, reward_members
 from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import (
     AdaptiveKLController,
@@ -54,6 +53,7 @@ from .memory import (
     load_trained_reward_model,
     shares_reference,
 )
+from .options import PolicyOptions, RewardModelOptions, RLSamplingOptions, required
 from .rl_common import (
     SHOW,
     add_stats,
@@ -71,18 +71,8 @@ from .rl_common import (
 
 
 @dataclass(kw_only=True)
-class PPOConfig(CommonConfig, LoraOptions, RolloutOptions):
-    policy: str | None = None
-    """Policy to optimise (usually the SFT checkpoint); also the KL reference unless --reference is given."""
-    reward: str | None = None
-    """Reward model directory (a sequence classifier with one output), an ensemble directory (with
-    ensemble.json, as `prefloop reward --ensemble-size N` writes) or several directories joined by commas."""
-    ensemble_mode: EnsembleMode = "mean"
-    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
-    ensemble_lambda: float = 1.0
-    """lambda of --ensemble-mode mean-std."""
-    prompts: Path | None = None
-    """Prompts JSONL: {"prompt": text or messages}."""
+class PPOConfig(RLSamplingOptions, RewardModelOptions, PolicyOptions, CommonConfig, LoraOptions, RolloutOptions):
+    reward: str | None = required()
     reference: str | None = None
     """Reference policy of the KL penalty (default: --policy)."""
     critic: Literal["reward", "value-head"] = "reward"
@@ -95,33 +85,33 @@ class PPOConfig(CommonConfig, LoraOptions, RolloutOptions):
     """Completions per optimizer step (minibatch); rollout-batch-size / batch-size minibatches per epoch."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
-    max_new_tokens: int = 32
-    temperature: float = 0.7
-    """Sampling temperature; the same temperature scales old, new and reference log-probs (docs/ppo.md item 5)."""
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_at_eos: bool = True
-    """Stop a response at EOS; with --no-stop-at-eos sample fixed length (with --truncate-token)."""
-    truncate_token: str | None = None
-    """Fixed-length mode: mask everything after the first occurrence of this token (e.g. '.')."""
     no_eos_penalty: float | None = -1.0
     """Score given to a response that never ends instead of the reward model's (None: keep it)."""
     kl_coef: float = 0.05
-    """KL coefficient beta (initial value when adaptive)."""
+    """KL coefficient beta (>= 0; the initial value when adaptive)."""
     kl_target: float | None = None
     """Adaptive KL controller target in nats per sequence (None: fixed coefficient)."""
     kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in completions (>= 1): beta moves at most 20% * batch / horizon
+    per update (Ziegler et al. 2019)."""
     keep_every: int = 0
     """Keep a copy of the policy every N updates in OUT/checkpoints/step-N (0: none), e.g. for
     `prefloop eval checkpoints` (gold and proxy reward against KL over the run)."""
     normalize_reward: bool = True
     """Gain and bias so that samples of the initial policy score mean 0 and std 1 (docs/ppo.md item 10)."""
     whiten_rewards: bool = False
+    """Scale the per-token rewards (KL penalty + score) of each rollout batch to std 1, without shifting them,
+    before GAE."""
     gamma: float = 1.0
+    """Discount factor of the returns, in [0, 1]."""
     lam: float = 0.95
+    """lambda of generalised advantage estimation, in [0, 1] (1: Monte Carlo returns, 0: one-step TD)."""
     clip_eps: float = 0.2
+    """Clip range of the policy's probability ratio (> 0): the objective ignores ratios outside 1 +- clip-eps."""
     clip_eps_value: float = 0.2
+    """Clip range of the value update (> 0): new values stay within +- this of the rollout's values."""
     vf_coef: float = 0.1
+    """Weight of the critic's value loss in the loss minimised (>= 0): policy loss + vf-coef * value loss."""
     critic_lr: float | None = None
     """Learning rate of the critic (default: --lr)."""
     lr: float = 1e-5

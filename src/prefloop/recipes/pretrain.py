@@ -20,11 +20,12 @@ from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 from .common import CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
 from .memory import MemoryOptions, built_model_options
+from .options import EpochsOption, required
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(CommonConfig, MemoryOptions):
-    data: Path | None = None
+class PretrainConfig(EpochsOption, CommonConfig, MemoryOptions):
+    data: Path | None = required()
     """Corpus: .jsonl with a "text" field per document, or .txt with one document per line."""
     tokenizer: str | None = None
     """Use this tokenizer instead of training one (a local directory or hub id)."""
@@ -36,11 +37,11 @@ class PretrainConfig(CommonConfig, MemoryOptions):
     """Model size preset (see prefloop.models.SIZES)."""
     max_length: int = 128
     """Block length of the packed training sequences."""
-    epochs: float = 1.0
     lr: float = 2e-3
     warmup_ratio: float = 0.05
     schedule: Literal["linear", "cosine", "constant"] = "cosine"
     batch_size: int = 32
+    """Packed sequences of --max-length tokens per optimizer step (global)."""
 
 
 def read_corpus(path: Path) -> list[str]:

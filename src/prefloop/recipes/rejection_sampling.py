@@ -22,7 +22,6 @@ from pathlib import Path
 
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
 from prefloop.models import load_causal_lm, load_tokenizer
-from prefloop.models.ensemble import EnsembleMode
 from prefloop.models.precision import checkpoint_dtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, process_seed, run_meta, save_hf, seed_everything, write_json
@@ -31,37 +30,21 @@ from prefloop.runtime.seeding import EPOCH_SEED_STRIDE, PROMPT_ORDER_STRIDE
 
 from .common import CommonConfig, ConfigError, output_dir, require
 from .memory import LoraOptions
+from .options import PolicyOptions, RewardOptions, SamplingOptions
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 
 
 @dataclass(kw_only=True)
-class RejectionSamplingConfig(CommonConfig, LoraOptions):
-    policy: str | None = None
-    """Policy to start from (usually the SFT checkpoint): round 1 samples from it."""
-    prompts: Path | None = None
-    """Prompts JSONL: {"prompt": text or messages}."""
-    reward: str | None = None
-    """Reward model directory that picks the best sample (or an ensemble: a directory with ensemble.json, or
-    directories joined by commas)."""
-    ensemble_mode: EnsembleMode = "mean"
-    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
-    ensemble_lambda: float = 1.0
-    """lambda of --ensemble-mode mean-std."""
-    reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as
-    fn(prompts, responses) and returning one float per response; or world:DIR for a synthetic world's
-    gold judge."""
+class RejectionSamplingConfig(SamplingOptions, RewardOptions, PolicyOptions, CommonConfig, LoraOptions):
+    """Round 1 samples from --policy; the reward model (or --reward-fn) picks each prompt's best sample."""
+
     rounds: int = 3
     """Rounds of sample -> keep the best -> SFT."""
     num_samples: int = 8
     """Samples per prompt (N of best-of-n)."""
     prompts_per_round: int | None = None
     """Prompts per round, a fresh seeded draw each round (default: every prompt, every round)."""
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     sample_batch_size: int = 64
     """Sequences sampled together."""
     epochs: float = 1.0
@@ -103,7 +86,8 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
                      # With LoRA each round's policy is saved merged: the next round samples and trains from it.
                      lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                      lora_target_modules=cfg.lora_target_modules, merge_lora=bool(cfg.lora_r),
-                     gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation)
+                     gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation,
+                     report_to=cfg.report_to)
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,

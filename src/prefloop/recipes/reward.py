@@ -60,15 +60,16 @@ from .common import (
 )
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_reward_model
+from .options import EpochsOption, required
 
 ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclass(kw_only=True)
-class RewardConfig(CommonConfig, LoraOptions):
-    model: str | None = None
+class RewardConfig(EpochsOption, CommonConfig, LoraOptions):
+    model: str | None = required()
     """Initial model: a causal LM (e.g. the SFT checkpoint) gets a new reward head; a reward model continues."""
-    data: Path | None = None
+    data: Path | None = required()
     """Feedback JSONL: comparisons {"prompt", "chosen", "rejected"} (standard, conversational or implicit
     prompt), rankings {"prompt", "responses", "ranking"} or ratings {"prompt", "response", "rating", "scale"}."""
     data_kind: Literal["auto", "comparisons", "rankings", "ratings"] = "auto"
@@ -86,7 +87,6 @@ class RewardConfig(CommonConfig, LoraOptions):
     learned thresholds; needs one integer scale)."""
     ensemble_size: int = 1
     """Train N reward models with seeds seed .. seed + N - 1 into OUT/members/<i>/, plus OUT/ensemble.json."""
-    epochs: float = 1.0
     lr: float = 5e-5
     warmup_ratio: float = 0.05
 

@@ -25,6 +25,7 @@ from prefloop.runtime.accel import Precision
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 
 from .common import ConfigError, require
+from .options import ConfigFileOption, RewardOptions, SamplingOptions, required
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -217,12 +218,10 @@ def sample_texts(model, tok, prompt_texts: list[str], k: int, scfg: SamplingConf
 
 
 @dataclass(kw_only=True)
-class SampleConfig:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
-    model: str | None = None
+class SampleConfig(SamplingOptions, RewardOptions, ConfigFileOption):
+    model: str | None = required()
     """Policy to sample from: a local Hugging Face directory or a hub id."""
-    prompts: Path | None = None
+    prompts: Path | None = required()
     """Prompts JSONL: {"prompt": text or messages}."""
     out: Path = Path("samples.jsonl")
     """Output JSONL: one {"prompt", "responses": [K texts], "ended": [K bools], "model"} per prompt (plus
@@ -234,27 +233,14 @@ class SampleConfig:
     --reward or --reward-fn."""
     keep_all: bool = False
     """With --best-of: also write all N responses with their scores ("responses", "scores", "ended")."""
-    reward: str | None = None
-    """Reward model directory that scores the samples (or an ensemble: a directory with ensemble.json, or
-    directories joined by commas)."""
-    ensemble_mode: EnsembleMode = "mean"
-    """How an ensemble's scores combine: mean, min (worst case) or mean-std (mean - lambda * std)."""
-    ensemble_lambda: float = 1.0
-    """lambda of --ensemble-mode mean-std."""
-    reward_fn: str | None = None
-    """Scoring function instead of a reward model: package.module:function, called as
-    fn(prompts, responses) and returning one float per response; or world:DIR for a synthetic world's
-    gold judge."""
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     batch_size: int = 32
     """Sequences sampled together."""
     max_length: int = 512
     """Prompts are cut from the left to leave room for --max-new-tokens."""
     seed: int = 0
+    """Random seed of the sampler."""
     precision: Precision = "auto"
+    """The computation: auto (bf16 autocast on a GPU that supports it, fp32 otherwise), fp32, bf16, or fp16."""
 
 
 def _records(cfg: SampleConfig, prompts, s: Samples) -> list[dict]:

@@ -18,16 +18,15 @@ from prefloop.models import CausalLMLoss, load_tokenizer
 from .common import BatchPlan, CommonConfig, micro_batches, require, shard, total_steps
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_lm
+from .options import EpochsOption, required
 
 
 @dataclass(kw_only=True)
-class SFTConfig(CommonConfig, LoraOptions):
-    model: str | None = None
+class SFTConfig(EpochsOption, CommonConfig, LoraOptions):
+    model: str | None = required()
     """Causal LM to fine-tune: a local Hugging Face directory or a hub id."""
-    data: Path | None = None
+    data: Path | None = required()
     """Demonstrations JSONL: {"prompt", "completion"} or {"messages": [...]}."""
-    epochs: float = 1.0
-    """Passes over the data (when --max-steps is not given)."""
     lr: float = 1e-4
     warmup_ratio: float = 0.05
 

@@ -8,16 +8,17 @@ from typing import Literal
 
 from prefloop.runtime import console
 
+from .options import ConfigFileOption
+
 
 @dataclass(kw_only=True)
-class WorldCommand:
-    config: Path | None = None
-    """YAML file with option values; options given on the command line override it."""
+class WorldCommand(ConfigFileOption):
     out: Path = Path("runs/world")
     """Directory for corpus.jsonl, demonstrations.jsonl, prompts_*.jsonl, comparisons.jsonl, world.json."""
     preset: Literal["default", "tiny"] = "default"
     """Size of the world."""
     seed: int = 0
+    """Random seed: the same preset and seed write the same world."""
 
 
 def run_world_command(cfg: WorldCommand) -> Path:
