@@ -97,7 +97,8 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
                      batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, max_length=cfg.max_length,
                      warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
                      adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision, dtype=cfg.dtype,
-                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r)
+                     save_every=cfg.save_every, log_every=cfg.log_every, resume=cfg.resume, seed=cfg.seed + r,
+                     overwrite=cfg.overwrite)
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,
@@ -113,11 +114,14 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
         write_jsonl(d / "samples.jsonl", [
             {"prompt": prompts[i].prompt, "responses": s.responses[k], "scores": s.scores[k], "ended": s.ended[k],
              "best_index": b} for k, (i, b) in enumerate(zip(idx, best))])
-    # An empty winner (EOS at once) is no demonstration the SFT reader accepts; it is left out and counted.
+    # An empty winner (EOS at once) or one holding a NUL is no demonstration the SFT reader accepts; it is
+    # left out and counted.
     demos = [{"prompt": prompts[i].prompt, "completion": s.responses[k][b]}
              for k, (i, b) in enumerate(zip(idx, best)) if s.responses[k][b].strip()]
+    nul = sum("\x00" in d["completion"] for d in demos)
+    demos = [d for d in demos if "\x00" not in d["completion"]]
     if not demos:
-        raise ConfigError(f"round {r}: every prompt's best sample is empty; nothing to fine-tune on")
+        raise ConfigError(f"round {r}: every prompt's best sample is empty or holds a NUL; nothing to fine-tune on")
     if main:
         write_jsonl(d / "best.jsonl", demos)
     acc.wait_for_everyone()
@@ -125,7 +129,7 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
     run_sft(_sft_config(cfg, policy, d / "best.jsonl", d / "sft", r))
     # 4. record
     record = {"round": r, "policy_in": policy, "policy_out": str(d / "sft" / "model"), "prompts": len(idx),
-              "empty_winners_dropped": len(idx) - len(demos),
+              "empty_winners_dropped": len(idx) - len(demos) - nul, "nul_winners_dropped": nul,
               "best_of_n_mean": _mean(row[b] for row, b in zip(s.scores, best)),
               "sample_mean": _mean(x for row in s.scores for x in row),
               "best_response_tokens": _mean(row[b] for row, b in zip(s.lengths, best))}
