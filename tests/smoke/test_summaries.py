@@ -36,7 +36,7 @@ def test_sft_ends_with_steps_final_loss_and_model_path(tmp_path, policy_dir, toy
     assert lines[-1] == f"sft: 2 steps, final loss {history[-1]['loss/sft']:.4g}, model in {out / 'model'}"
 
 
-def test_reward_summary_gives_held_out_accuracy(tmp_path, policy_dir, toy_data, capsys):
+def test_reward_summary_and_report_give_held_out_accuracy(tmp_path, policy_dir, toy_data, capsys):
     out = tmp_path / "rm"
     rc, lines, _ = run(["reward", "--model", str(policy_dir), "--data", str(toy_data["pairs"]), "--out", str(out),
                         "--max-steps", "2", "--batch-size", "4", "--max-length", "48"], capsys)
@@ -44,6 +44,13 @@ def test_reward_summary_gives_held_out_accuracy(tmp_path, policy_dir, toy_data, 
     acc = json.loads((out / "prefloop.json").read_text())["metrics"]["eval/accuracy"]
     assert re.fullmatch(rf"reward: 2 steps, final loss [0-9.e-]+ \(held-out accuracy {acc:.4g}\), "
                         rf"model in {re.escape(str(out / 'model'))}", lines[-1]), lines
+    # and the report of the run shows the same held-out accuracy
+    from prefloop.eval.report import fmt
+    from prefloop.eval.report_cmd import write_report
+
+    md = (write_report(out).parent / "report.md").read_text()
+    held = md.split("## Held-out results", 1)[1].split("\n## ", 1)[0]
+    assert f"| accuracy | {fmt(acc)} |" in held and "eval comparisons" in held, held
 
 
 def test_sample_summary_and_nul_samples_are_left_out(tmp_path, policy_dir, toy_data, score_module, capsys,
