@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -103,6 +104,16 @@ def split_by_prompt(records: list, fraction: float, seed: int):
     if fraction <= 0:
         return records, []
     prompts = sorted({json.dumps(c.prompt, sort_keys=True) for c in records})
+    if len(prompts) == 1 and len(records) > 1:
+        # One prompt for all (VADER-derived data: the empty prompt): holding it out would leave nothing to
+        # train on, so hold out records instead.
+        order = list(range(len(records)))
+        random.Random(seed).shuffle(order)
+        held_idx = set(order[:max(1, int(round(fraction * len(records))))])
+        print(f"note: every record has the same prompt; holding out {len(held_idx)} of {len(records)} records "
+              "instead of whole prompts", file=sys.stderr)
+        return [c for i, c in enumerate(records) if i not in held_idx], [c for i, c in enumerate(records)
+                                                                           if i in held_idx]
     random.Random(seed).shuffle(prompts)
     held = set(prompts[:max(1, int(round(fraction * len(prompts))))])
     train = [c for c in records if json.dumps(c.prompt, sort_keys=True) not in held]
@@ -351,7 +362,11 @@ def load_feedback(cfg: RewardConfig, split_seed: int) -> tuple[str, list, list]:
             check_ordinal_scale(held, cfg.eval_data, records[0].scale)
     if held is not None:
         return kind, records, held
-    return (kind, *split_by_prompt(records, cfg.eval_fraction, split_seed))
+    train, held = split_by_prompt(records, cfg.eval_fraction, split_seed)
+    if not train:  # e.g. one record: the held-out split took it
+        raise ConfigError(f"{cfg.data}: no training records left after holding out {len(held)} of {len(records)} "
+                          "(--eval-fraction); give more records, --eval-fraction 0 or --eval-data")
+    return kind, train, held
 
 
 def check_config(cfg: RewardConfig) -> None:
