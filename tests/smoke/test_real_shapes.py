@@ -71,3 +71,21 @@ def test_one_record_leaves_nothing_to_train_on(tmp_path, policy_dir, capsys):
     assert rc == 2 and lines == [f"error: {data}: no training records left after holding out 1 of 1 "
                                  "(--eval-fraction); give more records, --eval-fraction 0 or --eval-data"], err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("keep_config", [False, True])
+def test_model_folder_without_tokenizer_files_is_one_line(tmp_path, policy_dir, toy_data, keep_config, capsys):
+    """Weights and config.json only (a training script that saved the model and not its tokenizer): once a
+    ZeroDivisionError in sft, then a long message from transformers; now one line naming the folder."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors") + (("tokenizer_config.json",) if keep_config else ()):
+        if (policy_dir / f).exists():
+            shutil.copy(policy_dir / f, bare / f)
+    out = tmp_path / "sft"
+    rc, err = run(["sft", "--model", str(bare), "--data", str(toy_data["demos"]), "--out", str(out),
+                   "--max-steps", "1", "--max-length", "32"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {bare}: no tokenizer files (none of tokenizer.json, tokenizer.model")
+    assert not out.exists()
