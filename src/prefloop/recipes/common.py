@@ -15,7 +15,7 @@ from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 
-from .options import ConfigError, default_out
+from .options import ConfigError, check_out
 
 
 @dataclass(kw_only=True)
@@ -67,9 +67,10 @@ class CommonConfig:
 
 
 def output_dir(cfg, recipe: str) -> Path:
-    """`cfg.out`, set to the non-clobbering default (runs/<recipe>[-N]) when it was left out."""
-    if cfg.out is None:
-        cfg.out = default_out(recipe, bool(getattr(cfg, "resume", False)))
+    """`cfg.out`, set to the non-clobbering default (runs/<recipe>[-N]) when it was left out, and checked as
+    the CLI checks it, so that `run_sft(cfg)` and the others keep the same contract: a writable directory,
+    not another run's unless `overwrite` or `resume`."""
+    check_out(cfg, recipe)
     return Path(cfg.out)
 
 

@@ -162,22 +162,22 @@ class GroupTrainer:
             raise ConfigError("--rollout-batch-size must be a multiple of --batch-size")
         if cfg.epochs_per_rollout < 1:
             raise ConfigError("--epochs-per-rollout must be at least 1")
-        self.cfg, self.gold_fn, self.advantage_fn = cfg, gold_fn, advantage_fn
-        self.tok = tok = load_tokenizer(cfg.policy)
-        # The reward first: a bad --reward-fn or prompt fails before any model is loaded or file written.
-        self.reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
         max_prompt = cfg.max_length - cfg.max_new_tokens
         if max_prompt < 1:
             raise ConfigError("--max-length must exceed --max-new-tokens")
-        self.prompt_texts = [render_prompt(tok, p.prompt) for p in read_prompts(cfg.prompts)]
-        self.reward.check(self.prompt_texts, cfg.prompts)
-        self.prompt_ids = [encode_prompt(tok, t)[-max_prompt:] for t in self.prompt_texts]
-        self.sampling = sampling_config(cfg, tok)
-
+        self.cfg, self.gold_fn, self.advantage_fn = cfg, gold_fn, advantage_fn
+        # The run context first: its --out and --resume checks refuse before any model (the reward's too) loads.
         self.ctx = ctx = RunContext(recipe, cfg)
         if cfg.rollout_batch_size % (K * ctx.world) or cfg.batch_size % ctx.world:
             raise ConfigError("--rollout-batch-size must be a multiple of --num-generations times the number of "
                               "processes, and --batch-size a multiple of the number of processes")
+        self.tok = tok = load_tokenizer(cfg.policy)
+        # Then the reward: a bad --reward-fn or prompt fails before the policy is loaded or a file written.
+        self.reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
+        self.prompt_texts = [render_prompt(tok, p.prompt) for p in read_prompts(cfg.prompts)]
+        self.reward.check(self.prompt_texts, cfg.prompts)
+        self.prompt_ids = [encode_prompt(tok, t)[-max_prompt:] for t in self.prompt_texts]
+        self.sampling = sampling_config(cfg, tok)
         self.reward.to(ctx.device)
         policy = load_causal_lm(ctx.init_path("policy", cfg.policy), tok)
         self.ref_fwd = None

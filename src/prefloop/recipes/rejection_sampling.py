@@ -10,7 +10,8 @@ One round, top to bottom (OUT/round_<r>/):
   4. record   round.json: mean best-of-n score, mean score of all samples (the policy before the round)
 Afterwards the final policy is sampled on round 1's prompts with round 1's seed, so its mean score compares
 directly with the starting policy's; summary.json holds every round and OUT/model the final policy.
-`--resume` skips the rounds that wrote round.json (and resumes an interrupted SFT from its checkpoint).
+`--resume` skips the rounds that wrote round.json (and resumes an interrupted SFT from its checkpoint); it is
+refused, before any model loads, when OUT/run.json records other options or inputs (--rounds may change).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prefloop.runtime import console, make_accelerator, process_seed, run_meta, 
 from prefloop.runtime.distributed import rank_and_world
 
 from .common import CommonConfig, ConfigError, output_dir, require
+from .context import resume_differences, run_record
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 
@@ -139,6 +141,23 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
     return record
 
 
+RUN_FILE = "run.json"
+
+
+def resume_guard(cfg: RejectionSamplingConfig, world: int) -> dict:
+    """What the run computes (`run_record`; --rounds may change: a resume runs the rounds not yet done). With
+    --resume, refused when OUT/run.json records other options or inputs."""
+    record = run_record(cfg, world)
+    record["options"].pop("rounds", None)
+    path = Path(cfg.out) / RUN_FILE
+    if cfg.resume and path.is_file():
+        diff = resume_differences(json.loads(path.read_text()), record)
+        if diff:
+            raise ConfigError(f"--resume: {cfg.out} was written by a run with other options: {'; '.join(diff)}. "
+                              "Resume with the same options, or start a new run in another --out")
+    return record
+
+
 def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
     require(cfg, "policy", "prompts")
     output_dir(cfg, "rejection-sampling")
@@ -147,6 +166,7 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
     if cfg.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {cfg.num_samples}")
     acc = make_accelerator(cfg.precision)
+    run = resume_guard(cfg, acc.num_processes)  # before any model, the reward's included, loads
     seed_everything(cfg.seed, acc.process_index)
     tok = load_tokenizer(cfg.policy)
     reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
@@ -165,6 +185,8 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
         else:
             console.print(f"[bold]rejection sampling[/]: round {r} of {cfg.rounds}, from {policy}")
             record = run_round(cfg, r, policy, prompts, texts, reward, acc)
+            if acc.is_main_process:  # a round is done: record what the run computes, for a later --resume
+                write_json(out / RUN_FILE, run)
         rounds.append(record)
         policy = record["policy_out"]
 
