@@ -53,8 +53,8 @@ def test_reward_summary_and_report_give_held_out_accuracy(tmp_path, policy_dir, 
     assert f"| accuracy | {fmt(acc)} |" in held and "eval comparisons" in held, held
 
 
-def test_sample_summary_and_nul_samples_are_left_out(tmp_path, policy_dir, toy_data, score_module, capsys,
-                                                     monkeypatch):
+def test_sample_summary_and_nul_samples_are_replaced(tmp_path, policy_dir, toy_data, score_module, capsys,
+                                                    monkeypatch):
     from prefloop.recipes import sample as sample_mod
 
     real = sample_mod.sample_and_score
@@ -73,9 +73,10 @@ def test_sample_summary_and_nul_samples_are_left_out(tmp_path, policy_dir, toy_d
                           "--reward-fn", score_module], capsys)
     assert rc == 0
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
-    assert len(rows) == 63 and not any("\x00" in r for row in rows for r in row["responses"])
-    assert any("left out 1 prompt(s) whose samples hold a NUL" in ln for ln in err), err
-    assert re.fullmatch(rf"sample: 64 prompts x 2 samples, mean score [0-9.]+, \d+% never ended, 63 rows written "
+    assert len(rows) == 64 and not any("\x00" in r for row in rows for r in row["responses"])
+    assert rows[1]["responses"] == [" it is\ufffd 3", " answer 1.1"]  # every prompt keeps its K samples
+    assert any("1 sample(s) held a NUL character, written with U+FFFD" in ln for ln in err), err
+    assert re.fullmatch(rf"sample: 64 prompts x 2 samples, mean score [0-9.]+, \d+% never ended, written "
                         rf"to {re.escape(str(out))}", lines[-1]), lines
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from prefloop.data import DataError, encode_prompt, iter_jsonl, left_pad, read_prompts, render_prompt, write_jsonl
-from prefloop.data.jsonl import text_problem
 from prefloop.models import load_causal_lm, load_tokenizer, score_in_batches
 from prefloop.models.ensemble import EnsembleMode, load_reward_scorer
 from prefloop.rollout import SampleOutput, SamplingConfig, sample
@@ -301,24 +300,30 @@ def run_sample(cfg: SampleConfig) -> Path:
     s = sample_and_score(model, tok, texts, k, scfg, cfg.batch_size, gen, max(1, cfg.max_length - cfg.max_new_tokens),
                          acc.device, reward=reward, progress=True, distributed=True)
     if acc.is_main_process:
-        rows, dropped = drop_nul_rows(_records(cfg, prompts, s))
-        if dropped:
-            print(f"warning: sample: left out {dropped} prompt(s) whose samples hold a NUL character (the trainers' "
-                  "readers and the feedback app refuse such text)", file=sys.stderr)
-        write_jsonl(cfg.out, rows)
-        print(sample_summary(cfg, s, len(rows), k), flush=True)
+        replaced = replace_nul(s)
+        if replaced:
+            print(f"warning: sample: {replaced} sample(s) held a NUL character, written with U+FFFD in its place "
+                  "(the trainers' readers and the feedback app refuse NUL)", file=sys.stderr)
+        write_jsonl(cfg.out, _records(cfg, prompts, s))
+        print(sample_summary(cfg, s, k), flush=True)
     acc.wait_for_everyone()
     return cfg.out
 
 
-def drop_nul_rows(rows: list[dict]) -> tuple[list[dict], int]:
-    """The rows with no NUL character in any text, and how many were left out: a model can sample a NUL
-    (byte-level tokenizers encode it), but no reader of prefloop's files takes one."""
-    kept = [r for r in rows if text_problem(r) is None]
-    return kept, len(rows) - len(kept)
+def replace_nul(s: Samples) -> int:
+    """Replace NUL characters in the samples by U+FFFD (as the feedback app stores them); returns how many
+    samples held one. A model can sample a NUL (byte-level tokenizers encode it), but no reader of prefloop's
+    files takes one; replacing, not dropping, keeps every prompt's K samples, so two sample files still pair
+    prompt by prompt. Scores stay those of the sampled text."""
+    n = 0
+    for row in s.responses:
+        for j, text in enumerate(row):
+            if "\x00" in text:
+                row[j], n = text.replace("\x00", "\ufffd"), n + 1
+    return n
 
 
-def sample_summary(cfg: SampleConfig, s: Samples, written: int, k: int) -> str:
+def sample_summary(cfg: SampleConfig, s: Samples, k: int) -> str:
     """`sample: 64 prompts x 4 samples, mean score 0.31, 3% never ended, written to samples.jsonl`."""
     parts = [f"sample: {len(s.responses)} prompts x {k} samples"]
     if s.scores is not None:
@@ -329,5 +334,4 @@ def sample_summary(cfg: SampleConfig, s: Samples, written: int, k: int) -> str:
             parts.append(f"mean best-of-{k} score {sum(best) / max(1, len(best)):.4g}")
     ended = [e for row in s.ended for e in row]
     parts.append(f"{100 * (1 - sum(ended) / max(1, len(ended))):.0f}% never ended")
-    where = f"{written} rows written to {cfg.out}" if written != len(s.responses) else f"written to {cfg.out}"
-    return ", ".join(parts + [where])
+    return ", ".join(parts + [f"written to {cfg.out}"])
