@@ -187,8 +187,11 @@ DATA_CASES = {
     "duplicate_key": {"demos": '{"prompt": "q", "completion": " a", "completion": " b"}',
                       "pairs": '{"prompt": "q", "chosen": " a", "rejected": " b", "rejected": " a"}',
                       "prompts": '{"prompt": "q", "prompt": "r"}', "corpus": '{"text": "a", "text": "b"}'},
+    "nul": {"demos": '{"prompt": "q", "completion": " a\\u0000"}',
+            "pairs": '{"prompt": "q", "chosen": " a", "rejected": " a\\u0000"}',
+            "prompts": '{"prompt": "q\\u0000"}', "corpus": '{"text": "x\\u0000y"}'},
 }
-DATA_MESSAGES = {"lone_surrogate": "lone surrogate", "duplicate_key": "appears twice"}
+DATA_MESSAGES = {"lone_surrogate": "lone surrogate", "duplicate_key": "appears twice", "nul": "NUL character"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -96,8 +96,9 @@ def test_rejection_sampling_improves_the_policy_and_resumes(tmp_path, policy_dir
     for r in (1, 2):
         d = tmp_path / "rs" / f"round_{r}"
         samples, demos = rows(d / "samples.jsonl"), rows(d / "best.jsonl")
-        assert len(samples) == 64 and len(demos) == 64 - json.loads((d / "round.json").read_text())[
-            "empty_winners_dropped"]
+        record = json.loads((d / "round.json").read_text())
+        assert len(samples) == 64 and len(demos) == 64 - record["empty_winners_dropped"] - record["nul_winners_dropped"]
+        assert not any("\x00" in x["completion"] for x in demos)  # the micro model does sample NULs
         assert all(s["scores"][s["best_index"]] == max(s["scores"]) for s in samples)
         assert (d / "sft" / "model" / "model.safetensors").exists()
     assert (tmp_path / "rs" / "model" / "model.safetensors").exists()

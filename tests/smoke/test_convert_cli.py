@@ -55,6 +55,23 @@ def test_convert_hh_rlhf_reports_skipped_lines(tmp_path, capsys):
     assert "8 comparisons written" in err and f"{src}:4: the dialogues differ" in err
 
 
+def test_convert_hh_rlhf_as_messages_lets_the_chat_template_apply(tmp_path, policy_dir):
+    from prefloop.data import render_prompt
+    from prefloop.models import load_tokenizer
+
+    src, out = hh_file(tmp_path), tmp_path / "chat.jsonl"
+    assert cli.main(["convert", "--format", "hh-rlhf", "--as-messages", "--input", str(src), "--out", str(out)]) == 0
+    pairs = read_comparisons(out)
+    assert len(pairs) == len(WORDS)
+    assert pairs[0].prompt == [{"role": "user", "content": "Is apple a word?"}]
+    assert pairs[0].chosen == [{"role": "assistant", "content": "Yes, apple is a word."}]
+    tok = load_tokenizer(str(policy_dir))
+    assert render_prompt(tok, pairs[0].prompt) == tok.apply_chat_template(pairs[0].prompt, tokenize=False,
+                                                                          add_generation_prompt=True)
+    assert "Human:" not in render_prompt(tok, pairs[0].prompt)
+    assert cli.main(["convert", "--format", "shp", "--as-messages", "--input", str(src), "--out", str(out)]) == 2
+
+
 def test_convert_vader_comparisons_are_reproducible_and_train_a_reward_model(tmp_path, policy_dir):
     src = vader_dir(tmp_path)
     outs = []

@@ -152,3 +152,78 @@ def test_checkpoint_state_cannot_run_code(tmp_path):
         assert not marker.exists()
     finally:
         marker.unlink(missing_ok=True)
+
+
+# -- the guard runs before any model loads, in every recipe; the Python API checks --out as the CLI does --------
+
+SCORE_FN = "def length(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
+
+
+@pytest.fixture
+def score_fn(tmp_path, monkeypatch) -> str:
+    (tmp_path / "prefloop_guard_score.py").write_text(SCORE_FN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "prefloop_guard_score:length"
+
+
+def _no_model_may_load(monkeypatch, module) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the resume guard ran")
+
+    for name in ("load_tokenizer", "load_causal_lm", "load_reward_source"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, refuse)
+
+
+def test_grpo_refused_resume_loads_no_model(tmp_path, policy_dir, toy_data, score_fn, monkeypatch, capsys):
+    from prefloop.recipes import grpo
+
+    out = tmp_path / "grpo"
+    args = ["grpo", "--policy", str(policy_dir), "--prompts", str(toy_data["prompts"]), "--reward-fn", score_fn,
+            "--rollout-batch-size", "4", "--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "4",
+            "--max-length", "48", "--max-steps", "2", "--save-every", "1", "--out", str(out)]
+    assert main(args) == 0
+    _no_model_may_load(monkeypatch, grpo)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(args + ["--resume", "--lr", "3e-4"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --resume:") and "--lr" in err[0], err
+    assert snapshot(out) == before
+
+
+def test_rejection_sampling_refused_resume_loads_no_model(tmp_path, policy_dir, toy_data, score_fn, monkeypatch,
+                                                          capsys):
+    from prefloop.recipes import rejection_sampling as rs
+
+    out = tmp_path / "rs"
+    args = ["rejection-sampling", "--policy", str(policy_dir), "--prompts", str(toy_data["prompts"]),
+            "--reward-fn", score_fn, "--rounds", "1", "--prompts-per-round", "4", "--num-samples", "2",
+            "--max-new-tokens", "4", "--max-steps", "1", "--batch-size", "2", "--max-length", "48", "--out", str(out)]
+    assert main(args) == 0
+    _no_model_may_load(monkeypatch, rs)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(args + ["--resume", "--num-samples", "3"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--num-samples 2 -> 3" in err[0] and err[0].startswith("error: --resume:"), err
+    assert snapshot(out) == before
+    # the same options with more rounds pass the guard (and go on to load the policy)
+    with pytest.raises(AssertionError, match="loaded before the resume guard"):
+        main(args[:args.index("--rounds")] + ["--rounds", "2"] + args[args.index("--rounds") + 2:] + ["--resume"])
+
+
+def test_python_api_refuses_another_runs_out_like_the_cli(finished, toy_data, monkeypatch):
+    from prefloop.recipes import sft
+    from prefloop.recipes.common import ConfigError
+
+    out, args = finished
+    _no_model_may_load(monkeypatch, sft)
+    before = snapshot(out)
+    cfg = dict(model=args[args.index("--model") + 1], data=toy_data["demos"], out=out, max_steps=1)
+    with pytest.raises(ConfigError, match=f"--out {out} holds another run .*pass --overwrite"):
+        sft.run_sft(SFTConfig(**cfg))
+    assert snapshot(out) == before
+    # --overwrite (or --resume) gets past the check to the loading of the model
+    with pytest.raises(AssertionError, match="was loaded"):
+        sft.run_sft(SFTConfig(overwrite=True, **cfg))

@@ -224,3 +224,19 @@ def test_skipping_invalid_records_reports_them(tmp_path, capsys):
         read_prompts(path)
     with pytest.raises(DataError, match=":1: field 'prompt'"):  # outside the block: stop at the first
         read_prompts(path)
+
+
+def test_record_readers_refuse_nul_and_skip_it_when_asked(tmp_path, capsys):
+    from prefloop.data.jsonl import skipping_invalid
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(lines(GOOD, {**GOOD, "rejected": " go\x00 away"}, {**GOOD, "prompt": "b"}))
+    with pytest.raises(DataError, match=r"c.jsonl:2: field 'rejected' holds a NUL character"):
+        read_comparisons(path)
+    with skipping_invalid():
+        assert [c.prompt for c in read_comparisons(path)] == [GOOD["prompt"], "b"]
+    assert "skipped 1 invalid record(s) (lines 2); line 2: field 'rejected' holds a NUL" in capsys.readouterr().err
+    # the generic reader lets a NUL pass unless told otherwise (the pretraining corpus is told)
+    assert len(list(iter_jsonl(path))) == 3
+    with pytest.raises(DataError, match=r"c.jsonl:2: .*NUL"):
+        list(iter_jsonl(path, nul=False))

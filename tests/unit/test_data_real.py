@@ -91,6 +91,50 @@ def test_real_hh_harmless_round_trips_every_kept_line():
     assert all(s.startswith(f"{path}:") for s in result.skipped)
 
 
+def test_hh_as_messages_splits_the_turns():
+    from prefloop.data.real import hh_messages
+
+    prompt = "\n\nHuman: hi there \n\nAssistant: Hello! How can I help?\n\nHuman: a joke\n\nAssistant:"
+    assert hh_messages(prompt) == [{"role": "user", "content": "hi there"},
+                                   {"role": "assistant", "content": "Hello! How can I help?"},
+                                   {"role": "user", "content": "a joke"}]
+    assert hh_messages("\n\nHuman: a\n\nAssistant: b\n\nAssistant: c\n\nHuman: d\n\nAssistant:") == \
+        "turns 2 and 3 are both Assistant"
+    assert hh_messages("\n\nHuman:  \n\nAssistant:") == "turn 1 (Human) is empty"
+    assert hh_messages("preface\n\nHuman: a\n\nAssistant:") == "text before the first 'Human:' turn"
+
+
+def test_hh_as_messages_records_and_skips(tmp_path):
+    rows = [{"chosen": H2 + " Sure.", "rejected": H2 + " No."},
+            {"chosen": "\n\nHuman: a\n\nAssistant: b\n\nAssistant: c\n\nHuman: d\n\nAssistant: Yes.",
+             "rejected": "\n\nHuman: a\n\nAssistant: b\n\nAssistant: c\n\nHuman: d\n\nAssistant: No."}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_hh_rlhf(path, as_messages=True)
+    (c,) = result.records
+    assert isinstance(c.prompt, list) and c.prompt[-1]["role"] == "user"
+    assert c.chosen == [{"role": "assistant", "content": "Sure."}]
+    assert c.rejected == [{"role": "assistant", "content": "No."}]
+    assert result.skipped == [f"{path}:2: turns 2 and 3 are both Assistant"]
+
+
+def test_real_hh_harmless_as_messages_alternates_turns():
+    path = shared_file("hh-rlhf/harmless-base-test.jsonl.gz")
+    text, msgs = read_hh_rlhf(path), read_hh_rlhf(path, as_messages=True)
+    assert len(msgs.records) >= 2290 and len(msgs.records) + len(msgs.skipped) == len(text.records) + len(text.skipped)
+    by_id = {c.id: c for c in text.records}
+    for c in msgs.records:
+        roles = [m["role"] for m in c.prompt]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+        # nothing lost but the turn markers and the white space around each turn (a few turns hold a marker
+        # that is not at a turn boundary: it stays in the text)
+        assert _bare("".join(m["content"] for m in c.prompt)) == _bare(by_id[c.id].prompt)
+
+
+def _bare(text: str) -> str:
+    return "".join(text.replace("Human:", "").replace("Assistant:", "").split())
+
+
 # --- summarize-from-feedback ------------------------------------------------------------------------------------
 
 def _summarize_row(choice=1, **info):

@@ -2,7 +2,8 @@
 
 Formats (readers in `prefloop.data.real`):
 - `hh-rlhf`: HH-RLHF lines -> comparisons (lines whose two dialogues differ before the last assistant turn,
-  or whose final reply is empty, are skipped and reported);
+  or whose final reply is empty, are skipped and reported); raw "Human:/Assistant:" text, or with
+  `--as-messages` chat messages (the turns split), which the tokenizer's chat template renders;
 - `summarize`: OpenAI summarize-from-feedback comparison rows -> comparisons (`annotator` = worker);
 - `shp`: Stanford SHP rows -> comparisons (`pool` = domain);
 - `vader-ratings`: VADER rating files -> one rating per individual human rating (scale -4..4);
@@ -51,6 +52,9 @@ class ConvertConfig:
     """vader-ratings only: one rating per text (the mean of its raters) instead of one per rater."""
     seed: int = 0
     """Seed of the pair drawing of vader-comparisons (the same input and seed give the same pairs)."""
+    as_messages: bool = False
+    """hh-rlhf only: write the prompt as chat messages (the Human/Assistant turns split) and each reply as an
+    assistant message, so the tokenizer's chat template applies; lines whose turns cannot be split are skipped."""
 
 
 def _check(cfg: ConvertConfig) -> None:
@@ -65,6 +69,8 @@ def _check(cfg: ConvertConfig) -> None:
         raise ConfigError(f"--max-pairs applies to comparison formats only, not {cfg.format}")
     if cfg.max_pairs is not None and cfg.max_pairs < 1:
         raise ConfigError(f"--max-pairs must be >= 1, got {cfg.max_pairs}")
+    if cfg.as_messages and cfg.format != "hh-rlhf":
+        raise ConfigError(f"--as-messages applies to --format hh-rlhf only, not {cfg.format}")
     if cfg.mean_rating and cfg.format != "vader-ratings":
         raise ConfigError(f"--mean-rating applies to --format vader-ratings only, not {cfg.format}")
 
@@ -79,7 +85,7 @@ def convert_records(cfg: ConvertConfig) -> tuple[list, list[str]]:
             return vader_ratings(texts, mean=cfg.mean_rating), skipped
         return vader_comparisons(texts, margin=cfg.margin or 0.0, max_pairs=cfg.max_pairs, seed=cfg.seed), skipped
     if cfg.format == "hh-rlhf":
-        result = read_hh_rlhf(cfg.input)
+        result = read_hh_rlhf(cfg.input, as_messages=cfg.as_messages)
         records, skipped = result.records, result.skipped
     elif cfg.format == "summarize":
         records = read_summarize_comparisons(cfg.input)

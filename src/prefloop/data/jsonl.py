@@ -6,10 +6,13 @@ bytes and decoded line by line, so undecodable bytes are reported on their own l
 
 Beyond well-formed JSON, a record must not hold text no tokenizer can take: lone UTF-16 surrogates
 (`"\\ud800"`, which cannot be encoded as UTF-8); and no object may repeat a key (JSON parsers keep the
-last value silently, so a pair can lose its rejected response). NUL characters pass: byte-level tokenizers
-encode them and small models do sample them, so the project's own sample files hold some.
-`parse_line` and `text_problem` (which also reports NULs, for text typed by people) make these checks
-available to any other reader (no torch).
+last value silently, so a pair can lose its rejected response). The record readers (`read_records` and the
+`read_*` helpers the trainers use) also refuse NUL characters: a NUL is never meant text, the feedback app
+cannot store it, and a pair whose replies differ only by one would teach nothing (prefloop's own writers drop
+rows holding a sampled NUL, with a count). `iter_jsonl`, the generic reader, lets NULs pass unless told
+(`nul=False`, as the pretraining corpus reader does).
+`parse_line` and `text_problem` (which also reports NULs) make these checks available to any other reader
+(no torch).
 
 Inside `skipping_invalid()` (the CLI's `--skip-invalid`) readers skip bad records instead of stopping,
 and report how many they skipped and the first few lines on stderr; problems of the whole file (missing,
@@ -137,14 +140,24 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             raise DataError.whole(path, problem) from None
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike, *, nul: bool = True) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, object)` for each non-blank line; raise `DataError` on a missing file,
-    undecodable bytes, a line `parse_line` refuses, or a file with no records. Inside
-    `skipping_invalid()` bad lines are skipped and reported instead."""
-    yield from _records(path, lambda obj: obj)
+    undecodable bytes, a line `parse_line` refuses (and, with `nul=False`, a NUL character), or a file
+    with no records. Inside `skipping_invalid()` bad lines are skipped and reported instead."""
+    yield from _records(path, lambda obj: obj, nul=nul)
 
 
-def _records(path: str | os.PathLike, parse) -> Iterator[tuple[int, Any]]:
+def _no_nul(line: str, obj: dict) -> dict:
+    # A NUL can only arrive as a \u0000 escape (strict JSON refuses raw control characters in strings).
+    if "\\u0000" in line:
+        problem = text_problem(obj)
+        if problem:
+            raise RecordError(problem)
+    return obj
+
+
+def _records(path: str | os.PathLike, parse, *, nul: bool = True) -> Iterator[tuple[int, Any]]:
+    """Records of `path` through `parse`; `nul=False` refuses NUL characters in any string."""
     path = Path(path)
     skip = _SKIP_INVALID.get()
     n, skipped = 0, []
@@ -158,7 +171,8 @@ def _records(path: str | os.PathLike, parse) -> Iterator[tuple[int, Any]]:
                 raise RecordError("not valid UTF-8") from None
             if not line.strip():
                 continue
-            record = parse(parse_line(line))
+            obj = parse_line(line)
+            record = parse(obj if nul else _no_nul(line, obj))
         except RecordError as e:
             if not skip:
                 raise DataError.at(path, line_no, str(e)) from None
@@ -182,7 +196,7 @@ def _report_skipped(path: Path, skipped: list[tuple[int, str]]) -> None:
 
 def read_records(path: str | os.PathLike, record_type: type[R]) -> list[R]:
     """All records of `path` parsed as `record_type` (one of the classes in `prefloop.data.records`)."""
-    return [r for _, r in _records(path, record_type.parse)]  # type: ignore[attr-defined]
+    return [r for _, r in _records(path, record_type.parse, nul=False)]  # type: ignore[attr-defined]
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
@@ -201,7 +215,7 @@ def read_comparisons(path: str | os.PathLike, *, allow_identical: bool = True) -
     `allow_identical=False` (training data) refuses a response compared with itself unless `meta.tie` is set."""
     if allow_identical:
         return read_records(path, Comparison)
-    return [r for _, r in _records(path, lambda d: Comparison.parse(d).check_distinct())]
+    return [r for _, r in _records(path, lambda d: Comparison.parse(d).check_distinct(), nul=False)]
 
 
 def read_rankings(path: str | os.PathLike) -> list[Ranking]:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,38 @@ def split_hh_dialogue(dialogue: str) -> tuple[str, str] | None:
     return dialogue[:cut], dialogue[cut:]
 
 
-def read_hh_rlhf(path: str | os.PathLike) -> ReadResult[Comparison]:
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_messages(prompt: str) -> list[dict] | str:
+    """The turns of an HH-RLHF prompt (as `split_hh_dialogue` returns it) as chat messages, each turn's text
+    stripped; or the reason it cannot be split: text before the first turn, an empty turn, or two turns of
+    one speaker in a row (a chat template expects user and assistant to alternate)."""
+    pieces = HH_TURN.split(prompt)
+    if pieces[0].strip():
+        return "text before the first 'Human:' turn"
+    # pieces: ['', role, text, role, text, ..., 'Assistant', ''] (the prompt ends with the last assistant cue)
+    turns = list(zip(pieces[1::2], pieces[2::2]))[:-1]
+    out = []
+    for k, (speaker, text) in enumerate(turns):
+        role = HH_ROLES[speaker]
+        if not text.strip():
+            return f"turn {k + 1} ({speaker}) is empty"
+        if out and out[-1]["role"] == role:
+            return f"turns {k} and {k + 1} are both {speaker}"
+        out.append({"role": role, "content": text.strip()})
+    if not out or out[0]["role"] != "user" or out[-1]["role"] != "user":
+        return "the dialogue does not start and end its prompt with a 'Human:' turn"
+    return out
+
+
+def read_hh_rlhf(path: str | os.PathLike, as_messages: bool = False) -> ReadResult[Comparison]:
     """Comparisons from an HH-RLHF JSONL file (plain or .gz). A line whose two dialogues do not share the
     prompt up to the last assistant turn, or whose final reply is empty, is skipped and listed in
-    `skipped`; a line without `chosen`/`rejected` strings or without any assistant turn is a `DataError`."""
+    `skipped`; a line without `chosen`/`rejected` strings or without any assistant turn is a `DataError`.
+    `as_messages`: the prompt as chat messages (`hh_messages`) and each reply as one assistant message, so
+    the tokenizer's chat template applies; lines whose turns cannot be split are skipped and listed."""
     path = Path(path)
     out, skipped = [], []
     for line, d in iter_jsonl(path):
@@ -102,7 +131,15 @@ def read_hh_rlhf(path: str | os.PathLike) -> ReadResult[Comparison]:
         if empty:
             skipped.append(f"{path}:{line}: the final reply of '{empty[0]}' is empty")
             continue
-        out.append(_build(Comparison, {"prompt": p_c, "chosen": r_c, "rejected": r_r, "id": line}, path, line))
+        row = {"prompt": p_c, "chosen": r_c, "rejected": r_r, "id": line}
+        if as_messages:
+            turns = hh_messages(p_c)
+            if isinstance(turns, str):
+                skipped.append(f"{path}:{line}: {turns}")
+                continue
+            row.update(prompt=turns, chosen=[{"role": "assistant", "content": r_c.strip()}],
+                       rejected=[{"role": "assistant", "content": r_r.strip()}])
+        out.append(_build(Comparison, row, path, line))
     return ReadResult(out, skipped)
 
 

@@ -104,6 +104,30 @@ def section_reward_model(doc: Doc, rm: dict) -> None:
         doc.figure("calibration.png", fig, "Reliability curve of the reward model")
 
 
+def section_trainer_held_out(doc: Doc, run_dir: Path) -> None:
+    """A trainer's own run directory (reward, dpo): what its held-out split measured at the end, from
+    prefloop.json (metrics.jsonl holds only the training curves)."""
+    path = run_dir / "prefloop.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc.para("prefloop.json: unreadable, held-out results skipped.")
+        return
+    fin = meta.get("metrics") if isinstance(meta, dict) else None
+    if not isinstance(fin, dict):
+        return
+    rows = [[k.split("/", 1)[-1].replace("_", " ") if k.startswith("eval/") else k, v] for k, v in fin.items()
+            if k.startswith(("eval/", "ensemble_")) and isinstance(v, int | float)]
+    if not rows:
+        return
+    counts = [f"{v} {k.replace('_', ' ')}" for k, v in fin.items() if k.startswith(("train_", "eval_"))
+              and isinstance(v, int)]
+    doc.heading("Held-out results")
+    doc.para(f"{meta.get('recipe', 'run')}: measured at the end of training on the held-out split"
+             + (f" ({', '.join(counts)})." if counts else "."))
+    doc.table(["metric", "value"], rows, "held-out")
+
+
 def _with_ci(row: dict, key: str) -> str:
     ci = row.get(f"{key}_ci")
     return fmt_ci({"mean": row[key], "ci_low": ci[0], "ci_high": ci[1]}) if ci else fmt(row[key])
@@ -475,6 +499,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     section_summary(doc, m)
     section_regressions(doc, m)
     section_run_summary(doc, m, run_dir)
+    section_trainer_held_out(doc, run_dir)
     section_evaluation_note(doc, m)
     if isinstance(m.get("stages"), dict) and m["stages"]:
         section_stages_ci(doc, m)

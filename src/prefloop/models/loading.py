@@ -64,11 +64,20 @@ def _load_error(path: Path, name: str, what: str, e: Exception) -> str:
     return f"{name}: cannot load {what}: {text}"
 
 
+# A local directory needs one of these to hold a tokenizer (tokenizer_config.json alone does not).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     from prefloop.data import ensure_pad_token
 
+    path = Path(str(name)).expanduser()
+    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        raise ModelLoadError(f"{name}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                             "tokenizer of the model it was trained from into this folder")
     tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     ensure_pad_token(tok)
     return tok

@@ -16,7 +16,7 @@ from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
-from .options import ConfigError, ConfigFileOption, default_out
+from .options import ConfigError, ConfigFileOption, check_out
 
 
 @dataclass(kw_only=True)
@@ -73,9 +73,10 @@ class CommonConfig(ConfigFileOption):
 
 
 def output_dir(cfg, recipe: str) -> Path:
-    """`cfg.out`, set to the non-clobbering default (runs/<recipe>[-N]) when it was left out."""
-    if cfg.out is None:
-        cfg.out = default_out(recipe, bool(getattr(cfg, "resume", False)))
+    """`cfg.out`, set to the non-clobbering default (runs/<recipe>[-N]) when it was left out, and checked as
+    the CLI checks it, so that `run_sft(cfg)` and the others keep the same contract: a writable directory,
+    not another run's unless `overwrite` or `resume`."""
+    check_out(cfg, recipe)
     return Path(cfg.out)
 
 

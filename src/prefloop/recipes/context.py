@@ -31,6 +31,7 @@ from prefloop.runtime import (
     seed_everything,
     write_json,
 )
+from prefloop.runtime.progress import run_summary
 
 from .common import ConfigError, output_dir
 from .options import check_ranges, check_report_to, flag
@@ -207,6 +208,8 @@ class RunContext:
             with cast_for_saving(self.acc.unwrap_model(model), precision["saved_dtype"]) as unwrapped:
                 save_hf(unwrapped, tokenizer, self.out / name, meta)
             write_json(self.out / "prefloop.json", meta)
+            print(run_summary(self.recipe, self.progress.total, self.logger.history, metrics, self.out / name),
+                  flush=True)
         self.acc.wait_for_everyone()
         return meta
 

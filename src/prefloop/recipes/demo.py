@@ -245,7 +245,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     watch = Stopwatch()
-    common = {"seed": cfg.seed, "precision": cfg.precision}
+    # A demo run owns its stage directories: running it again into the same --out replaces them.
+    common = {"seed": cfg.seed, "precision": cfg.precision, "overwrite": True}
 
     with watch("world"):
         world = build_world(WorldConfig.preset(p.world, seed=cfg.seed))

@@ -128,16 +128,17 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
         raise ConfigError("--rollout-batch-size must be a multiple of --batch-size")
     if cfg.epochs_per_rollout < 1:
         raise ConfigError("--epochs-per-rollout must be at least 1")
-    tok = load_tokenizer(cfg.policy)
-    # The reward first: a bad --reward-fn or prompt fails before any model is loaded or file written.
-    reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
-    prompt_texts, prompt_ids = read_rl_prompts(cfg, tok)
-    reward.check(prompt_texts, cfg.prompts)
-    sampling = sampling_config(cfg, tok)
+    # The run context first: its --out and --resume checks refuse before any model (the reward's too) loads.
     ctx = RunContext(recipe, cfg)
     if cfg.rollout_batch_size % (K * ctx.world) or cfg.batch_size % ctx.world:
         raise ConfigError("--rollout-batch-size must be a multiple of --num-generations times the number of "
                           "processes, and --batch-size a multiple of the number of processes")
+    tok = load_tokenizer(cfg.policy)
+    # Then the reward: a bad --reward-fn or prompt fails before the policy is loaded or a file written.
+    reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
+    prompt_texts, prompt_ids = read_rl_prompts(cfg, tok)
+    reward.check(prompt_texts, cfg.prompts)
+    sampling = sampling_config(cfg, tok)
     reward.to(ctx.device)
     policy_fwd, ref_fwd = load_models(cfg, ctx, tok)
     state = ctx.resume_state()

@@ -50,7 +50,7 @@ def read_corpus(path: Path) -> list[str]:
     path = Path(path)
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
         texts = []
-        for line, rec in iter_jsonl(path):
+        for line, rec in iter_jsonl(path, nul=False):
             if not isinstance(rec.get("text"), str) or not rec["text"].strip():
                 raise DataError.at(path, line, "expected a non-empty string field 'text'")
             texts.append(rec["text"])

@@ -10,7 +10,8 @@ One round, top to bottom (OUT/round_<r>/):
   4. record   round.json: mean best-of-n score, mean score of all samples (the policy before the round)
 Afterwards the final policy is sampled on round 1's prompts with round 1's seed, so its mean score compares
 directly with the starting policy's; summary.json holds every round and OUT/model the final policy.
-`--resume` skips the rounds that wrote round.json (and resumes an interrupted SFT from its checkpoint).
+`--resume` skips the rounds that wrote round.json (and resumes an interrupted SFT from its checkpoint); it is
+refused, before any model loads, when OUT/run.json records other options or inputs (--rounds may change).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prefloop.runtime.distributed import rank_and_world
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE, PROMPT_ORDER_STRIDE
 
 from .common import CommonConfig, ConfigError, output_dir, require
+from .context import resume_differences, run_record
 from .memory import LoraOptions
 from .options import PolicyOptions, RewardOptions, SamplingOptions
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
@@ -87,7 +89,7 @@ def _sft_config(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path
                      lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                      lora_target_modules=cfg.lora_target_modules, merge_lora=bool(cfg.lora_r),
                      gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation,
-                     report_to=cfg.report_to)
+                     report_to=cfg.report_to, overwrite=cfg.overwrite)
 
 
 def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts: list[str], reward: RewardSource,
@@ -103,11 +105,14 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
         write_jsonl(d / "samples.jsonl", [
             {"prompt": prompts[i].prompt, "responses": s.responses[k], "scores": s.scores[k], "ended": s.ended[k],
              "best_index": b} for k, (i, b) in enumerate(zip(idx, best))])
-    # An empty winner (EOS at once) is no demonstration the SFT reader accepts; it is left out and counted.
+    # An empty winner (EOS at once) or one holding a NUL is no demonstration the SFT reader accepts; it is
+    # left out and counted.
     demos = [{"prompt": prompts[i].prompt, "completion": s.responses[k][b]}
              for k, (i, b) in enumerate(zip(idx, best)) if s.responses[k][b].strip()]
+    nul = sum("\x00" in d["completion"] for d in demos)
+    demos = [d for d in demos if "\x00" not in d["completion"]]
     if not demos:
-        raise ConfigError(f"round {r}: every prompt's best sample is empty; nothing to fine-tune on")
+        raise ConfigError(f"round {r}: every prompt's best sample is empty or holds a NUL; nothing to fine-tune on")
     if main:
         write_jsonl(d / "best.jsonl", demos)
     acc.wait_for_everyone()
@@ -115,13 +120,30 @@ def run_round(cfg: RejectionSamplingConfig, r: int, policy: str, prompts, texts:
     run_sft(_sft_config(cfg, policy, d / "best.jsonl", d / "sft", r))
     # 4. record
     record = {"round": r, "policy_in": policy, "policy_out": str(d / "sft" / "model"), "prompts": len(idx),
-              "empty_winners_dropped": len(idx) - len(demos),
+              "empty_winners_dropped": len(idx) - len(demos) - nul, "nul_winners_dropped": nul,
               "best_of_n_mean": _mean(row[b] for row, b in zip(s.scores, best)),
               "sample_mean": _mean(x for row in s.scores for x in row),
               "best_response_tokens": _mean(row[b] for row, b in zip(s.lengths, best))}
     if main:
         write_json(d / "round.json", record)
     acc.wait_for_everyone()
+    return record
+
+
+RUN_FILE = "run.json"
+
+
+def resume_guard(cfg: RejectionSamplingConfig, world: int) -> dict:
+    """What the run computes (`run_record`; --rounds may change: a resume runs the rounds not yet done). With
+    --resume, refused when OUT/run.json records other options or inputs."""
+    record = run_record(cfg, world)
+    record["options"].pop("rounds", None)
+    path = Path(cfg.out) / RUN_FILE
+    if cfg.resume and path.is_file():
+        diff = resume_differences(json.loads(path.read_text()), record)
+        if diff:
+            raise ConfigError(f"--resume: {cfg.out} was written by a run with other options: {'; '.join(diff)}. "
+                              "Resume with the same options, or start a new run in another --out")
     return record
 
 
@@ -133,6 +155,7 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
     if cfg.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {cfg.num_samples}")
     acc = make_accelerator(cfg.precision)
+    run = resume_guard(cfg, acc.num_processes)  # before any model, the reward's included, loads
     seed_everything(cfg.seed, acc.process_index)
     tok = load_tokenizer(cfg.policy)
     reward = load_reward_source(cfg.reward, cfg.reward_fn, tok, cfg.ensemble_mode, cfg.ensemble_lambda)
@@ -151,6 +174,8 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig) -> dict:
         else:
             console.print(f"[bold]rejection sampling[/]: round {r} of {cfg.rounds}, from {policy}")
             record = run_round(cfg, r, policy, prompts, texts, reward, acc)
+            if acc.is_main_process:  # a round is done: record what the run computes, for a later --resume
+                write_json(out / RUN_FILE, run)
         rounds.append(record)
         policy = record["policy_out"]
 

@@ -341,7 +341,11 @@ def load_feedback(cfg: RewardConfig, split_seed: int) -> tuple[str, list, list]:
             check_ordinal_scale(held, cfg.eval_data, records[0].scale)
     if held is not None:
         return kind, records, held
-    return (kind, *split_by_prompt(records, cfg.eval_fraction, split_seed))
+    train, held = split_by_prompt(records, cfg.eval_fraction, split_seed)
+    if not train:  # e.g. one record: the held-out split took it
+        raise ConfigError(f"{cfg.data}: no training records left after holding out {len(held)} of {len(records)} "
+                          "(--eval-fraction); give more records, --eval-fraction 0 or --eval-data")
+    return kind, train, held
 
 
 def check_config(cfg: RewardConfig) -> None:

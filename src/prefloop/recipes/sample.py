@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,6 +286,38 @@ def run_sample(cfg: SampleConfig) -> Path:
     s = sample_and_score(model, tok, texts, k, scfg, cfg.batch_size, gen, max(1, cfg.max_length - cfg.max_new_tokens),
                          acc.device, reward=reward, progress=True, distributed=True)
     if acc.is_main_process:
+        replaced = replace_nul(s)
+        if replaced:
+            print(f"warning: sample: {replaced} sample(s) held a NUL character, written with U+FFFD in its place "
+                  "(the trainers' readers and the feedback app refuse NUL)", file=sys.stderr)
         write_jsonl(cfg.out, _records(cfg, prompts, s))
+        print(sample_summary(cfg, s, k), flush=True)
     acc.wait_for_everyone()
     return cfg.out
+
+
+def replace_nul(s: Samples) -> int:
+    """Replace NUL characters in the samples by U+FFFD (as the feedback app stores them); returns how many
+    samples held one. A model can sample a NUL (byte-level tokenizers encode it), but no reader of prefloop's
+    files takes one; replacing, not dropping, keeps every prompt's K samples, so two sample files still pair
+    prompt by prompt. Scores stay those of the sampled text."""
+    n = 0
+    for row in s.responses:
+        for j, text in enumerate(row):
+            if "\x00" in text:
+                row[j], n = text.replace("\x00", "\ufffd"), n + 1
+    return n
+
+
+def sample_summary(cfg: SampleConfig, s: Samples, k: int) -> str:
+    """`sample: 64 prompts x 4 samples, mean score 0.31, 3% never ended, written to samples.jsonl`."""
+    parts = [f"sample: {len(s.responses)} prompts x {k} samples"]
+    if s.scores is not None:
+        flat = [x for row in s.scores for x in row]
+        best = [row[b] for row, b in zip(s.scores, s.best())]
+        parts.append(f"mean score {sum(flat) / max(1, len(flat)):.4g}")
+        if cfg.best_of is not None:
+            parts.append(f"mean best-of-{k} score {sum(best) / max(1, len(best)):.4g}")
+    ended = [e for row in s.ended for e in row]
+    parts.append(f"{100 * (1 - sum(ended) / max(1, len(ended))):.0f}% never ended")
+    return ", ".join(parts + [f"written to {cfg.out}"])
