@@ -91,8 +91,7 @@ def test_response_and_pair_logprobs_equal_models_own(arch_model):
     ref = reference_logprobs(model, ids, mask)
     R = 5  # the last 5 columns are the "response"
     with torch.no_grad():
-        logits, _ = ResponseForward(model)(ids, mask, R)
-    lp = logprobs_from_logits(logits, ids[:, -R:])
+        lp, _, _ = ResponseForward(model)(ids, mask, ids[:, -R:])
     real = mask[:, -R:].bool()
     torch.testing.assert_close(lp[real].double(), ref[:, -R:][real], atol=1e-5, rtol=0)
 

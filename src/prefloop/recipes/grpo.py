@@ -27,7 +27,7 @@ import torch
 from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
-from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
+from prefloop.rl import kl_k1, kl_k3, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
     kl_penalised_scores,
@@ -145,8 +145,7 @@ def prompt_indices(n_prompts: int, per_update: int, update: int, start: int, cou
 @torch.no_grad()
 def _rollout_logprobs(fwd, ids, mask, r_ids, r_mask, temperature: float, chunk: int) -> torch.Tensor:
     """(B, R) tempered log-probs of the response tokens under a ResponseForward, 0 after the response."""
-    R = r_ids.shape[1]
-    parts = [logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], temperature) for s in chunks(len(ids), chunk)]
+    parts = [fwd(ids[s], mask[s], r_ids[s], temperature)[0] for s in chunks(len(ids), chunk)]
     return torch.cat(parts) * r_mask.float()
 
 
@@ -289,7 +288,7 @@ class GroupTrainer:
     def _optimise(self, ids, attn, out, old_logp, ref_logp, advantages) -> dict:
         cfg, ctx = self.cfg, self.ctx
         self.policy_fwd.train()
-        n_local, R = ids.shape[0], out.response_ids.shape[1]
+        n_local = ids.shape[0]
         mb_size = cfg.batch_size // ctx.world
         kl_loss_coef = 0.0 if cfg.kl_in_reward else cfg.kl_coef
         sums: dict[str, float] = {}
@@ -304,8 +303,8 @@ class GroupTrainer:
                     mask = out.response_mask[mi].float()
                     sync = nullcontext() if j == len(micro) - 1 else ctx.acc.no_sync(self.policy_fwd)
                     with sync, ctx.acc.autocast():
-                        logits, _ = self.policy_fwd(ids[mi], attn[mi], R)
-                        new_logp = logprobs_from_logits(logits, out.response_ids[mi], cfg.temperature)
+                        new_logp, entropy, _ = self.policy_fwd(ids[mi], attn[mi], out.response_ids[mi],
+                                                               cfg.temperature, entropy=True)
                         loss, stats = self.loss_fn(new_logp, None if old_logp is None else old_logp[mi],
                                                    advantages[mi], mask, cfg.clip_eps,
                                                    None if ref_logp is None else ref_logp[mi], kl_loss_coef)
@@ -314,8 +313,7 @@ class GroupTrainer:
                             else len(mi) / len(mb)
                         ctx.acc.backward(loss * share)
                     with torch.no_grad():
-                        stats["policy/entropy"] = float(masked_mean(entropy_from_logits(logits.detach(),
-                                                                                       cfg.temperature), mask))
+                        stats["policy/entropy"] = float(masked_mean(entropy, mask))
                         if self.on_policy:  # the sampler's log-probs against the training forward's
                             stats["rollout/logprob_gap"] = float(masked_mean(
                                 (new_logp.detach() - out.logprobs[mi]).abs(), mask))

@@ -33,11 +33,9 @@ from prefloop.rl import (
     FixedKLController,
     RolloutBatch,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_k3,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -136,9 +134,9 @@ def _forward_rollout(policy_fwd, critic_fwd, ref, rm, q_ids, q_mask, r_ids, r_ma
     logp, ref_logp, values, scores = [], [], [], []
     ref_fwd = ResponseForward(ref)
     for s in chunks(ids.shape[0], chunk):
-        logits, v = policy_fwd(ids[s], mask[s], R)
-        logp.append(logprobs_from_logits(logits, r_ids[s], temperature))
-        ref_logp.append(logprobs_from_logits(ref_fwd(ids[s], mask[s], R)[0], r_ids[s], temperature))
+        lp, _, v = policy_fwd(ids[s], mask[s], r_ids[s], temperature)
+        logp.append(lp)
+        ref_logp.append(ref_fwd(ids[s], mask[s], r_ids[s], temperature)[0])
         values.append(critic_fwd(ids[s], mask[s], R) if critic_fwd is not None else v)
         scores.append(rm(ids[s], mask[s]))
     m = r_mask.float()
@@ -376,9 +374,9 @@ class PPOTrainer:
                     last = j == len(micro) - 1
                     sync = nullcontext() if last else ctx.acc.no_sync(self.policy_fwd)
                     with sync, ctx.acc.autocast():
-                        logits, head_values = self.policy_fwd(ids, attn, R)
+                        new_logp, entropy, head_values = self.policy_fwd(ids, attn, sub.response_ids, cfg.temperature,
+                                                                         entropy=True)
                         values = self.critic_fwd(ids, attn, R) if self.critic_fwd is not None else head_values
-                        new_logp = logprobs_from_logits(logits, sub.response_ids, cfg.temperature)
                         pg_loss, pg_stats = ppo_policy_loss(new_logp, sub.logprobs, sub.advantages, mask, cfg.clip_eps)
                         vf_loss, vf_stats = clipped_value_loss(values, sub.values, sub.returns, mask,
                                                                cfg.clip_eps_value)
@@ -386,7 +384,7 @@ class PPOTrainer:
                         weight = float(mask.sum()) / max(mb_tokens, 1.0)
                         ctx.acc.backward((pg_loss + cfg.vf_coef * vf_loss) * weight)
                     with torch.no_grad():
-                        ent = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), mask)
+                        ent = masked_mean(entropy, mask)
                     for k, v in {**pg_stats, **vf_stats, "policy/entropy": float(ent),
                                  "value/explained_variance": explained_variance(values.detach(), sub.returns, mask)
                                  }.items():
