@@ -113,14 +113,3 @@ def token_logprobs(
 
     return TokenLogprobs(None if tokens is None else join(logps), join(ents) if entropy else None)
 
-
-def logprobs_from_logits(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None
-) -> torch.Tensor:
-    """`token_logprobs(logits, tokens, temperature).logprobs`: (..., V) logits, (...) ids -> (...) log-probs."""
-    return token_logprobs(logits, tokens, temperature, chunk_size=chunk_size).logprobs
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
-    """`token_logprobs(logits, None, temperature, entropy=True).entropy`: (..., V) logits -> (...) entropies."""
-    return token_logprobs(logits, None, temperature, chunk_size=chunk_size, entropy=True).entropy
