@@ -7,7 +7,6 @@ from .heads import (
     last_token_index,
     position_ids,
     sequence_scores,
-    token_values,
     trunk,
 )
 from .loading import (
@@ -33,5 +32,5 @@ __all__ = [
     "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer",
     "score_in_batches", "ModelLoadError", "ValueHead", "disable_dropout", "gpt2_config",
     "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",
-    "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "token_values", "trunk",
+    "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "trunk",
 ]

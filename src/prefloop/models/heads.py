@@ -42,11 +42,6 @@ def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch
     return reward_model.score(h_last).squeeze(-1).float()
 
 
-def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> (B, T) values V(s_t): the critic's head applied at every position."""
-    return critic.score(hidden_states(critic, input_ids, attention_mask)).squeeze(-1).float()
-
-
 class ValueHead(nn.Module):
     """A scalar head on the policy trunk, initialised at zero (docs/ppo.md item 9): the cheaper critic."""
 
