@@ -1,7 +1,8 @@
 """Over-optimisation (Goodhart): best-of-n curves, the exact KL of best-of-n, and the functional forms of
 Gao et al. 2022 ("Scaling Laws for Reward Model Overoptimization") fitted by least squares.
 
-Pure Python, with numpy for the least-squares fits and the bootstrap of `fit_quality`. docs/EVALUATION.md, "Fits of over-optimisation".
+Pure Python, with numpy for the least-squares fits and the bootstrap of `fit_quality`.
+docs/EVALUATION.md, "Fits of over-optimisation".
 """
 
 from __future__ import annotations

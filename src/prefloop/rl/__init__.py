@@ -1,7 +1,8 @@
 """prefloop.rl: the pure tensor math of RLHF (imports torch only).
 
-Token log-probs (from logits or hidden states, in chunks), masked statistics, KL estimators and controllers, per-token rewards and GAE,
-losses returning (loss, stats), and typed batch containers. Recipes compose these; see docs/ppo.md.
+Token log-probs (from logits or hidden states, in chunks), masked statistics, KL estimators and controllers,
+per-token rewards and GAE, losses returning (loss, stats), and typed batch containers. Recipes compose these;
+see docs/ppo.md.
 """
 
 from .advantages import gae, token_rewards
