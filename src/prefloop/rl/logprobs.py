@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # Elements of one chunk's (positions, vocabulary) logits: 2^26 float32 values are 256 MiB, so a chunk of a
@@ -40,8 +41,8 @@ def _chunk(x: torch.Tensor, tokens: torch.Tensor | None, head: Head | None, temp
         z = z / temperature
     logp = None
     if tokens is not None:
-        picked = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-        logp = picked - torch.logsumexp(z, dim=-1)
+        # log p = z[token] - logsumexp(z), as torch's fused cross-entropy computes it (and its gradient).
+        logp = -F.cross_entropy(z, tokens.long(), reduction="none")
     ent = None
     if entropy:
         with torch.no_grad():
