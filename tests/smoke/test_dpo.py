@@ -46,7 +46,7 @@ def test_dpo_learns_the_preference(tmp_path, policy_dir, toy_data):
     after = pair_logprobs(SequenceLogprobs(load_causal_lm(str(cfg.out / "model"), tok)), pairs, tok.pad_token_id,
                           "cpu", 32)
     before = pair_logprobs(SequenceLogprobs(load_causal_lm(str(policy_dir), tok)), pairs, tok.pad_token_id, "cpu", 32)
-    h = (after[:, 0] - before[:, 0]) - (after[:, 1] - before[:, 1])
+    h = (after.chosen - before.chosen) - (after.rejected - before.rejected)
     assert (h > 0).float().mean() >= 0.9
 
 
@@ -114,12 +114,13 @@ def test_sequence_logprobs_match_a_plain_forward(policy_dir, toy_data):
     pairs = [encode_pair_with_prompt(tok, c, 64) for c in read_comparisons(toy_data["pairs"])[:3]]
     got = pair_logprobs(SequenceLogprobs(lm), pairs, tok.pad_token_id, "cpu", 3)
     for i, p in enumerate(pairs):
-        for j, seq in enumerate((p.chosen, p.rejected)):
+        for seq, (logp, count) in (((p.chosen, (got.chosen, got.chosen_tokens))),
+                                   ((p.rejected, (got.rejected, got.rejected_tokens)))):
             with torch.no_grad():
                 logits = lm(torch.tensor([seq])).logits[0, :-1].float()
             lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:]).unsqueeze(1)).squeeze(1)
-            assert got[i, j].item() == pytest.approx(lp[p.prompt_len - 1:].sum().item(), rel=1e-4, abs=1e-4)
-            assert got[i, 2 + j].item() == len(seq) - p.prompt_len
+            assert logp[i].item() == pytest.approx(lp[p.prompt_len - 1:].sum().item(), rel=1e-4, abs=1e-4)
+            assert count[i].item() == len(seq) - p.prompt_len
 
 
 @pytest.mark.slow  # two processes through accelerate launch (~30 s)

@@ -11,7 +11,7 @@ import prefloop.recipes.grpo as grpo
 import prefloop.recipes.ppo as ppo
 from prefloop.cli import main
 from prefloop.recipes.dpo import DPOConfig, dpo_loss
-from prefloop.rl import gae, masked_mean, masked_var, masked_whiten
+from prefloop.rl import PairLogprobs, gae, masked_mean, masked_var, masked_whiten
 
 from .test_grpo import toy_reward  # noqa: F401  (fixture)
 from .test_ppo import first_update, ppo_config
@@ -76,10 +76,11 @@ def test_ppo_reshuffles_every_epoch(tmp_path, policy_dir, reward_dir, toy_data, 
 
 
 def test_ipo_uses_per_token_average_logprobs():
-    """IPO regresses the gap of per-token average log-ratios to 1 / (2 beta); DPO uses sums. Columns are
-    [sum_chosen, sum_rejected, n_chosen, n_rejected]."""
-    policy = torch.tensor([[-4.0, -9.0, 2.0, 3.0]])
-    ref = torch.tensor([[-6.0, -6.0, 2.0, 3.0]])
+    """IPO regresses the gap of per-token average log-ratios to 1 / (2 beta); DPO uses sums."""
+    def pair(chosen, rejected):  # summed log-probs of a 2-token chosen and a 3-token rejected response
+        return PairLogprobs(*(torch.tensor([x]) for x in (chosen, rejected, 2.0, 3.0)))
+
+    policy, ref = pair(-4.0, -9.0), pair(-6.0, -6.0)
     beta = 0.5
     h_avg = (-4.0 / 2 - -6.0 / 2) - (-9.0 / 3 - -6.0 / 3)  # 1 + 1 = 2
     loss, _ = dpo_loss(DPOConfig(loss="ipo", beta=beta), policy, ref)

@@ -19,12 +19,14 @@ from prefloop.models import (
     arch_config,
     check_logits,
     disable_dropout,
+    hidden_logprobs,
+    hidden_states,
     lm_logits,
     load_causal_lm,
 )
 from prefloop.models.logits import LogitsMismatchError
 from prefloop.recipes.dpo import SequenceLogprobs
-from prefloop.rl import logprobs_from_logits
+from prefloop.rl import token_logprobs
 from prefloop.rollout import SamplingConfig, sample
 
 VOCAB = 64
@@ -91,8 +93,7 @@ def test_response_and_pair_logprobs_equal_models_own(arch_model):
     ref = reference_logprobs(model, ids, mask)
     R = 5  # the last 5 columns are the "response"
     with torch.no_grad():
-        logits, _ = ResponseForward(model)(ids, mask, R)
-    lp = logprobs_from_logits(logits, ids[:, -R:])
+        lp, _, _ = ResponseForward(model)(ids, mask, ids[:, -R:])
     real = mask[:, -R:].bool()
     torch.testing.assert_close(lp[real].double(), ref[:, -R:][real], atol=1e-5, rtol=0)
 
@@ -117,7 +118,7 @@ def test_sampler_logprobs_equal_models_own(arch_model):
     with torch.no_grad():
         h = model.get_decoder()(input_ids=ids, attention_mask=mask,
                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
-        want = logprobs_from_logits(lm_logits(model, h[:, 3:-1]), out.response_ids)
+        want = token_logprobs(lm_logits(model, h[:, 3:-1]), out.response_ids).logprobs
     torch.testing.assert_close(out.logprobs, want, atol=1e-5, rtol=0)
 
 
@@ -202,3 +203,31 @@ def test_sampler_uses_the_current_cache_api():
         sample(model, q, torch.ones_like(q), cfg, generator=torch.Generator().manual_seed(0))
     deprecations = [str(w.message) for w in caught if issubclass(w.category, FutureWarning | DeprecationWarning)]
     assert deprecations == []
+
+
+def test_chunked_hidden_logprobs_equal_the_plain_head_with_gradients(arch_model):
+    """`hidden_logprobs` in chunks of 3 positions (with the architecture's logit post-processing) gives the
+    values and the parameter gradients of one full-vocabulary log-softmax over all positions."""
+    _, model = arch_model
+    ids, mask, labels = right_padded_batch(2)
+    keep = labels[:, 1:] != -100
+    targets = ids[:, 1:][keep]
+    w = torch.linspace(-1.0, 1.0, int(keep.sum()))
+
+    def grads(chunk_size):
+        model.zero_grad(set_to_none=True)
+        h = hidden_states(model, ids, mask)[:, :-1][keep]
+        if chunk_size is None:  # the plain path: every position's logits at once
+            lp = torch.log_softmax(lm_logits(model, h).float() / 0.7, -1).gather(1, targets[:, None]).squeeze(1)
+        else:
+            lp = hidden_logprobs(model, h, targets, 0.7, chunk_size=chunk_size).logprobs
+        (lp * w).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    lp_chunked, g_chunked = grads(3)
+    lp_plain, g_plain = grads(None)
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(lp_chunked, lp_plain, atol=1e-5, rtol=0)
+    assert g_chunked.keys() == g_plain.keys() and len(g_plain) > 2
+    for name in g_plain:
+        torch.testing.assert_close(g_chunked[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)

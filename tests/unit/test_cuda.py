@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from prefloop.models import ARCHITECTURES, CausalLMLoss, ResponseForward, disable_dropout
-from prefloop.rl import logprobs_from_logits
 
 from .test_architectures import build, reference_logprobs, right_padded_batch
 
@@ -36,9 +35,8 @@ def training_logprobs_gap(model, ids, mask, labels) -> tuple[float, float]:
     keep = labels[:, 1:] != -100
     with torch.no_grad():
         loss_sum = CausalLMLoss(model)(ids, mask, labels)
-        logits, _ = ResponseForward(model)(ids, mask, 5)
+        lp = ResponseForward(model)(ids, mask, ids[:, -5:])[0].double()
     sft_gap = abs(float(loss_sum) + float(ref[keep].sum())) / int(keep.sum())
-    lp = logprobs_from_logits(logits, ids[:, -5:]).double()
     real = mask[:, -5:].bool()
     return sft_gap, float((lp[real] - ref[:, -5:][real]).abs().max())
 

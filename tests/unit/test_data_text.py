@@ -185,6 +185,13 @@ def test_collate_sft_and_pairs(tok):
     assert pairs.rejected_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert pairs.margin.dtype == torch.float32 and pairs.margin.tolist() == [1.0, 0.5]
     assert collate_pairs([([1], [2])], 0).margin is None
+    # With prompt lengths (DPO): response masks, and rows() stacks chosen rows over rejected rows, (2B, T).
+    dpo = collate_pairs([([3, 4, 5], [3, 4]), ([6, 7], [6, 7, 8, 9])], pad_id=1, prompt_lens=[1, 2])
+    ids, mask, response = dpo.rows()
+    assert ids.tolist() == [[3, 4, 5, 1], [6, 7, 1, 1], [3, 4, 1, 1], [6, 7, 8, 9]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert response.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]
+    assert pairs.rows()[2] is None
 
 
 def test_pack_texts(tok):

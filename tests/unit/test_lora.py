@@ -25,7 +25,7 @@ from prefloop.models.lora import (  # noqa: E402
     prepare_for_training,
 )
 from prefloop.models.wrappers import ResponseForward  # noqa: E402
-from prefloop.rl import logprobs_from_logits, ppo_policy_loss  # noqa: E402
+from prefloop.rl import ppo_policy_loss  # noqa: E402
 
 
 def opts(**kw):
@@ -108,12 +108,12 @@ def test_adapter_disabled_reproduces_the_base_model_exactly(policy_dir, tok):
     ids, mask, _ = batch(tok, seed=1)
     R = 5
     with torch.no_grad():
-        ref = logprobs_from_logits(ResponseForward(base)(ids, mask, R)[0], ids[:, -R:], 0.7)
-        trained = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
+        ref = ResponseForward(base)(ids, mask, ids[:, -R:], 0.7)[0]
+        trained = ResponseForward(model)(ids, mask, ids[:, -R:], 0.7)[0]
         with adapter_disabled(model):
-            disabled = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
-        wrapped = logprobs_from_logits(WithoutAdapter(ResponseForward(model))(ids, mask, R)[0], ids[:, -R:], 0.7)
-        again = logprobs_from_logits(ResponseForward(model)(ids, mask, R)[0], ids[:, -R:], 0.7)
+            disabled = ResponseForward(model)(ids, mask, ids[:, -R:], 0.7)[0]
+        wrapped = WithoutAdapter(ResponseForward(model))(ids, mask, ids[:, -R:], 0.7)[0]
+        again = ResponseForward(model)(ids, mask, ids[:, -R:], 0.7)[0]
     assert not torch.equal(trained, ref)  # the adapter changed the policy...
     assert torch.equal(disabled, ref) and torch.equal(wrapped, ref)  # ...and disabling it gives the base exactly
     assert torch.equal(again, trained)  # and it is back on after the block
@@ -122,8 +122,8 @@ def test_adapter_disabled_reproduces_the_base_model_exactly(policy_dir, tok):
 def test_reference_forward_has_no_gradient(policy_dir, tok):
     model = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts())
     ids, mask, _ = batch(tok)
-    logits, _ = WithoutAdapter(ResponseForward(model))(ids, mask, 4)
-    assert not logits.requires_grad
+    logp, _, _ = WithoutAdapter(ResponseForward(model))(ids, mask, ids[:, -4:])
+    assert not logp.requires_grad
 
 
 def test_merged_model_loads_in_plain_transformers_with_the_same_logits(policy_dir, tok, tmp_path):
@@ -217,8 +217,7 @@ def test_gradient_checkpointing_gives_the_same_policy_gradient(policy_dir, tok):
     advantages, old_noise = torch.randn(ids.shape[0], R, generator=g), 0.1 * torch.randn(ids.shape[0], R, generator=g)
 
     def loss_fn(m):
-        logits, _ = ResponseForward(m)(ids, mask, R)
-        logp = logprobs_from_logits(logits, ids[:, -R:], 0.7)
+        logp = ResponseForward(m)(ids, mask, ids[:, -R:], 0.7)[0]
         loss, _ = ppo_policy_loss(logp, logp.detach() + old_noise, advantages, torch.ones_like(logp), 0.2)
         return loss
 

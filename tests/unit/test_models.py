@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from prefloop.models import (
+    CriticForward,
     ModelLoadError,
     ValueHead,
     gpt2_config,
@@ -18,7 +19,6 @@ from prefloop.models import (
     load_causal_lm,
     load_reward_model,
     sequence_scores,
-    token_values,
 )
 
 
@@ -36,8 +36,8 @@ def test_reward_read_at_last_real_token_with_any_padding(make):
     both = sequence_scores(rm, ids, mask)
     torch.testing.assert_close(both, alone.repeat(2), atol=1e-5, rtol=1e-4)
     assert last_token_index(mask).tolist() == [5, 3]
-    vals = token_values(rm, ids, mask)
-    assert vals.shape == (2, 7)
+    vals = CriticForward(rm)(ids, mask, 6)  # V(s_t) at positions 0..5, as a critic initialised from it reads
+    assert vals.shape == (2, 6)
     torch.testing.assert_close(vals[0, 5], alone[0], atol=1e-5, rtol=1e-4)
 
 

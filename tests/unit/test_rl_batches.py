@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prefloop.rl import PreferenceBatch, RolloutBatch, SFTBatch
+from prefloop.rl import PairLogprobs, PreferenceBatch, RolloutBatch, SFTBatch
 
 
 def rollout(B=4, P=3, R=5, **extra):
@@ -54,3 +54,17 @@ def test_preference_and_sft_batches():
     assert sft.labels.tolist() == [[-100, -100, 2, 3], [-100, -100, 10, 11]]
     with pytest.raises(ValueError):
         SFTBatch(ids, torch.ones(2, 4), labels)
+
+
+def test_pair_logprobs_split_select_concatenate_and_average():
+    # (2B,) rows of a PreferenceBatch forward: chosen rows first. Named fields replace column indices.
+    sums, counts = torch.tensor([-4.0, -1.0, -9.0, -2.0]), torch.tensor([2.0, 1.0, 3.0, 0.0])
+    lp = PairLogprobs.from_rows(sums, counts)
+    assert lp.chosen.tolist() == [-4.0, -1.0] and lp.rejected.tolist() == [-9.0, -2.0]
+    assert lp.chosen_tokens.tolist() == [2.0, 1.0] and lp.rejected_tokens.tolist() == [3.0, 0.0]
+    assert [t.tolist() for t in lp.sequence_logps()] == [[-4.0, -1.0], [-9.0, -2.0]]  # sums (DPO)
+    # Per-token averages (IPO); an empty response divides by 1, not 0.
+    assert [t.tolist() for t in lp.sequence_logps(per_token=True)] == [[-2.0, -1.0], [-3.0, -2.0]]
+    both = PairLogprobs.cat([lp, lp.select([1])])
+    assert both.chosen.tolist() == [-4.0, -1.0, -1.0] and both.rejected_tokens.tolist() == [3.0, 0.0, 0.0]
+    assert len(PairLogprobs.cat([])) == 0

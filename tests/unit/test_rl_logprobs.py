@@ -1,11 +1,19 @@
-"""prefloop.rl.logprobs: log-probs and entropies from logits, with temperature."""
+"""prefloop.rl.logprobs: log-probs and entropies from logits or hidden states, with temperature, in chunks."""
 
 import math
 
 import pytest
 import torch
 
-from prefloop.rl import entropy_from_logits, logprobs_from_logits
+from prefloop.rl import token_logprobs
+
+
+def logprobs_from_logits(logits, tokens, temperature=1.0, chunk_size=None):
+    return token_logprobs(logits, tokens, temperature, chunk_size=chunk_size).logprobs
+
+
+def entropy_from_logits(logits, temperature=1.0):
+    return token_logprobs(logits, None, temperature, entropy=True).entropy
 
 
 def naive_logprobs(logits, tokens, temperature=1.0):
@@ -90,3 +98,93 @@ def test_bad_temperature_and_empty_batch():
         logprobs_from_logits(torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.long), 0.0)
     assert logprobs_from_logits(torch.zeros(0, 3, 5), torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3)
     assert entropy_from_logits(torch.zeros(0, 3, 5)).shape == (0, 3)
+
+
+# -- chunks: the same numbers as the plain full-vocabulary path ------------------------------------------------
+
+def plain(logits, tokens, temperature):
+    """The unchunked reference: one (B, T, V) float32 log-softmax."""
+    z = logits.float() / temperature
+    return torch.log_softmax(z, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, 7, 20, 21, 1000])
+def test_chunked_logprobs_equal_the_plain_path_in_values_and_gradients(chunk_size, temperature):
+    # 3 x 7 = 21 positions: chunk sizes 2, 5 and 20 leave a short last chunk; right padding as in training.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 13, generator=g) * 3
+    tokens = torch.randint(0, 13, (3, 7), generator=g)
+    mask = torch.ones(3, 7)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    w = torch.randn(3, 7, generator=g) * mask
+    a = logits.clone().requires_grad_()
+    out = token_logprobs(a, tokens, temperature, chunk_size=chunk_size, entropy=True)
+    (out.logprobs * w).sum().backward()
+    b = logits.clone().requires_grad_()
+    want = plain(b, tokens, temperature)
+    (want * w).sum().backward()
+    torch.testing.assert_close(out.logprobs, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.entropy.double(), naive_entropy(logits, temperature), atol=1e-5, rtol=0)
+    assert not out.entropy.requires_grad  # a statistic
+
+
+class RecordingHead(torch.nn.Module):
+    """A linear output head that records how many positions each call projects onto the vocabulary."""
+
+    def __init__(self, d: int, vocab: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear = torch.nn.Linear(d, vocab)
+        self.rows: list[int] = []
+
+    def forward(self, h):
+        self.rows.append(h.shape[0])
+        return self.linear(h)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 4, 10])
+def test_chunked_head_projects_one_chunk_at_a_time_with_the_plain_gradients(chunk_size):
+    # From hidden states: never more than chunk_size positions of logits at once, in the forward and in the
+    # backward's recomputation, and the gradients reach the hidden states and the head as in the plain path.
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(2, 5, 6, generator=g)
+    tokens = torch.randint(0, 11, (2, 5), generator=g)
+    w = torch.randn(2, 5, generator=g)
+    head = RecordingHead(6, 11, seed=0)
+    h1 = hidden.clone().requires_grad_()
+    lp = token_logprobs(h1, tokens, 0.7, head=head, chunk_size=chunk_size).logprobs
+    n_chunks = -(-10 // chunk_size)
+    assert head.rows == [chunk_size] * (n_chunks - 1) + [10 - chunk_size * (n_chunks - 1)]
+    (lp * w).sum().backward()
+    # Recomputed in the backward, chunk by chunk; a single chunk is kept instead (nothing to save).
+    assert max(head.rows) <= chunk_size and len(head.rows) == (2 * n_chunks if n_chunks > 1 else 1)
+    grad_w = head.linear.weight.grad.clone()
+
+    head.linear.weight.grad = None
+    h2 = hidden.clone().requires_grad_()
+    (plain(head.linear(h2), tokens, 0.7) * w).sum().backward()
+    torch.testing.assert_close(lp, plain(head.linear(hidden), tokens, 0.7), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_w, head.linear.weight.grad, atol=1e-6, rtol=0)
+
+
+def test_default_chunk_follows_the_vocabulary_size():
+    # CHUNK_ELEMENTS // V positions per chunk: a 2^24-token vocabulary gets chunks of 4 positions.
+    head = RecordingHead(6, 11, seed=0)
+    with torch.no_grad():
+        token_logprobs(torch.randn(10, 6), torch.zeros(10, dtype=torch.long), head=head, vocab_size=1 << 24)
+    assert head.rows == [4, 4, 2]
+    head.rows.clear()
+    with torch.no_grad():  # a small vocabulary: the whole batch in one chunk, no recomputation
+        token_logprobs(torch.randn(10, 6), torch.zeros(10, dtype=torch.long), head=head, vocab_size=11)
+    assert head.rows == [10]
+
+
+def test_chunk_arguments_are_checked():
+    with pytest.raises(ValueError, match="vocab_size or chunk_size"):
+        token_logprobs(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), head=torch.nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        logprobs_from_logits(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), chunk_size=0)

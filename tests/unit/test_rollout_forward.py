@@ -1,4 +1,4 @@
-"""Full forwards over padded batches: position ids, logits and response log-probs."""
+"""Full forwards over padded batches: position ids and response log-probs (with entropies)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ import pytest
 import torch
 import transformers
 
-from prefloop.rollout import model_logits, position_ids_from_mask, response_logprobs
+from prefloop.models import position_ids
+from prefloop.rollout import response_logprobs
 
 VOCAB = 100
+
+
+def model_logits(model, ids, mask):
+    """The model's own forward, (B, T, V) logits, with the position ids every prefloop forward uses."""
+    return model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
 
 
 def tiny_model(kind: str) -> torch.nn.Module:
@@ -30,8 +36,8 @@ def tiny_model(kind: str) -> torch.nn.Module:
 def test_position_ids_skip_left_and_right_pads():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 1, 2, 3, 4]])
-    assert torch.equal(position_ids_from_mask(mask), expected)
-    assert torch.equal(position_ids_from_mask(mask.bool()), expected)
+    assert torch.equal(position_ids(mask), expected)
+    assert torch.equal(position_ids(mask.bool()), expected)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -57,14 +63,14 @@ def test_response_logprobs_against_naive_log_softmax(kind):
     response_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     T = 0.7
     with torch.no_grad():
-        lp, logits = response_logprobs(
-            model, query, query_mask, response, response_mask, T, return_logits=True
-        )
+        lp, entropy = response_logprobs(model, query, query_mask, response, response_mask, T, entropy=True)
         full = model_logits(model, torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1))
     naive = torch.log_softmax(full[:, 3:7] / T, -1).gather(-1, response[..., None]).squeeze(-1)
     naive = naive * response_mask
-    assert lp.shape == (2, 4) and logits.shape == (2, 4, VOCAB)
+    p = torch.softmax(full[:, 3:7] / T, -1)
+    naive_entropy = -(p * p.log()).sum(-1) * response_mask
+    assert lp.shape == (2, 4) and entropy.shape == (2, 4)
     torch.testing.assert_close(lp, naive, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(logits, full[:, 3:7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, naive_entropy, atol=1e-5, rtol=1e-5)
     assert lp[0, 3] == 0.0  # masked position
     assert (lp[response_mask.bool()] < 0).all()

@@ -8,10 +8,13 @@ from EOS (`ensure_pad_token`), so masks can never confuse the end of a text with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+
+from prefloop.rl.batches import PreferenceBatch, SFTBatch
 
 from .templates import render_completion, render_prompt
 
@@ -154,38 +157,30 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-@dataclass
-class SFTTensors:
-    input_ids: torch.Tensor  # (B, T) long, right padded with pad_id
-    attention_mask: torch.Tensor  # (B, T) long, 1 on tokens, 0 on pad
-    labels: torch.Tensor  # (B, T) long, completion ids; -100 on prompt and pad
-
-
-def collate_sft(examples: list[Encoded], pad_id: int) -> SFTTensors:
+def collate_sft(examples: list[Encoded], pad_id: int) -> SFTBatch:
     """Right-pad a list of `Encoded` examples into one batch."""
     ids, mask = right_pad([e.input_ids for e in examples], pad_id)
     labels, _ = right_pad([e.labels for e in examples], IGNORE_INDEX)
-    return SFTTensors(ids, mask, labels)
+    return SFTBatch(ids, mask, labels)
 
 
-@dataclass
-class PairTensors:
-    chosen_ids: torch.Tensor  # (B, T) long, right padded with pad_id
-    chosen_mask: torch.Tensor  # (B, T) long
-    rejected_ids: torch.Tensor  # (B, T) long, padded to the same T as chosen (one (2B, T) forward)
-    rejected_mask: torch.Tensor  # (B, T) long
-    margin: torch.Tensor | None = None  # (B,) float, how strongly chosen is preferred
+def collate_pairs(pairs: list[Sequence[list[int]]], pad_id: int, margins: list[float] | None = None,
+                  prompt_lens: list[int] | None = None) -> PreferenceBatch:
+    """Right-pad (chosen_ids, rejected_ids) pairs (`EncodedPair`, `PromptedPair` or plain tuples), both sides
+    to one length T, so that `PreferenceBatch.rows()` scores the whole batch in one (2B, T) forward.
 
-
-def collate_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int,
-                  margins: list[float] | None = None) -> PairTensors:
-    """Right-pad (chosen_ids, rejected_ids) pairs, both sides to one length T so that
-    `torch.cat([chosen_ids, rejected_ids])` scores the whole batch in one forward."""
-    T = max((max(len(c), len(r)) for c, r in pairs), default=0)
-    c_ids, c_mask = right_pad([c for c, _ in pairs], pad_id, T)
-    r_ids, r_mask = right_pad([r for _, r in pairs], pad_id, T)
+    margins: (B,) required reward gaps, or None. prompt_lens: prompt tokens at the front of each pair; with
+    them the batch carries response masks (1 on the response tokens, EOS included), for losses on the
+    response only (DPO)."""
+    T = max((max(len(p[0]), len(p[1])) for p in pairs), default=0)
+    c_ids, c_mask = right_pad([p[0] for p in pairs], pad_id, T)
+    r_ids, r_mask = right_pad([p[1] for p in pairs], pad_id, T)
     margin = None if margins is None else torch.tensor(margins, dtype=torch.float)
-    return PairTensors(c_ids, c_mask, r_ids, r_mask, margin)
+    c_resp = r_resp = None
+    if prompt_lens is not None:
+        after_prompt = (torch.arange(T).unsqueeze(0) >= torch.tensor(prompt_lens).unsqueeze(1)).long()
+        c_resp, r_resp = c_mask * after_prompt, r_mask * after_prompt
+    return PreferenceBatch(c_ids, c_mask, r_ids, r_mask, margin, c_resp, r_resp)
 
 
 def pack_texts(tokenizer: Any, texts: list[str], block_size: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Over-optimisation (Goodhart): best-of-n curves, the exact KL of best-of-n, and the functional forms of
 Gao et al. 2022 ("Scaling Laws for Reward Model Overoptimization") fitted by least squares.
 
-Pure Python (numpy for the bootstrap of `fit_quality`). docs/EVALUATION.md, "Fits of over-optimisation".
+Pure Python, with numpy for the least-squares fits and the bootstrap of `fit_quality`.
+docs/EVALUATION.md, "Fits of over-optimisation".
 """
 
 from __future__ import annotations
@@ -57,22 +58,15 @@ def best_of_n_curve(proxy: Sequence[Sequence[float]], gold: Sequence[Sequence[fl
 
 
 def _lstsq(features: list[list[float]], y: list[float]) -> list[float]:
-    """Least squares for y = sum_j c_j f_j (columns `features`): the normal equations, solved by Gaussian
-    elimination with partial pivoting (k <= 3 here, so no numerical library is needed)."""
-    k = len(features)
-    a = [[sum(fi * fj for fi, fj in zip(features[i], features[j])) for j in range(k)]
-         + [sum(fi * v for fi, v in zip(features[i], y))] for i in range(k)]
-    scale = max(1.0, max(abs(a[i][i]) for i in range(k)))
-    for col in range(k):
-        piv = max(range(col, k), key=lambda r: abs(a[r][col]))
-        if abs(a[piv][col]) < 1e-10 * scale:
-            raise ValueError("the fit needs more distinct non-zero distances than it has parameters")
-        a[col], a[piv] = a[piv], a[col]
-        for r in range(k):
-            if r != col:
-                f = a[r][col] / a[col][col]
-                a[r] = [x - f * z for x, z in zip(a[r], a[col])]
-    return [a[i][k] / a[i][i] for i in range(k)]
+    """Least squares for y = sum_j c_j f_j (columns `features`), by `numpy.linalg.lstsq` (SVD). A design of
+    lower rank than its k columns (too few distinct distances) has no unique fit and is refused."""
+    import numpy as np
+
+    a = np.array(features, dtype=np.float64).T  # (points, k)
+    coef, _, rank, _ = np.linalg.lstsq(a, np.array(y, dtype=np.float64), rcond=None)
+    if rank < a.shape[1]:
+        raise ValueError("the fit needs more distinct non-zero distances than it has parameters")
+    return [float(c) for c in coef]
 
 
 def _fit(form: str, d: Sequence[float], r: Sequence[float], r0: float | None) -> tuple[float, float, float]:

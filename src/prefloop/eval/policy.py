@@ -8,7 +8,7 @@ import torch
 
 from prefloop.data import encode_prompt, left_pad
 from prefloop.models import sequence_scores
-from prefloop.rl import entropy_from_logits, kl_k3
+from prefloop.rl import kl_k3
 from prefloop.rollout import SamplingConfig, response_logprobs, sample
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 from prefloop.runtime.seeding import process_seed
@@ -104,9 +104,9 @@ def _sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingC
 def sequence_entropy(policy, out, temperature: float) -> list[float]:
     """Mean per-token entropy H(pi(. | s_t)) over each sampled response (masked), at the sampling temperature:
     the policy-entropy measure of diversity (docs/EVALUATION.md; Kirk et al. 2023)."""
-    _, logits = response_logprobs(policy, out.query_ids, out.query_mask, out.response_ids, out.response_mask,
-                                  temperature, return_logits=True)
-    return masked_mean_rows(entropy_from_logits(logits, temperature), out.response_mask)
+    _, entropy = response_logprobs(policy, out.query_ids, out.query_mask, out.response_ids, out.response_mask,
+                                   temperature, entropy=True)
+    return masked_mean_rows(entropy, out.response_mask)
 
 
 def masked_mean_rows(values: torch.Tensor, mask: torch.Tensor) -> list[float]:

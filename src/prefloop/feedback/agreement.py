@@ -1,7 +1,7 @@
 """Inter-annotator agreement: raw agreement, Cohen's and Fleiss' kappa, Krippendorff's alpha, Kendall's tau.
 
-Pure Python + numpy, no web imports, so the admin dashboard, the benchmarks and the tests share one
-implementation.
+Pure Python + numpy (Kendall's tau is scipy's), no web imports, so the admin dashboard, the benchmarks and
+the tests share one implementation. docs/EVALUATION.md lists why the others are the project's own.
 
 Conventions:
 - A *unit* is the list of labels one item received (one label per annotator who judged it). Labels are any
@@ -253,15 +253,11 @@ def kendall_tau(order_a: Sequence[float] | Mapping[Any, float], order_b: Sequenc
             if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating) or math.isnan(x):
                 raise ValueError(f"kendall_tau: {name} item {i} must be a numeric rank, got {x!r}")
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(x) < 2:
+    if len(x) < 2 or len(np.unique(x)) < 2 or len(np.unique(y)) < 2:
         return NAN
-    iu = np.triu_indices(len(x), k=1)
-    sx = np.sign(np.subtract.outer(x, x)[iu])
-    sy = np.sign(np.subtract.outer(y, y)[iu])
-    denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    if denom == 0.0:
-        return NAN
-    return float((sx * sy).sum()) / denom
+    from scipy.stats import kendalltau  # tau-b (its default variant); imported here to keep the app's start light
+
+    return float(kendalltau(x, y).statistic)
 
 
 def mean_pairwise_kendall_tau(units_of_rankings: Iterable[Sequence[Sequence[float] | Mapping[Any, float]]]

@@ -257,8 +257,6 @@ def import_items(s: Session, project: Project, items: list[dict], actor: str = "
 
 # ---------------------------------------------------------------- export
 
-EXPORT_KINDS = ("comparisons", "rankings", "ratings", "demonstrations")
-
 
 def default_export_kind(task_type: str) -> str:
     return {"pairwise": "comparisons", "ranking": "comparisons", "rating": "ratings",

@@ -2,13 +2,11 @@
 
 from .configs import ARCHITECTURES, SIZES, arch_config, gpt2_config, llama_config
 from .heads import (
-    PolicyWithValueHead,
     ValueHead,
     hidden_states,
     last_token_index,
     position_ids,
     sequence_scores,
-    token_values,
     trunk,
 )
 from .loading import (
@@ -19,7 +17,7 @@ from .loading import (
     load_reward_model,
     load_tokenizer,
 )
-from .logits import LogitsMismatchError, check_logits, check_scores, lm_logits
+from .logits import LogitsMismatchError, check_logits, check_scores, hidden_logprobs, lm_logits
 from .wrappers import (
     CausalLMLoss,
     CriticForward,
@@ -30,8 +28,9 @@ from .wrappers import (
 
 __all__ = [
     "ARCHITECTURES", "LogitsMismatchError", "arch_config", "check_logits", "check_scores", "lm_logits",
+    "hidden_logprobs",
     "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer",
-    "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
+    "score_in_batches", "ModelLoadError", "ValueHead", "disable_dropout", "gpt2_config",
     "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",
-    "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "token_values", "trunk",
+    "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "trunk",
 ]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .logits import lm_logits
-
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding (docs/ppo.md item 2): (B, T) mask -> (B, T) long. Every forward uses
+    this one (training, scoring and the sampler). Left pads get position 0 (they are masked anyway); right
+    pads repeat the last real position."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -41,11 +42,6 @@ def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch
     return reward_model.score(h_last).squeeze(-1).float()
 
 
-def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> (B, T) values V(s_t): the critic's head applied at every position."""
-    return critic.score(hidden_states(critic, input_ids, attention_mask)).squeeze(-1).float()
-
-
 class ValueHead(nn.Module):
     """A scalar head on the policy trunk, initialised at zero (docs/ppo.md item 9): the cheaper critic."""
 
@@ -57,17 +53,3 @@ class ValueHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.linear(h).squeeze(-1)
-
-
-class PolicyWithValueHead(nn.Module):
-    """Causal LM + value head sharing one trunk: one forward gives both logits and values."""
-
-    def __init__(self, lm, value_head: ValueHead | None = None):
-        super().__init__()
-        self.lm = lm
-        self.value_head = value_head or ValueHead(lm.config.get_text_config().hidden_size)
-
-    def forward(self, input_ids, attention_mask):
-        h = hidden_states(self.lm, input_ids, attention_mask)
-        logits = lm_logits(self.lm, h)
-        return logits, self.value_head(h).float()

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prefloop.rl.logprobs import TokenLogprobs, token_logprobs
+
 PostProcess = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -71,6 +73,26 @@ def lm_logits(lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     logits = lm.get_output_embeddings()(hidden)
     post = logit_postprocess(lm)
     return post(logits) if post is not None else logits
+
+
+def output_head(lm: nn.Module) -> PostProcess:
+    """`lm_logits` bound to `lm`, resolved once: (n, D) hidden states -> (n, V) logits. This is the head that
+    `prefloop.rl.token_logprobs` applies chunk by chunk."""
+    emb, post = lm.get_output_embeddings(), logit_postprocess(lm)
+    return emb if post is None else (lambda h: post(emb(h)))
+
+
+def hidden_logprobs(lm: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor | None, temperature: float = 1.0,
+                    *, entropy: bool = False, chunk_size: int | None = None) -> TokenLogprobs:
+    """Log-probs (and entropies) of `tokens` (...) from the final hidden states (..., D) that predict them.
+
+    The one path from a model to token log-probs (PPO, GRPO/RLOO, DPO, SFT, evaluation): `lm`'s output head
+    and post-processing, then `token_logprobs`, a chunk of positions at a time, so that a large vocabulary
+    never has all of its (positions, V) float32 logits in memory at once.
+    """
+    vocab = int(lm.get_output_embeddings().weight.shape[0])
+    return token_logprobs(hidden, tokens, temperature, head=output_head(lm), vocab_size=vocab,
+                          chunk_size=chunk_size, entropy=entropy)
 
 
 def _probe_ids(lm: nn.Module, n: int = 6) -> torch.Tensor:

@@ -7,11 +7,10 @@ target (the prompt and padding cost no vocabulary projection), and reward reads 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .heads import hidden_states, sequence_scores
-from .logits import lm_logits
+from .logits import hidden_logprobs
 
 
 class CausalLMLoss(nn.Module):
@@ -25,8 +24,7 @@ class CausalLMLoss(nn.Module):
         h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
         targets = labels[:, 1:]
         keep = targets != -100
-        logits = lm_logits(self.lm, h[keep])
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return -hidden_logprobs(self.lm, h[keep], targets[keep]).logprobs.sum()
 
 
 class RewardScorer(nn.Module):
@@ -41,11 +39,13 @@ class RewardScorer(nn.Module):
 
 
 class ResponseForward(nn.Module):
-    """Policy (and optionally value-head) forward over query+response.
+    """Policy (and optionally value-head) forward over query+response: log-probs of the response tokens.
 
-    Returns logits at the R positions that predict response tokens (B, R, V), and values (B, R)
-    when the policy carries a value head. The critic's V(s_t) is read at the same positions:
-    the state before response token t.
+    input_ids, attention_mask: (B, P + R) query then response; response_ids: (B, R). Returns log-probs
+    (B, R) at `temperature` (0 after the response), entropies (B, R) (detached) when asked for, and values
+    (B, R) when the policy carries a value head. Log-probs and the critic's V(s_t) are read at the same
+    positions: the state before response token t. Only real response tokens are projected onto the
+    vocabulary, a chunk at a time (`hidden_logprobs`).
     """
 
     def __init__(self, lm, value_head: nn.Module | None = None):
@@ -53,12 +53,15 @@ class ResponseForward(nn.Module):
         self.lm = lm
         self.value_head = value_head
 
-    def forward(self, input_ids, attention_mask, response_len: int):
-        h = hidden_states(self.lm, input_ids, attention_mask)
-        h = h[:, -response_len - 1:-1]
-        logits = lm_logits(self.lm, h)
+    def forward(self, input_ids, attention_mask, response_ids, temperature: float = 1.0, entropy: bool = False):
+        R = response_ids.shape[1]
+        h = hidden_states(self.lm, input_ids, attention_mask)[:, -R - 1:-1]
+        keep = attention_mask[:, -R:].bool()
+        lp = hidden_logprobs(self.lm, h[keep], response_ids[keep], temperature, entropy=entropy)
+        logprobs = lp.logprobs.new_zeros(keep.shape).masked_scatter(keep, lp.logprobs)
+        ent = None if lp.entropy is None else lp.entropy.new_zeros(keep.shape).masked_scatter(keep, lp.entropy)
         values = self.value_head(h).float() if self.value_head is not None else None
-        return logits, values
+        return logprobs, ent, values
 
 
 class CriticForward(nn.Module):

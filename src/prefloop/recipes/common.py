@@ -176,15 +176,6 @@ class Timer:
         return _Ctx()
 
 
-def autocast(accelerator):
-    """bf16 autocast where the accelerator was set up for it, a no-op otherwise."""
-    return accelerator.autocast()
-
-
-def out_paths(out: Path) -> dict[str, Path]:
-    return {"model": out / "model", "metrics": out / "metrics.jsonl", "meta": out / "prefloop.json"}
-
-
 # A Python scoring function: fn(prompts, responses) -> one score per response (e.g. a world's gold judge).
 GoldFn = Callable[[list[str], list[str]], list[float]]
 

@@ -18,12 +18,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prefloop.data import file_sha256, read_comparisons, right_pad
+from prefloop.data import collate_pairs, file_sha256, read_comparisons
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
 from prefloop.data.splits import split_by_prompt
-from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
+from prefloop.models import hidden_logprobs, hidden_states, load_causal_lm, load_tokenizer
 from prefloop.models.lora import WithoutAdapter
-from prefloop.rl import logprobs_from_logits
+from prefloop.rl import PairLogprobs
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
 from prefloop.runtime.accel import frozen_dtype
 
@@ -92,8 +92,7 @@ class SequenceLogprobs(nn.Module):
     def forward(self, input_ids, attention_mask, response_mask):
         h = hidden_states(self.lm, input_ids, attention_mask)[:, :-1]
         keep = response_mask[:, 1:].bool()
-        logits = lm_logits(self.lm, h[keep])  # (N, V) for the N response tokens of the batch
-        logp = logprobs_from_logits(logits.unsqueeze(0), input_ids[:, 1:][keep].unsqueeze(0)).squeeze(0)
+        logp = hidden_logprobs(self.lm, h[keep], input_ids[:, 1:][keep]).logprobs  # (N,) response tokens
         rows = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]
         sums = torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
         return sums, keep.sum(-1).to(logp.dtype)
@@ -101,38 +100,28 @@ class SequenceLogprobs(nn.Module):
 
 def collate(pairs: list[PromptedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chosen rows then rejected rows, right padded to one length: ids, attention mask, response mask (2B, T)."""
-    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    ids, mask = right_pad(rows, pad_id)
-    starts = torch.tensor([p.prompt_len for p in pairs] * 2).unsqueeze(1)
-    response = mask * (torch.arange(ids.shape[1]).unsqueeze(0) >= starts).long()
-    return ids, mask, response
+    return collate_pairs(pairs, pad_id, prompt_lens=[p.prompt_len for p in pairs]).rows()
 
 
 @torch.no_grad()
 def pair_logprobs(fwd: nn.Module, pairs: list[PromptedPair], pad_id: int, device, batch_size: int,
-                  autocast=nullcontext) -> torch.Tensor:
-    """(N, 4) per pair: summed log-probs of chosen and rejected, then their response token counts.
-    `autocast`: the training forward's precision context, so that policy and reference agree at step 0."""
+                  autocast=nullcontext) -> PairLogprobs:
+    """Summed response log-probs and response token counts of `pairs` under `fwd` (a SequenceLogprobs), on
+    the CPU. `autocast`: the training forward's precision context, so that policy and reference agree at
+    step 0."""
     out = []
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        ids, mask, resp = collate(chunk, pad_id)
+        ids, mask, resp = collate(pairs[i:i + batch_size], pad_id)
         with autocast():
             s, n = fwd(ids.to(device), mask.to(device), resp.to(device))
-        B = len(chunk)
-        out.append(torch.stack([s[:B], s[B:], n[:B], n[B:]], 1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 4)
+        out.append(PairLogprobs.from_rows(s.float().cpu(), n.float().cpu()))
+    return PairLogprobs.cat(out)
 
 
-def sequence_logps(sums: torch.Tensor, counts: torch.Tensor, loss: str) -> torch.Tensor:
-    """Sums for DPO and cDPO (as the DPO paper); per-token averages for IPO (see `ipo_loss`)."""
-    return sums / counts.clamp(min=1) if loss == "ipo" else sums
-
-
-def dpo_loss(cfg: DPOConfig, policy: torch.Tensor, ref: torch.Tensor):
-    """The configured loss on (B, 4) policy and reference columns [sum_c, sum_r, n_c, n_r]."""
-    pc, pr = sequence_logps(policy[:, 0], policy[:, 2], cfg.loss), sequence_logps(policy[:, 1], policy[:, 3], cfg.loss)
-    rc, rr = sequence_logps(ref[:, 0], ref[:, 2], cfg.loss), sequence_logps(ref[:, 1], ref[:, 3], cfg.loss)
+def dpo_loss(cfg: DPOConfig, policy: PairLogprobs, ref: PairLogprobs):
+    """The configured loss of the policy's and the reference's sequence log-probs of the same pairs."""
+    pc, pr = policy.sequence_logps(per_token=cfg.loss == "ipo")
+    rc, rr = ref.sequence_logps(per_token=cfg.loss == "ipo")
     if cfg.loss == "cdpo":
         return cdpo_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing)
     return LOSSES[cfg.loss](pc, pr, rc, rr, cfg.beta)
@@ -176,26 +165,24 @@ def run_dpo(cfg: DPOConfig) -> dict:
     while step < steps:
         batch_idx = plan.batch(step)
         frac = 1.0 / len(batch_idx)
-        stats_sum: dict[str, torch.Tensor] = {}
+        stats_sum: dict[str, float] = {}
         for mb in ctx.accumulate(micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             ids, mask, resp = (x.to(ctx.device) for x in collate([enc[i] for i in mb], tok.pad_token_id))
             if ref_train is not None:
-                ref = ref_train[mb].to(ctx.device)
+                ref = ref_train.select(mb).to(ctx.device)
             else:
                 ref = pair_logprobs(ref_fwd, [enc[i] for i in mb], tok.pad_token_id, ctx.device, len(mb), amp)
                 ref = ref.to(ctx.device)
             with ctx.acc.autocast():
                 s, n = model(ids, mask, resp)
-                B = len(mb)
-                loss, stats = dpo_loss(cfg, torch.stack([s[:B], s[B:], n[:B], n[B:]], 1), ref)
+                loss, stats = dpo_loss(cfg, PairLogprobs.from_rows(s, n), ref)
                 # Each micro-batch's mean loss weighted by its share of the global batch (DDP averages ranks).
                 ctx.acc.backward(loss * len(mb) * frac * ctx.world)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v * len(mb)
         grad_norm = ctx.step(opt, sched)
         step += 1
-        local = dict(zip(stats_sum, torch.stack(list(stats_sum.values())).tolist()))
-        metrics = {k: ctx.all_sum(v) / len(batch_idx) for k, v in local.items()}
+        metrics = {k: ctx.all_sum(v) / len(batch_idx) for k, v in stats_sum.items()}
         metrics.update({"lr": sched.get_last_lr()[0], "grad_norm": grad_norm})
         ctx.log(step, metrics, show=("loss/dpo", "rewards/accuracy"))
         ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok, opt, sched)

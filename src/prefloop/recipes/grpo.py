@@ -25,7 +25,7 @@ import torch
 from prefloop.data import file_sha256
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.lora import WithoutAdapter
-from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
+from prefloop.rl import kl_k1, kl_k3, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
     kl_penalised_scores,
@@ -239,11 +239,11 @@ def score_rollout(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, ref_fwd, out)
     """Old log-probs (None on-policy) and reference log-probs (None without KL), (B, R) and 0 after the
     response, a micro-batch at a time (docs/ppo.md item 5)."""
     ids, mask = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
-    r_ids, R, T = out.response_ids, out.response_ids.shape[1], cfg.temperature
+    r_ids, T = out.response_ids, cfg.temperature
     parts = list(chunks(ids.shape[0], cfg.micro_batch_size or cfg.batch_size))
 
     def logprobs(fwd):
-        return torch.cat([logprobs_from_logits(fwd(ids[s], mask[s], R)[0], r_ids[s], T) for s in parts]) \
+        return torch.cat([fwd(ids[s], mask[s], r_ids[s], T)[0] for s in parts]) \
             * out.response_mask.float()
 
     old_logp = ref_logp = None
@@ -263,7 +263,6 @@ def optimise(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, opt, sched, out, o
     the micro-batches and the mean gradient norm of the steps."""
     policy_fwd.train()
     ids, attn = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
-    R = out.response_ids.shape[1]
     loss_fn = pg_loss_token_mean if cfg.loss_aggregation == "token" else pg_loss_sequence_mean
     kl_loss_coef = 0.0 if cfg.kl_in_reward else cfg.kl_coef
     sums: dict[str, float] = {}
@@ -273,8 +272,8 @@ def optimise(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, opt, sched, out, o
         for mi in ctx.accumulate(micro_batches(mb, cfg.micro_batch_size), policy_fwd):
             mask = out.response_mask[mi].float()
             with ctx.acc.autocast():
-                logits, _ = policy_fwd(ids[mi], attn[mi], R)
-                new_logp = logprobs_from_logits(logits, out.response_ids[mi], cfg.temperature)
+                new_logp, entropy, _ = policy_fwd(ids[mi], attn[mi], out.response_ids[mi], cfg.temperature,
+                                                  entropy=True)
                 loss, stats = loss_fn(new_logp, None if old_logp is None else old_logp[mi], advantages[mi], mask,
                                       cfg.clip_eps, None if ref_logp is None else ref_logp[mi], kl_loss_coef)
                 # Each micro-batch's share of the minibatch mean: tokens (token mean) or rows.
@@ -282,8 +281,7 @@ def optimise(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, opt, sched, out, o
                     else len(mi) / len(mb)
                 ctx.acc.backward(loss * share)
             with torch.no_grad():
-                stats["policy/entropy"] = float(masked_mean(entropy_from_logits(logits.detach(), cfg.temperature),
-                                                            mask))
+                stats["policy/entropy"] = float(masked_mean(entropy, mask))
                 if on_policy(cfg):  # the sampler's log-probs against the training forward's
                     stats["rollout/logprob_gap"] = float(masked_mean((new_logp.detach() - out.logprobs[mi]).abs(),
                                                                      mask))

@@ -31,11 +31,9 @@ from prefloop.rl import (
     FixedKLController,
     RolloutBatch,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_k3,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -279,9 +277,9 @@ def score_rollout(cfg: PPOConfig, ctx: RunContext, policy_fwd, critic_fwd, ref_f
     r_ids, R, T = out.response_ids, out.response_ids.shape[1], cfg.temperature
     logp, ref_logp, values, scores = [], [], [], []
     for s in chunks(ids.shape[0], cfg.micro_batch_size or cfg.batch_size):
-        logits, v = pf(ids[s], mask[s], R)
-        logp.append(logprobs_from_logits(logits, r_ids[s], T))
-        ref_logp.append(logprobs_from_logits(ref_fwd(ids[s], mask[s], R)[0], r_ids[s], T))
+        lp, _, v = pf(ids[s], mask[s], r_ids[s], T)
+        logp.append(lp)
+        ref_logp.append(ref_fwd(ids[s], mask[s], r_ids[s], T)[0])
         values.append(cf(ids[s], mask[s], R) if cf is not None else v)
         scores.append(rm(ids[s], mask[s]))
     m = out.response_mask.float()
@@ -306,16 +304,16 @@ def optimise(cfg: PPOConfig, ctx: RunContext, policy_fwd, critic_fwd, opt, sched
             attn = torch.cat([sub.query_mask, sub.response_mask], 1)
             mask = sub.response_mask.float()
             with ctx.acc.autocast():
-                logits, head_values = policy_fwd(ids, attn, R)
+                new_logp, entropy, head_values = policy_fwd(ids, attn, sub.response_ids, cfg.temperature,
+                                                            entropy=True)
                 values = critic_fwd(ids, attn, R) if critic_fwd is not None else head_values
-                new_logp = logprobs_from_logits(logits, sub.response_ids, cfg.temperature)
                 pg_loss, pg_stats = ppo_policy_loss(new_logp, sub.logprobs, sub.advantages, mask, cfg.clip_eps)
                 vf_loss, vf_stats = clipped_value_loss(values, sub.values, sub.returns, mask, cfg.clip_eps_value)
                 # Token-weighted share of the minibatch, so micro-batches add up to its mean.
                 weight = float(mask.sum()) / max(mb_tokens, 1.0)
                 ctx.acc.backward((pg_loss + cfg.vf_coef * vf_loss) * weight)
             with torch.no_grad():
-                ent = masked_mean(entropy_from_logits(logits.detach(), cfg.temperature), mask)
+                ent = masked_mean(entropy, mask)
             add_stats(sums, {**pg_stats, **vf_stats, "policy/entropy": float(ent),
                              "value/explained_variance": explained_variance(values.detach(), sub.returns, mask)})
             count += 1

@@ -35,6 +35,7 @@ from prefloop.data import (
 )
 from prefloop.data.encode_more import encode_ranking, encode_rating
 from prefloop.data.splits import split_by_prompt
+from prefloop.data.tokenize import collate_pairs
 from prefloop.models import RewardScorer, load_tokenizer, sequence_scores
 from prefloop.rl import bradley_terry_loss
 from prefloop.rl.preference import (
@@ -162,9 +163,11 @@ class PairTask:
         return RewardScorer(rm)
 
     def loss(self, model, mb: list[int], device):
-        ids, mask = pad_rows([self.enc[i][0] for i in mb] + [self.enc[i][1] for i in mb], self.pad)
+        batch = collate_pairs([self.enc[i] for i in mb], self.pad,
+                              [self.margins[i] for i in mb] if self.use_margin else None)
+        ids, mask, _ = batch.rows()
         scores = model(ids.to(device), mask.to(device))
-        margin = torch.tensor([self.margins[i] for i in mb], device=device) if self.use_margin else None
+        margin = None if batch.margin is None else batch.margin.to(device)
         return bradley_terry_loss(scores[:len(mb)], scores[len(mb):], margin)
 
     def evaluate(self, model, device) -> dict:

@@ -207,14 +207,6 @@ def _sample_and_score(model, tok, prompt_texts: list[str], k: int, scfg: Samplin
     return res
 
 
-def sample_texts(model, tok, prompt_texts: list[str], k: int, scfg: SamplingConfig, batch_size: int,
-                 generator: torch.Generator, max_prompt: int, device="cpu", progress: bool = False):
-    """K samples for each prompt: returns (responses[i][j], ended[i][j], token count[i][j])."""
-    s = sample_and_score(model, tok, prompt_texts, k, scfg, batch_size, generator, max_prompt, device,
-                         progress=progress)
-    return s.responses, s.ended, s.lengths
-
-
 # -- the command ---------------------------------------------------------------------------------------------
 
 

@@ -75,21 +75,67 @@ class RolloutBatch(_TensorBatch):
 
 @dataclass
 class PreferenceBatch(_TensorBatch):
-    """Pairs of responses to the same prompts, for reward modelling. T: padded length of prompt + response."""
+    """Pairs of responses to the same prompts (reward models, DPO), right padded to one length T so that
+    `rows()` scores both sides in one (2B, T) forward: the B chosen rows first, then the B rejected rows.
+    `prefloop.data.collate_pairs` builds it."""
 
-    chosen_ids: torch.Tensor  # (B, T) prompt + preferred response
+    chosen_ids: torch.Tensor  # (B, T) prompt + preferred response + EOS, right padded
     chosen_mask: torch.Tensor  # (B, T) attention mask of chosen_ids
-    rejected_ids: torch.Tensor  # (B, T) prompt + other response
+    rejected_ids: torch.Tensor  # (B, T) prompt + other response + EOS, right padded to the same T
     rejected_mask: torch.Tensor  # (B, T) attention mask of rejected_ids
     margin: torch.Tensor | None = None  # (B,) optional required reward gap (Llama 2 margin loss)
+    chosen_response_mask: torch.Tensor | None = None  # (B, T) 1 at response tokens (not prompt, not pad)
+    rejected_response_mask: torch.Tensor | None = None  # (B, T) the same for rejected_ids
 
     def __post_init__(self) -> None:
         self._check_batch_dim()
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(2B, T) ids, attention mask and response mask (None when the batch has none): chosen, then rejected."""
+        response = None
+        if self.chosen_response_mask is not None and self.rejected_response_mask is not None:
+            response = torch.cat([self.chosen_response_mask, self.rejected_response_mask])
+        return (torch.cat([self.chosen_ids, self.rejected_ids]), torch.cat([self.chosen_mask, self.rejected_mask]),
+                response)
+
+
+@dataclass
+class PairLogprobs(_TensorBatch):
+    """Sequence log-probs of both responses of B pairs under one policy: what the DPO family compares."""
+
+    chosen: torch.Tensor  # (B,) sum over the chosen response's tokens of log pi(y_t | x, y_<t)
+    rejected: torch.Tensor  # (B,) the same for the rejected response
+    chosen_tokens: torch.Tensor  # (B,) number of chosen response tokens (EOS included)
+    rejected_tokens: torch.Tensor  # (B,) number of rejected response tokens
+
+    def __post_init__(self) -> None:
+        self._check_batch_dim()
+
+    @classmethod
+    def from_rows(cls, sums: torch.Tensor, counts: torch.Tensor) -> PairLogprobs:
+        """From (2B,) per-row sums and token counts of a `PreferenceBatch.rows()` forward (chosen rows first)."""
+        B = sums.shape[0] // 2
+        return cls(sums[:B], sums[B:], counts[:B], counts[B:])
+
+    @classmethod
+    def cat(cls, parts: Sequence[PairLogprobs]) -> PairLogprobs:
+        """The pairs of `parts`, in order, as one batch (an empty batch for no parts)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not parts:
+            return cls(*(torch.zeros(0) for _ in names))
+        return cls(*(torch.cat([getattr(p, n) for p in parts]) for n in names))
+
+    def sequence_logps(self, per_token: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) (B,) sequence log-probs: sums (DPO, cDPO, as the DPO paper) or, with
+        `per_token`, averages over the response tokens (IPO, see `prefloop.rl.preference.ipo_loss`)."""
+        if not per_token:
+            return self.chosen, self.rejected
+        return self.chosen / self.chosen_tokens.clamp(min=1), self.rejected / self.rejected_tokens.clamp(min=1)
+
 
 @dataclass
 class SFTBatch(_TensorBatch):
-    """Supervised fine-tuning batch, right padded. T = padded length of prompt + completion."""
+    """Supervised fine-tuning batch, right padded (`prefloop.data.collate_sft`). T = padded prompt + completion."""
 
     input_ids: torch.Tensor  # (B, T) prompt + completion + EOS, right padded
     attention_mask: torch.Tensor  # (B, T) 1 at real tokens

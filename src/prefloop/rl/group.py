@@ -14,7 +14,7 @@ the other samples of the same prompt instead of a learned critic.
   eq. 7) with sequence-level advantages broadcast over the tokens, optionally plus beta * k3 KL as a loss
   term (Shao et al. 2024, eq. 3-4), averaged over all tokens of the batch or per sequence first.
 
-Every function returns (value, stats): stats are detached python floats with namespaced keys.
+Every function returns (value, stats): `Stats`, python floats with namespaced keys (`prefloop.rl.stats`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,7 @@ from __future__ import annotations
 import torch
 
 from .kl import kl_k1, kl_k3
-from .stats import masked_mean, masked_sum
-
-
-def _floats(named: dict[str, torch.Tensor]) -> dict[str, float]:
-    values = torch.stack([t.detach().double().reshape(()) for t in named.values()]).tolist()
-    return dict(zip(named, values))
+from .stats import Stats, masked_mean, masked_sum, to_stats
 
 
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -47,7 +42,7 @@ def group_advantages(
     group_size: int,
     scale_by_std: bool = True,
     eps: float = 1e-4,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """GRPO's group-relative advantages (Shao et al. 2024, section 4.1.2).
 
     scores: (B,) with the K = group_size samples of each prompt in consecutive rows. Returns (B,):
@@ -60,11 +55,11 @@ def group_advantages(
     centred = g - g.mean(dim=1, keepdim=True)
     std = g.std(dim=1, keepdim=True)
     adv = centred / (std + eps) if scale_by_std else centred
-    stats = _floats({"rollout/group_std": std.mean(), "rollout/zero_std_fraction": (std == 0).float().mean()})
+    stats = to_stats({"rollout/group_std": std.mean(), "rollout/zero_std_fraction": (std == 0).float().mean()})
     return adv.reshape(-1), stats
 
 
-def leave_one_out_advantages(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+def leave_one_out_advantages(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, Stats]:
     """RLOO advantages r_i - mean_{j != i} r_j (Kool et al. 2019; Ahmadian et al. 2024, eq. 6).
 
     scores: (B,) with the K = group_size samples of each prompt in consecutive rows; returns (B,). Each
@@ -75,7 +70,7 @@ def leave_one_out_advantages(scores: torch.Tensor, group_size: int) -> tuple[tor
     g = _groups(scores, group_size)
     baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
     std = g.std(dim=1, keepdim=True)
-    stats = _floats({"rollout/group_std": std.mean(), "rollout/zero_std_fraction": (std == 0).float().mean()})
+    stats = to_stats({"rollout/group_std": std.mean(), "rollout/zero_std_fraction": (std == 0).float().mean()})
     return (g - baseline).reshape(-1), stats
 
 
@@ -85,7 +80,7 @@ def kl_penalised_scores(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """KL folded into the reward: r_i - beta * sum_t (log pi(a_t) - log pi_ref(a_t)) (Ahmadian et al. 2024,
     eq. 2; the sequence-level form of Ziegler et al. 2019's per-token penalty, docs/ppo.md item 13).
 
@@ -95,7 +90,7 @@ def kl_penalised_scores(
     with torch.no_grad():
         kl = masked_sum(kl_k1(logprobs.detach().float(), ref_logprobs.detach().float()), mask, dim=1)
         out = scores.detach().float() - kl_coef * kl
-        stats = _floats({"kl/k1": kl.mean(), "rollout/kl_penalty": -kl_coef * kl.mean()})
+        stats = to_stats({"kl/k1": kl.mean(), "rollout/kl_penalty": -kl_coef * kl.mean()})
     return out, stats
 
 
@@ -119,14 +114,14 @@ def _surrogate_terms(logprobs, old_logprobs, ref_logprobs, advantages, mask, cli
     return surrogate, kl, clipped > unclipped, log_ratio
 
 
-def _loss_stats(loss, pg, kl_loss, is_clipped, log_ratio, m) -> dict[str, float]:
+def _loss_stats(loss, pg, kl_loss, is_clipped, log_ratio, m) -> Stats:
     named = {"loss/total": loss, "loss/policy": pg,
              "policy/clipfrac": masked_mean(is_clipped.float(), m),
              "policy/approxkl": masked_mean(0.5 * log_ratio**2, m),
              "policy/ratio_mean": masked_mean(torch.exp(log_ratio), m)}
     if kl_loss is not None:
         named["loss/kl"] = kl_loss
-    return _floats(named)
+    return to_stats(named)
 
 
 def pg_loss_token_mean(
@@ -137,7 +132,7 @@ def pg_loss_token_mean(
     clip_eps: float = 0.2,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """Clipped surrogate (+ beta * k3 KL) averaged over every real token of the batch.
 
     logprobs: (B, T) log pi_theta(a_t | s_t) with gradient; old_logprobs: (B, T) of the sampling policy, or
@@ -170,7 +165,7 @@ def pg_loss_sequence_mean(
     clip_eps: float = 0.2,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """As `pg_loss_token_mean`, but averaged per sequence first, then over sequences (GRPO's
     1/G sum_i 1/|o_i| sum_t, Shao et al. 2024, eq. 3): every response weighs the same whatever its length.
 

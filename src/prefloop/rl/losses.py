@@ -1,6 +1,6 @@
 """Losses as pure functions returning (loss, stats): Bradley-Terry reward loss, PPO policy and value losses.
 
-stats are small dicts of detached python floats with namespaced keys, ready for logging.
+stats: `Stats` (`prefloop.rl.stats`), python floats with namespaced keys, ready for logging.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .stats import masked_mean
+from .stats import Stats, masked_mean, to_stats
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -16,17 +16,11 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _floats(named: dict[str, torch.Tensor]) -> dict[str, float]:
-    # One device-to-host transfer for all statistics instead of one sync per value.
-    values = torch.stack([t.detach().float().reshape(()) for t in named.values()]).tolist()
-    return dict(zip(named, values))
-
-
 def bradley_terry_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     margin: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """Pairwise reward-model loss -log sigmoid(r_chosen - r_rejected - margin), mean over pairs.
 
     chosen, rejected: (B,) scalar rewards of the preferred and the other response; margin: (B,) or None, a
@@ -40,7 +34,7 @@ def bradley_terry_loss(
     logits = diff if margin is None else diff - margin.to(diff.dtype)
     loss = -F.logsigmoid(logits).mean()
     with torch.no_grad():
-        stats = _floats({
+        stats = to_stats({
             "loss/reward": loss,
             "reward/accuracy": (chosen > rejected).float().mean(),
             "reward/margin": diff.mean(),
@@ -56,7 +50,7 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float = 0.2,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """Negated PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7).
 
     logprobs: (B, T) log pi_theta(a_t | s_t), with gradient; old_logprobs: (B, T) from the rollout policy;
@@ -78,7 +72,7 @@ def ppo_policy_loss(
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), m)
     with torch.no_grad():
-        stats = _floats({
+        stats = to_stats({
             "loss/policy": loss,
             "policy/clipfrac": masked_mean((clipped > unclipped).float(), m),
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, m),
@@ -95,7 +89,7 @@ def clipped_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float = 0.2,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Stats]:
     """Clipped value loss 0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2), masked mean.
 
     values: (B, T) V_phi(s_t), with gradient; old_values: (B, T) from the rollout; returns: (B, T) GAE
@@ -113,7 +107,7 @@ def clipped_value_loss(
     clipped = (v_clipped - ret) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), m)
     with torch.no_grad():
-        stats = _floats({
+        stats = to_stats({
             "loss/value": loss,
             "value/clipfrac": masked_mean((clipped > unclipped).float(), m),
             "value/mean": masked_mean(v, m),

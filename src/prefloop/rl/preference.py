@@ -1,8 +1,8 @@
 """Preference losses beyond one Bradley-Terry pair: the DPO family, K-way rankings and absolute ratings.
 
 Pure functions of tensors (imports torch only). Each returns `(loss, stats)`; `stats` maps namespaced
-keys to detached 0-dim float32 tensors, so a recipe can sum them over micro-batches without a device sync
-per value. Log-probabilities passed to the DPO family are per *sequence* (the response tokens only).
+keys to python floats (`prefloop.rl.stats.Stats`, one device-to-host transfer per call). Log-probabilities
+passed to the DPO family are per *sequence* (the response tokens only).
 """
 
 from __future__ import annotations
@@ -10,15 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-Stats = dict[str, torch.Tensor]
+from .stats import Stats, to_stats
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _detached(named: dict[str, torch.Tensor]) -> Stats:
-    return {k: v.detach().float().reshape(()) for k, v in named.items()}
 
 
 # -- the DPO family -----------------------------------------------------------------------------------------
@@ -38,7 +34,7 @@ def _dpo_stats(loss, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejecte
     with torch.no_grad():
         rc = implicit_rewards(chosen_logps, ref_chosen_logps, beta)
         rr = implicit_rewards(rejected_logps, ref_rejected_logps, beta)
-        return _detached({
+        return to_stats({
             "loss/dpo": loss,
             "rewards/chosen": rc.mean(),
             "rewards/rejected": rr.mean(),
@@ -158,7 +154,7 @@ def ranking_pairs_loss(
     loss = per_ranking[has].sum() / has.sum().clamp(min=1)
     with torch.no_grad():
         total = better.sum().clamp(min=1)
-        stats = _detached({
+        stats = to_stats({
             "loss/reward": loss,
             "reward/accuracy": ((diff > 0) & better).sum() / total,
             "reward/margin": torch.where(better, diff, 0.0).sum() / total,
@@ -199,7 +195,7 @@ def plackett_luce_loss(
     with torch.no_grad():
         diff = s.unsqueeze(2) - s.unsqueeze(1)
         total = better.sum().clamp(min=1)
-        stats = _detached({
+        stats = to_stats({
             "loss/reward": loss,
             "reward/accuracy": ((diff > 0) & better).sum() / total,
             "reward/margin": torch.where(better, diff, 0.0).sum() / total,
@@ -236,7 +232,7 @@ def rating_regression_loss(
     t = scale_ratings(ratings, lo, hi).to(p.dtype)
     loss = ((p - t) ** 2).mean()
     with torch.no_grad():
-        stats = _detached({"loss/rating": loss, "rating/mae": (p - t).abs().mean(), "rating/prediction": p.mean()})
+        stats = to_stats({"loss/rating": loss, "rating/mae": (p - t).abs().mean(), "rating/prediction": p.mean()})
     return loss, stats
 
 
@@ -288,7 +284,7 @@ def ordinal_rating_loss(
     with torch.no_grad():
         p = logp.exp()
         expected = (p * torch.arange(p.shape[1], dtype=p.dtype, device=p.device)).sum(1)
-        stats = _detached({
+        stats = to_stats({
             "loss/rating": loss,
             "rating/accuracy": (p.argmax(1) == lv).float().mean(),
             "rating/mae": (expected - lv.to(p.dtype)).abs().mean(),

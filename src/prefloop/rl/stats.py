@@ -1,5 +1,8 @@
 """Masked statistics over padded (B, T) tensors: sums, means, variances, whitening, explained variance.
 
+Also the one convention for the statistics every loss and estimator in `prefloop.rl` returns beside its value:
+`Stats`, a dict of namespaced keys to python floats (`to_stats` makes it, with one device-to-host transfer).
+
 A mask is 1 (or True) at real tokens and 0 at padding; any dtype works. Masked-out entries never reach the
 result, even when they hold inf or nan (selection with `torch.where`, not multiplication).
 """
@@ -10,6 +13,23 @@ import math
 
 import torch
 import torch.distributed as dist
+
+Stats = dict[str, float]
+
+
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    # float64 keeps the one-pass variance E[x^2] - E[x]^2 accurate; MPS has no float64.
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def to_stats(named: dict[str, torch.Tensor]) -> Stats:
+    """Detached 0-dim (or one-element) tensors -> python floats, in one device-to-host transfer for all of them
+    (not one sync per value). float64 where the device has it, so float64 inputs keep their precision."""
+    if not named:
+        return {}
+    first = next(iter(named.values()))
+    values = torch.stack([t.detach().reshape(()).to(_stat_dtype(first)) for t in named.values()]).tolist()
+    return dict(zip(named, values))
 
 
 def _keep(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,11 +65,6 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
         n = mask.bool().sum().to(x.dtype)
         var = var * n / (n - 1)
     return var
-
-
-def _stat_dtype(x: torch.Tensor) -> torch.dtype:
-    # float64 keeps the one-pass variance E[x^2] - E[x]^2 accurate; MPS has no float64.
-    return torch.float32 if x.device.type == "mps" else torch.float64
 
 
 @torch.no_grad()

@@ -15,7 +15,9 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .forward import accepts_logits_to_keep, cache_kwarg, position_ids_from_mask
+from prefloop.models.heads import position_ids
+
+from .forward import accepts_logits_to_keep, cache_kwarg
 
 __all__ = ["SampleOutput", "SamplingConfig", "sample"]
 
@@ -281,7 +283,7 @@ def _sample_batch(
     # pads, harmless since their outputs are discarded), and each step passes a view of the first columns.
     full_mask = torch.ones(B, P + R, dtype=torch.long, device=device)
     full_mask[:, :P] = query_mask
-    positions = position_ids_from_mask(query_mask)
+    positions = position_ids(query_mask)
     step_positions = positions[:, -1:] + torch.arange(1, R + 1, device=device)  # (B, R)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_name = cache_kwarg(model)
