@@ -119,7 +119,7 @@ def test_a_gzip_bomb_is_refused_by_the_item_text_limit(server):
 def test_the_decompressed_size_is_capped_while_reading():
     import io
 
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
     from prefloop.feedback.exchange import ImportLimits, read_item_stream
 
     class P:
@@ -210,7 +210,7 @@ def test_serve_without_a_secret_key_on_postgresql_is_a_clear_error(monkeypatch, 
 def test_import_files_name_the_line_of_a_duplicate_key_or_a_surrogate(tmp_path):
     import pytest
 
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
     from prefloop.feedback.exchange import read_items
 
     class P:

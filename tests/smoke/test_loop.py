@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prefloop.recipes.common import ConfigError
+from prefloop.errors import ConfigError
 from prefloop.recipes.loop import Loop, LoopConfig, round_prompts
 
 

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from prefloop.cli import main
-from prefloop.data import DataError, read_ratings
-from prefloop.recipes.common import ConfigError
+from prefloop.data import read_ratings
+from prefloop.errors import ConfigError, DataError
 from prefloop.recipes.reward import RewardConfig, run_reward, split_by_prompt
 from prefloop.runtime import read_metrics
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from prefloop.errors import ModelLoadError
 from prefloop.models import (
-    ModelLoadError,
     ValueHead,
     gpt2_config,
     init_score_head,

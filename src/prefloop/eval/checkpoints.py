@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prefloop.data import DataError
-from prefloop.recipes.common import ConfigError, require
+from prefloop.errors import ConfigError, DataError, require
 
 
 def resolve_policy_dir(path: Path) -> Path:

@@ -18,9 +18,8 @@ import os
 import random
 from collections.abc import Sequence
 
-from prefloop.data import DataError
 from prefloop.data import write_jsonl as _write_jsonl
-from prefloop.recipes.common import ConfigError
+from prefloop.errors import ConfigError, DataError
 
 from .judges import _key
 
@@ -117,7 +116,7 @@ def create_project(url: str, token: str, project: str, items: list[dict], overla
 def human_project(cfg) -> dict:
     """`prefloop eval human-project`: pair the samples, write them to --items-out and/or import them into a
     new project of the app at --url."""
-    from prefloop.recipes.common import require
+    from prefloop.errors import require
     from prefloop.runtime import console
 
     from .run_eval import read_sample_file

@@ -48,7 +48,7 @@ class ReportConfig:
 
 
 def run_report(cfg: ReportConfig) -> Path:
-    from prefloop.recipes.common import ConfigError
+    from prefloop.errors import ConfigError
 
     if cfg.run_dir is None:
         raise ConfigError("missing RUN_DIR (prefloop report RUN_DIR)")
@@ -457,7 +457,7 @@ def section_settings(doc: Doc, m: dict) -> None:
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, n_samples: int = 8) -> Path:
     """Write OUT/report.html (self-contained) and OUT/report.md (+ PNG plots) for RUN_DIR; returns the HTML
     path. Raises DataError when RUN_DIR has neither a readable metrics.json nor a metrics.jsonl."""
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
@@ -507,7 +507,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 
 def read_run_metrics(run_dir: Path) -> dict | None:
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     path = run_dir / "metrics.json"
     if not path.exists():

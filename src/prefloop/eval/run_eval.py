@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from prefloop.data import Comparison, DataError, encode_pair, iter_jsonl, read_comparisons, read_prompts, render_prompt
+from prefloop.data import Comparison, encode_pair, iter_jsonl, read_comparisons, read_prompts, render_prompt
 from prefloop.data import write_jsonl as _write_jsonl
+from prefloop.errors import ConfigError, DataError, require
 from prefloop.models import RewardScorer, load_causal_lm, load_reward_model, load_tokenizer
-from prefloop.recipes.common import ConfigError, require
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 

@@ -21,10 +21,11 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
+from prefloop.errors import AppError
+
 from . import security, service
 from .db import Database, User, sqlite_path
 from .exchange import ImportLimits
-from .service import AppError
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "pl_session"

@@ -19,13 +19,12 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from prefloop.data import DataError
+from prefloop.errors import AppError, DataError
 
 from . import exchange, service
 from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
 from .dashboard import FLAG_TEXTS, METRICS, annotator_detail, project_stats, skip_reason_text
 from .db import Assignment, Item, Judgment, User
-from .service import AppError
 
 router = APIRouter(include_in_schema=False)
 

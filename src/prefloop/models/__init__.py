@@ -12,14 +12,13 @@ from .heads import (
     trunk,
 )
 from .loading import (
-    ModelLoadError,
     disable_dropout,
     init_score_head,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
 )
-from .logits import LogitsMismatchError, check_logits, check_scores, lm_logits
+from .logits import check_logits, check_scores, lm_logits
 from .wrappers import (
     CausalLMLoss,
     CriticForward,
@@ -29,9 +28,9 @@ from .wrappers import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "LogitsMismatchError", "arch_config", "check_logits", "check_scores", "lm_logits",
+    "ARCHITECTURES", "arch_config", "check_logits", "check_scores", "lm_logits",
     "SIZES", "CausalLMLoss", "CriticForward", "ResponseForward", "RewardScorer",
-    "score_in_batches", "ModelLoadError", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
+    "score_in_batches", "PolicyWithValueHead", "ValueHead", "disable_dropout", "gpt2_config",
     "hidden_states", "init_score_head", "last_token_index", "llama_config", "load_causal_lm",
     "load_reward_model", "load_tokenizer", "position_ids", "sequence_scores", "token_values", "trunk",
 ]

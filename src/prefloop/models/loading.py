@@ -9,11 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefloop.data.errors import InputError
-
-
-class ModelLoadError(InputError):
-    """A model or tokenizer could not be loaded; the message is one line naming the path."""
+from prefloop.errors import ModelLoadError
 
 
 def _looks_local(name: str) -> bool:
@@ -127,7 +123,9 @@ def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
     output head checked against its own forward (`prefloop.models.logits.check_logits`)."""
     from transformers import AutoModelForCausalLM
 
-    from .logits import LogitsMismatchError, check_logits
+    from prefloop.errors import LogitsMismatchError
+
+    from .logits import check_logits
 
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
                              **_dtype_kwargs(dtype))
@@ -152,7 +150,9 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     """A sequence classifier with one output. `new_head=True` starts it from a causal LM checkpoint."""
     from transformers import AutoModelForSequenceClassification
 
-    from .logits import LogitsMismatchError, check_scores
+    from prefloop.errors import LogitsMismatchError
+
+    from .logits import check_scores
 
     model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
                              num_labels=1, **_dtype_kwargs(dtype))

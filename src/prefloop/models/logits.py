@@ -22,11 +22,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prefloop.errors import LogitsMismatchError
+
 PostProcess = Callable[[torch.Tensor], torch.Tensor]
-
-
-class LogitsMismatchError(ValueError):
-    """The model's forward computes its logits differently from the head prefloop applies."""
 
 
 def _softcap(cap: float) -> PostProcess:

@@ -11,11 +11,12 @@ from typing import Literal
 
 import torch
 
+from prefloop.errors import ConfigError
 from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 
-from .options import ConfigError, default_out
+from .options import default_out
 
 
 @dataclass(kw_only=True)
@@ -71,12 +72,6 @@ def output_dir(cfg, recipe: str) -> Path:
     if cfg.out is None:
         cfg.out = default_out(recipe, bool(getattr(cfg, "resume", False)))
     return Path(cfg.out)
-
-
-def require(cfg, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) in (None, ""):
-            raise ConfigError(f"missing option --{n.replace('_', '-')}")
 
 
 def make_optimizer(params, cfg: CommonConfig) -> torch.optim.Optimizer:

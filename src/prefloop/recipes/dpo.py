@@ -20,20 +20,13 @@ from torch import nn
 
 from prefloop.data import file_sha256, read_comparisons, right_pad
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
+from prefloop.errors import ConfigError, require
 from prefloop.models import hidden_states, lm_logits, load_causal_lm, load_tokenizer
 from prefloop.rl import logprobs_from_logits
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
 from prefloop.runtime.accel import frozen_dtype
 
-from .common import (
-    BatchPlan,
-    CommonConfig,
-    ConfigError,
-    micro_batches,
-    require,
-    shard,
-    total_steps,
-)
+from .common import BatchPlan, CommonConfig, micro_batches, shard, total_steps
 from .context import RunContext
 from .reward import split_by_prompt
 

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
+from prefloop.errors import ConfigError, require
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
 from prefloop.rl import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits, masked_mean, masked_sum
@@ -40,7 +41,6 @@ from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     CommonConfig,
-    ConfigError,
     GoldFn,
     Timer,
     chunks,
@@ -48,7 +48,6 @@ from .common import (
     make_optimizer,
     make_scheduler,
     micro_batches,
-    require,
     sampling_config,
 )
 from .context import RunContext

@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Literal
 
 from prefloop.data import read_prompts, write_jsonl
+from prefloop.errors import ConfigError, require
 from prefloop.runtime import console, write_json
 from prefloop.runtime.accel import Precision
-
-from .common import ConfigError, require
 
 STAGES = ("sample", "feedback", "reward", "rl", "evaluate")
 

@@ -15,11 +15,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefloop.data.errors import InputError
-
-
-class ConfigError(InputError):
-    """A missing or inconsistent option; the message is one line naming the option."""
+from prefloop.errors import ConfigError
 
 
 def flag(name: str) -> str:

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from prefloop.data import encode_prompt, file_sha256, left_pad, read_prompts, render_prompt
+from prefloop.errors import ConfigError, require
 from prefloop.models import (
     CriticForward,
     ResponseForward,
@@ -48,7 +49,6 @@ from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     CommonConfig,
-    ConfigError,
     GoldFn,
     Timer,
     chunks,
@@ -56,7 +56,6 @@ from .common import (
     make_optimizer,
     make_scheduler,
     micro_batches,
-    require,
     sampling_config,
 )
 from .context import RunContext

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
+from prefloop.errors import ConfigError, require
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.ensemble import EnsembleMode
 from prefloop.models.precision import checkpoint_dtype
@@ -28,7 +29,7 @@ from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, make_accelerator, process_seed, run_meta, save_hf, seed_everything, write_json
 from prefloop.runtime.distributed import rank_and_world
 
-from .common import CommonConfig, ConfigError, output_dir, require
+from .common import CommonConfig, output_dir
 from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
 from .sft import SFTConfig, run_sft
 

@@ -25,16 +25,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prefloop.data import (
-    DataError,
-    encode_pair,
-    file_sha256,
-    iter_jsonl,
-    read_comparisons,
-    read_rankings,
-    read_ratings,
-)
+from prefloop.data import encode_pair, file_sha256, iter_jsonl, read_comparisons, read_rankings, read_ratings
 from prefloop.data.encode_more import encode_ranking, encode_rating
+from prefloop.errors import ConfigError, DataError, require
 from prefloop.models import RewardScorer, load_reward_model, load_tokenizer, sequence_scores
 from prefloop.rl import bradley_terry_loss
 from prefloop.rl.preference import (
@@ -48,16 +41,7 @@ from prefloop.rl.preference import (
 )
 from prefloop.runtime import run_meta, write_json
 
-from .common import (
-    BatchPlan,
-    CommonConfig,
-    ConfigError,
-    micro_batches,
-    output_dir,
-    require,
-    shard,
-    total_steps,
-)
+from .common import BatchPlan, CommonConfig, micro_batches, output_dir, shard, total_steps
 from .context import RunContext
 
 ENSEMBLE_FILE = "ensemble.json"

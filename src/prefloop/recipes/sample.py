@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
-from prefloop.data import DataError, encode_prompt, iter_jsonl, left_pad, read_prompts, render_prompt, write_jsonl
+from prefloop.data import encode_prompt, iter_jsonl, left_pad, read_prompts, render_prompt, write_jsonl
+from prefloop.errors import ConfigError, DataError, require
 from prefloop.models import load_causal_lm, load_tokenizer, score_in_batches
 from prefloop.models.ensemble import EnsembleMode, load_reward_scorer
 from prefloop.rollout import SampleOutput, SamplingConfig, sample
 from prefloop.runtime import StepProgress, make_accelerator, seed_everything
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
-
-from .common import ConfigError, require
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
