@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "iterated RLHF: rounds of sample -> feedback -> refit reward model -> RL -> evaluate"),
     "convert": ("prefloop.data.convert", "ConvertConfig", "run_convert",
                 "convert public human-feedback data (HH-RLHF, summarize, SHP, VADER) to prefloop JSONL"),
-    "report": ("prefloop.eval.report_cmd", "ReportConfig", "run_report",
+    "report": ("prefloop.eval.report_run", "ReportConfig", "run_report",
                "HTML + Markdown report of a run directory (demo, loop or eval)"),
 }
 

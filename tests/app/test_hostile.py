@@ -156,7 +156,7 @@ def test_forwarded_for_is_ignored_from_clients_that_are_not_trusted_proxies(own_
 def test_client_ip_reads_forwarded_for_only_from_a_trusted_proxy():
     from types import SimpleNamespace
 
-    from prefloop.feedback.app import client_ip
+    from prefloop.feedback.auth import client_ip
 
     def req(peer, xff, trusted):
         headers = SimpleNamespace(getlist=lambda name: [xff] if xff else [])

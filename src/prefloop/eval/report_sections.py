@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import Cell, Doc, fmt, fmt_ci, pyplot
+from .report_doc import Cell, Doc, fmt, fmt_ci, pyplot
 
 # (key, label) in reading order: quality, safety, then what it cost (KL, diversity, length).
 STAGE_ROWS = [

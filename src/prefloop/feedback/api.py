@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from prefloop.errors import AppError, DataError
 
 from . import exchange, service
-from .app import Principal, require_user
+from .auth import Principal, require_user
 from .db import AuditEvent, User
 from .service import MAX_DB_ID
 

@@ -259,7 +259,8 @@ def deactivate_user(s: Session, user: User, actor: str) -> None:
     audit(s, actor, "user.deactivate", user.username)
 
 
-def authenticate(s: Session, username: str, password: str) -> User | None:
+def password_user(s: Session, username: str, password: str) -> User | None:
+    """The active user `username` if `password` is theirs, else None (as `token_user` for a token)."""
     user = user_by_name(s, username)
     ok = security.verify_password(user.password_hash if user else None, password)
     return user if ok and user is not None and user.active else None

@@ -1,5 +1,6 @@
 """Models: load and save policies, reward models and critics; small configs for tests and the demo."""
 
+from .checks import check_logits, check_scores
 from .configs import ARCHITECTURES, SIZES, arch_config, gpt2_config, llama_config
 from .heads import (
     PolicyWithValueHead,
@@ -18,7 +19,7 @@ from .loading import (
     load_reward_model,
     load_tokenizer,
 )
-from .logits import check_logits, check_scores, lm_logits
+from .logits import lm_logits
 from .wrappers import (
     CausalLMLoss,
     CriticForward,

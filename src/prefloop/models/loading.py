@@ -120,12 +120,12 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
 
 def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None):
     """A causal LM in `dtype` (default float32: the master weights of a model to train), dropout off, its
-    output head checked against its own forward (`prefloop.models.logits.check_logits`)."""
+    output head checked against its own forward (`prefloop.models.checks.check_logits`)."""
     from transformers import AutoModelForCausalLM
 
     from prefloop.errors import LogitsMismatchError
 
-    from .logits import check_logits
+    from .checks import check_logits
 
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
                              **_dtype_kwargs(dtype))
@@ -152,7 +152,7 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
 
     from prefloop.errors import LogitsMismatchError
 
-    from .logits import check_scores
+    from .checks import check_scores
 
     model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "reward model",
                              num_labels=1, **_dtype_kwargs(dtype))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from .report import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
+from .report_doc import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
 from .report_sections import (
     pipeline_rank,
     section_evaluation_note,
@@ -519,12 +519,3 @@ def read_run_metrics(run_dir: Path) -> dict | None:
     if not isinstance(m, dict):
         raise DataError.whole(path, "expected a JSON object")
     return m
-
-
-def write_demo_samples(path: str | os.PathLike, samples: dict, world=None) -> None:
-    """samples.jsonl for the report from the demo's {stage: (PolicySamples, gold[N][K])}; with the world, each
-    prompt's gold-best answer too."""
-    from .run_eval import write_samples
-
-    write_samples(Path(path), {k: s for k, (s, _) in samples.items()}, {k: g for k, (_, g) in samples.items()},
-                  {k: [list(r) for r in s.reward_model] for k, (s, _) in samples.items() if s.reward_model}, world)
