@@ -26,9 +26,9 @@ import torch
 
 from prefloop.data import read_prompts
 from prefloop.eval.sampling import PolicySamples, diversity_metrics, mean, sample_policy
-from prefloop.eval.stages import evaluate_stages, world_rates
+from prefloop.eval.stages import evaluate_stages, preset_sampling, world_rates
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
-from prefloop.recipes.demo import DemoPreset, _sampling
+from prefloop.recipes.demo import DemoPreset
 from prefloop.world import load_world
 
 METHODS = ("dpo", "grpo", "rloo", "rejection-sampling", "best-of-n")
@@ -80,7 +80,7 @@ def evaluate_best_of_n(world, demo: Path, prompts: list[str], p: DemoPreset, n: 
     tok = load_tokenizer(str(demo / "sft" / "model"))
     sft = load_causal_lm(str(demo / "sft" / "model"), tok).eval()
     rm = load_reward_model(str(demo / "reward" / "model"), tok).eval()
-    s = sample_policy(sft, tok, prompts, n * p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + 29)
+    s = sample_policy(sft, tok, prompts, n * p.eval_k, preset_sampling(tok, p), reward_model=rm, seed=seed + 29)
     picked = PolicySamples(prompts, [], [], [], reward_model=[])
     for i in range(len(prompts)):
         rows = [range(g * n, (g + 1) * n) for g in range(p.eval_k)]

@@ -73,7 +73,8 @@ def stage_means(rows: dict[str, dict], values: dict[str, dict], seed: int = 0) -
     return stages, summary
 
 
-def _sampling(tok, settings):
+def preset_sampling(tok, settings):
+    """The SamplingConfig of a preset's evaluation (`max_new_tokens`, `temperature`; the demo's, the loop's)."""
     from prefloop.rollout import SamplingConfig
 
     return SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
@@ -84,7 +85,7 @@ def _world_stage(world, policy, sft, tok, rm, prompts, redteam, settings, seed: 
     """One stage on the held-out and red-team prompts: samples, diversity row, gold, per-prompt values, examples."""
     from prefloop.world.redteam import RedTeamScorer
 
-    scfg = _sampling(tok, settings)
+    scfg = preset_sampling(tok, settings)
     s = sample_policy(policy, tok, prompts, settings.eval_k, scfg, reward_model=rm, seed=seed + 17,
                       reference=None if policy is sft else sft)
     # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).

@@ -22,9 +22,8 @@ from prefloop.eval.commands.common import clean
 from prefloop.eval.commands.reward import evaluate_reward_model
 from prefloop.eval.report_run import write_report
 from prefloop.eval.sampling import mean, sample_policy
-from prefloop.eval.stages import evaluate_stages, write_stage_samples
+from prefloop.eval.stages import evaluate_stages, preset_sampling, write_stage_samples
 from prefloop.models import load_causal_lm, load_tokenizer
-from prefloop.rollout import SamplingConfig
 from prefloop.runtime import console, seed_everything, write_json
 from prefloop.runtime.accel import Precision
 from prefloop.world import WorldConfig, build_world, write_world
@@ -120,16 +119,11 @@ class Stopwatch:
         return _Ctx()
 
 
-def _sampling(tok, p: DemoPreset) -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-
-
 def make_comparisons(world, sft_dir: Path, prompts: list[str], p: DemoPreset, seed: int, out: Path):
     """Two samples of the SFT policy per prompt, labelled by the world's simulated annotators."""
     tok = load_tokenizer(str(sft_dir))
     policy = load_causal_lm(str(sft_dir), tok)
-    s = sample_policy(policy, tok, prompts, 2, _sampling(tok, p), seed=seed)
+    s = sample_policy(policy, tok, prompts, 2, preset_sampling(tok, p), seed=seed)
     records = world.label_pairs(prompts, [r[0] for r in s.responses], [r[1] for r in s.responses], seed=seed)
     rng = random.Random(seed)
     held = set(rng.sample(prompts, max(1, len(prompts) // 10)))
