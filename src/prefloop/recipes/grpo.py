@@ -51,7 +51,8 @@ from .common import (
     sampling_config,
 )
 from .context import RunContext
-from .sample import device_generator, load_reward_source
+from .rewards import load_reward_source
+from .sample import device_generator
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 

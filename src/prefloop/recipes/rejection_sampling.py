@@ -30,7 +30,8 @@ from prefloop.runtime import console, make_accelerator, process_seed, run_meta, 
 from prefloop.runtime.distributed import rank_and_world
 
 from .common import CommonConfig, output_dir
-from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
+from .rewards import RewardSource, load_reward_source
+from .sample import device_generator, sample_and_score
 from .sft import SFTConfig, run_sft
 
 
