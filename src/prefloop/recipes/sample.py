@@ -21,7 +21,6 @@ from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 
 from .rewards import RewardSource, load_reward_source
 
-
 # -- sampling ------------------------------------------------------------------------------------------------
 
 
