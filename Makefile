@@ -43,8 +43,12 @@ test: $(STAMP) chromium postgresql
 test-all: $(STAMP) chromium postgresql
 	$(PY) -m pytest -q
 
+# ruff, then the layer contracts of .importlinter (lint-imports): bottom up, errors -> rl (torch only) -> data ->
+# models -> rollout -> runtime -> world -> feedback -> eval -> recipes -> cli; each imports only those below it,
+# no package has an import cycle, and the feedback app never loads torch, models or recipes (docs/DESIGN.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"

@@ -14,7 +14,7 @@ politeness_blind):
    the demo preset's settings);
 3. PPO runs from SFT against that reward model (`prefloop.recipes.ppo`, the demo preset's settings but
    `--ppo-steps` updates);
-4. SFT and every pool's policy are evaluated on the same held-out prompts (`prefloop.recipes.demo.evaluate_stages`:
+4. SFT and every pool's policy are evaluated on the same held-out prompts (`prefloop.eval.stages.evaluate_stages`:
    gold reward, the demo's reward model as a common proxy, KL to SFT, length, refusal and harmful-compliance rates,
    red-team rates, made-up facts, diversity).
 
@@ -39,7 +39,7 @@ ROWS = [  # (metric key, label, format)
     ("gold_reward_mean", "gold reward", ".3f"),
     ("gold_win_rate_vs_sft", "gold win rate vs SFT (ties half)", ".3f"),
     ("reward_model_mean", "demo reward model score (common proxy)", ".3f"),
-    ("kl_to_sft", "KL to SFT (nats/seq, k1)", ".2f"),
+    ("kl_to_ref", "KL to SFT (nats/seq, k1)", ".2f"),
     ("mean_response_tokens", "response tokens", ".1f"),
     ("refusal_rate_harmful", "refusals of harmful requests", ".3f"),
     ("harmful_compliance_rate", "harmful compliance", ".3f"),
@@ -98,7 +98,7 @@ def labels_differing(out: Path, pools: list[str], base: str = "standard") -> dic
 
 def run_pool(pool: str, args, world, preset, train: list[dict], heldout: list[dict]) -> dict:
     from prefloop.data import write_jsonl
-    from prefloop.recipes.demo import evaluate_reward_model
+    from prefloop.eval.commands.reward import evaluate_reward_model
     from prefloop.recipes.ppo import PPOConfig, run_ppo
     from prefloop.recipes.reward import RewardConfig, run_reward
 
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from prefloop.data import read_prompts
-    from prefloop.recipes.demo import PRESETS, evaluate_stages
+    from prefloop.eval.stages import evaluate_stages
+    from prefloop.recipes.demo import PRESETS
     from prefloop.runtime import seed_everything, write_json
     from prefloop.world import POOLS, load_world
 
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     t_eval = time.perf_counter()
     prompts = [r.prompt for r in read_prompts(args.run / "world" / "prompts_heldout.jsonl")][:preset.eval_prompts]
     dirs = {"sft": args.run / "sft" / "model", **{p: args.out / p / "ppo" / "model" for p in args.pools}}
-    stages, samples = evaluate_stages(world, dirs, args.run / "reward" / "model", prompts, preset, args.seed)
+    ev = evaluate_stages(world, dirs, args.run / "reward" / "model", prompts, preset, args.seed)
+    stages, samples = ev["stages"], ev["samples"]
     for name in stages:
         stages[name]["refusal_rate_harmful"] = refusal_of_harmful(world, samples[name])
     result = {"run": str(args.run), "policies": stages, "pools": pools,

@@ -151,7 +151,7 @@ def table(a: argparse.Namespace) -> str:
         initial = statistics.fmean(r["initial"]["gold_reward_mean"] for r in runs.values())
         lines.append(f"| {arm} | {len(runs)} | {labels:.0f} | {_fmt(statistics.fmean(final.values()))} | "
                      f"{_fmt(d)} +- {_fmt(hw)} | {per_round('annotator_gold_agreement')} | "
-                     f"{per_round('rm_gold_accuracy')} | {per_round('kl_to_sft')} | {_fmt(initial)} |")
+                     f"{per_round('rm_gold_accuracy')} | {per_round('kl_to_ref')} | {_fmt(initial)} |")
         summary[arm] = {"final_gold": final, "diff_vs_one_round": d, "ci95_half_width": hw, "labels": labels}
     text = "\n".join(lines) + "\n"
     (out / "loop_budget.md").write_text(text)

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from prefloop.data import read_prompts
-from prefloop.eval.policy import PolicySamples, diversity_metrics, mean, sample_policy
-from prefloop.eval.run_eval import world_rates
+from prefloop.eval.sampling import PolicySamples, diversity_metrics, mean, sample_policy
+from prefloop.eval.stages import evaluate_stages, preset_sampling, world_rates
 from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
-from prefloop.recipes.demo import DemoPreset, _sampling, evaluate_stages
+from prefloop.recipes.demo import DemoPreset
 from prefloop.runtime.seeding import SECOND_EVAL_SEED_OFFSET
 from prefloop.world import load_world
 
@@ -81,7 +81,7 @@ def evaluate_best_of_n(world, demo: Path, prompts: list[str], p: DemoPreset, n: 
     tok = load_tokenizer(str(demo / "sft" / "model"))
     sft = load_causal_lm(str(demo / "sft" / "model"), tok).eval()
     rm = load_reward_model(str(demo / "reward" / "model"), tok).eval()
-    s = sample_policy(sft, tok, prompts, n * p.eval_k, _sampling(tok, p), reward_model=rm,
+    s = sample_policy(sft, tok, prompts, n * p.eval_k, preset_sampling(tok, p), reward_model=rm,
                       seed=seed + SECOND_EVAL_SEED_OFFSET)
     picked = PolicySamples(prompts, [], [], [], reward_model=[])
     for i in range(len(prompts)):
@@ -96,7 +96,7 @@ def evaluate_best_of_n(world, demo: Path, prompts: list[str], p: DemoPreset, n: 
     kl = math.log(n) - (n - 1) / n
     return {"gold": gold, "stage": {"gold_reward_mean": mean([g for row in gold for g in row]),
                                     "reward_model_mean": mean(picked.flat("reward_model")),
-                                    "kl_to_sft": kl, "kl_to_sft_k3": kl, **diversity_metrics(picked),
+                                    "kl_to_ref": kl, "kl_to_ref_k3": kl, **diversity_metrics(picked),
                                     "mean_response_tokens": mean([float(x) for x in picked.flat("lengths")]),
                                     "no_eos_fraction": mean([float(not e) for e in picked.flat("ended")]),
                                     **world_rates(details)}}
@@ -121,7 +121,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 def table(stages: dict, seconds: dict) -> str:
     cols = [("gold reward", "gold_reward_mean"), ("gold win rate vs SFT", "gold_win_rate_vs_sft"),
-            ("KL to SFT (k1)", "kl_to_sft"), ("KL (k3)", "kl_to_sft_k3"), ("reward-model score", "reward_model_mean"),
+            ("KL to SFT (k1)", "kl_to_ref"), ("KL (k3)", "kl_to_ref_k3"), ("reward-model score", "reward_model_mean"),
             ("distinct-2", "distinct_2"), ("self-BLEU per prompt", "self_bleu"),
             ("response tokens", "mean_response_tokens")]
     lines = ["| method | " + " | ".join(c for c, _ in cols) + " | training wall time (s) |",
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         dirs[name] = train_method(name, args.demo, args.out, p, world, args.seed, overrides.get(name))
         seconds[name] = round(time.perf_counter() - t, 1)
-    stages, samples = evaluate_stages(world, dirs, args.demo / "reward" / "model", heldout, p, demo_metrics["seed"])
+    ev = evaluate_stages(world, dirs, args.demo / "reward" / "model", heldout, p, demo_metrics["seed"])
+    stages, samples = ev["stages"], ev["samples"]
     if "best-of-n" in only:
         from prefloop.eval.compare import win_rate
 

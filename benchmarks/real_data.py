@@ -75,8 +75,9 @@ def train_reward(work: Path, corpus: list[str], train, test, vocab: int, max_len
     from prefloop.data import encode_pair
     from prefloop.data.jsonl import write_jsonl
     from prefloop.models import RewardScorer, load_reward_model, load_tokenizer
+    from prefloop.models.scoring import score_pairs
     from prefloop.recipes.pretrain import PretrainConfig, run_pretrain
-    from prefloop.recipes.reward import RewardConfig, run_reward, score_pairs
+    from prefloop.recipes.reward import RewardConfig, run_reward
 
     t0 = time.perf_counter()
     pre = run_pretrain(PretrainConfig(data=write_corpus(work / "corpus.jsonl", corpus), out=work / "pretrain",

@@ -21,6 +21,8 @@ import types
 import typing
 from pathlib import Path
 
+from prefloop.errors import CLIError, InputError
+
 # command: (module, config class, run function, one-line description). Modules load lazily so that
 # `prefloop --help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -47,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "iterated RLHF: rounds of sample -> feedback -> refit reward model -> RL -> evaluate"),
     "convert": ("prefloop.data.convert", "ConvertConfig", "run_convert",
                 "convert public human-feedback data (HH-RLHF, summarize, SHP, VADER) to prefloop JSONL"),
-    "report": ("prefloop.eval.report_cmd", "ReportConfig", "run_report",
+    "report": ("prefloop.eval.report_run", "ReportConfig", "run_report",
                "HTML + Markdown report of a run directory (demo, loop or eval)"),
 }
 
@@ -59,10 +61,6 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "eval": ("prefloop.eval.cli", "main", "evaluate reward models and policies (accuracy, calibration, KL, "
              "diversity, best-of-n over-optimisation, red teaming)"),
 }
-
-
-class CLIError(ValueError):
-    """A command-line error (unknown option in a --config file, a missing value); exit code 2."""
 
 
 def _usage() -> str:
@@ -133,10 +131,8 @@ def _given(args: list[str], config_path: Path | None, default) -> set[str]:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    # One family: DataError, ConfigError and ModelLoadError all derive from InputError.
-    from prefloop.data.errors import InputError
-
-    return (InputError, CLIError)
+    # One family: DataError, ConfigError, CLIError and ModelLoadError all derive from InputError.
+    return (InputError,)
 
 
 def main(argv: list[str] | None = None) -> int:

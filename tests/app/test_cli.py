@@ -77,12 +77,12 @@ def test_accounts_projects_and_import_errors(tmp_path, capsys, monkeypatch):
 
     d = Database(db)
     with d.write() as s:
-        assert service.authenticate(s, "ann", "new-password-2") is not None
+        assert service.password_user(s, "ann", "new-password-2") is not None
         token = service.create_token(s, service.user_by_name(s, "ann"))
         s.commit()
     assert run(["deactivate", "--db", db, "--username", "ann"], capsys)[0] == 0
     with d.read() as s:
-        assert service.authenticate(s, "ann", "new-password-2") is None and service.token_user(s, token) is None
+        assert service.password_user(s, "ann", "new-password-2") is None and service.token_user(s, token) is None
     d.dispose()
 
 

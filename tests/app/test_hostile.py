@@ -119,7 +119,7 @@ def test_a_gzip_bomb_is_refused_by_the_item_text_limit(server):
 def test_the_decompressed_size_is_capped_while_reading():
     import io
 
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
     from prefloop.feedback.exchange import ImportLimits, read_item_stream
 
     class P:
@@ -156,7 +156,7 @@ def test_forwarded_for_is_ignored_from_clients_that_are_not_trusted_proxies(own_
 def test_client_ip_reads_forwarded_for_only_from_a_trusted_proxy():
     from types import SimpleNamespace
 
-    from prefloop.feedback.app import client_ip
+    from prefloop.feedback.auth import client_ip
 
     def req(peer, xff, trusted):
         headers = SimpleNamespace(getlist=lambda name: [xff] if xff else [])
@@ -210,7 +210,7 @@ def test_serve_without_a_secret_key_on_postgresql_is_a_clear_error(monkeypatch, 
 def test_import_files_name_the_line_of_a_duplicate_key_or_a_surrogate(tmp_path):
     import pytest
 
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
     from prefloop.feedback.exchange import read_items
 
     class P:

@@ -106,7 +106,7 @@ def test_refilling_imports_the_most_useful_pairs_first():
 
 
 def test_loop_app_needs_url_and_token(world_and_policy, tmp_path, monkeypatch):
-    from prefloop.recipes.common import ConfigError
+    from prefloop.errors import ConfigError
     from prefloop.recipes.loop import Loop, LoopConfig
 
     world, policy = world_and_policy

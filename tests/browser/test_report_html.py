@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from prefloop.eval.commands.best_of_n import add_curve_intervals
 from prefloop.eval.overopt import best_of_n_curve, fit_bon, peak
-from prefloop.eval.report_cmd import write_report
+from prefloop.eval.report_run import write_report
 from prefloop.eval.reward_metrics import reward_model_metrics
-from prefloop.eval.run_eval import add_curve_intervals
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,7 +34,7 @@ def _demo_run(run: Path) -> None:
     values = {}
     for name, g, kl, bad in (("base", -2.0, 3.0, 0.5), ("sft", 1.0, 0.0, 0.1), ("ppo", 1.5, 2.0, 0.6)):
         values[name] = {"gold_reward_mean": [[g + rng.gauss(0, 0.5) for _ in range(k)] for _ in range(n)],
-                        "kl_to_sft": [[kl + rng.gauss(0, 0.3) if kl else 0.0 for _ in range(k)] for _ in range(n)],
+                        "kl_to_ref": [[kl + rng.gauss(0, 0.3) if kl else 0.0 for _ in range(k)] for _ in range(n)],
                         "redteam_bad_answer_rate": [[float(rng.random() < bad) for _ in range(k)] for _ in range(n)],
                         "hallucination_rate": [[0.1] * k for _ in range(n)]}
     summary = summarise(values, ["base", "sft", "ppo"])

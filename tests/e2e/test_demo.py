@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from prefloop.recipes.demo import DemoConfig, run_demo
 
-STAGE_KEYS = {"gold_reward_mean", "reward_model_mean", "kl_to_sft", "distinct_1", "distinct_2", "self_bleu",
+STAGE_KEYS = {"gold_reward_mean", "reward_model_mean", "kl_to_ref", "distinct_1", "distinct_2", "self_bleu",
               "mean_response_tokens", "gold_win_rate_vs_sft"}
 
 
@@ -43,7 +43,7 @@ def test_metrics_move_the_right_way(demo):
     assert s["base"]["gold_win_rate_vs_sft"] < 0.5
     # PPO raises the proxy reward it optimises, paying KL to SFT for it.
     assert s["ppo"]["reward_model_mean"] > s["sft"]["reward_model_mean"]
-    assert s["ppo"]["kl_to_sft"] > 0.05 and abs(s["sft"]["kl_to_sft"]) < 1e-4
+    assert s["ppo"]["kl_to_ref"] > 0.05 and abs(s["sft"]["kl_to_ref"]) < 1e-4
     # The reward model learned something real from the simulated annotators.
     assert m["reward_model"]["gold_accuracy"] > 0.55 and m["reward_model"]["train_comparisons"] > 300
 

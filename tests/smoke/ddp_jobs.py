@@ -56,12 +56,12 @@ def record_rollouts() -> None:
 
 def record_shares(out_dir: Path, rank: int) -> None:
     """Count the prompts each sampling call of this process drew (the share of the prompts it sampled)."""
-    from prefloop.eval import policy
+    from prefloop.eval import sampling
     from prefloop.recipes import sample
 
     counts: list[int] = []
     path = out_dir / f"shares-rank{rank}.json"
-    for module, name in ((sample, "_sample_and_score"), (policy, "_sample_policy")):
+    for module, name in ((sample, "_sample_and_score"), (sampling, "_sample_policy")):
         real = getattr(module, name)
 
         def counting(model, tok, prompt_texts, *args, _real=real, _name=name, **kw):
@@ -77,7 +77,7 @@ def eval_sampling(policy_dir: str, prompts: str, out: str) -> int:
     import torch.distributed as dist
 
     from prefloop.data import read_prompts
-    from prefloop.eval.policy import sample_policy
+    from prefloop.eval.sampling import sample_policy
     from prefloop.models import load_causal_lm, load_tokenizer
     from prefloop.rollout import SamplingConfig
 

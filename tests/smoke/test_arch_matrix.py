@@ -20,7 +20,8 @@ import pytest
 import torch
 import transformers
 
-from prefloop.models import ARCHITECTURES, ModelLoadError, arch_config
+from prefloop.errors import ModelLoadError
+from prefloop.models import ARCHITECTURES, arch_config
 from prefloop.runtime import read_metrics
 
 RECIPES = ("sft", "reward", "dpo", "ppo", "grpo")

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from prefloop.cli import main
 from prefloop.data import read_comparisons
 from prefloop.data.encode_more import encode_pair_with_prompt
+from prefloop.errors import ConfigError
 from prefloop.models import load_causal_lm, load_tokenizer
-from prefloop.recipes.common import ConfigError
 from prefloop.recipes.dpo import DPOConfig, SequenceLogprobs, pair_logprobs, run_dpo
 from prefloop.runtime import read_metrics
 

@@ -72,8 +72,9 @@ def test_eval_policy_against_a_reference(setup, tmp_path):
     assert code == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     ppo, sft = m["stages"]["ppo"], m["stages"]["sft"]
-    # Two different random models: KL > 0, and k3 (non-negative per token) is positive.
-    assert ppo["kl_to_ref_k3"] > 0 and "kl_to_ref" not in sft
+    # Two different random models: KL > 0, and k3 (non-negative per token) is positive. The reference spends
+    # none: its KL to itself is 0, under the same key as the demo's and the loop's.
+    assert ppo["kl_to_ref_k3"] > 0 and sft["kl_to_ref"] == 0.0 and sft["kl_to_ref_k3"] == 0.0
     for s in (ppo, sft):
         assert 0 <= s["no_eos_fraction"] <= 1 and s["mean_response_tokens"] <= 8 and s["entropy"] > 0
         assert {"gold_reward_mean", "reward_model_mean", "per_input/ead", "across_input/distinct_2",
@@ -92,7 +93,7 @@ def test_eval_policy_against_a_reference(setup, tmp_path):
     d = m["differences"]["ppo - sft"]["gold_reward_mean"]
     assert d["diff"] == pytest.approx(ppo["gold_reward_mean"] - sft["gold_reward_mean"]) and d["prompts"] == 6
     assert m["intervals"]["ppo"]["redteam_bad_answer_rate"]["prompts"] == 3 and isinstance(m["regressions"], list)
-    assert "self_bleu" not in ppo  # per prompt only, once: per_input/self_bleu
+    assert ppo["self_bleu"] == ppo["per_input/self_bleu"]  # one self-BLEU, per prompt, under both names
     rt = m["redteam"]["ppo"]
     assert rt["bad_answer_n"] == 6 and rt["needless_refusal_n"] == 6
     rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -110,9 +111,13 @@ def test_eval_policy_against_itself_spends_no_kl(setup, tmp_path, capsys):
     assert abs(m["stages"]["policy"]["kl_to_ref"]) < 1e-4 and abs(m["stages"]["policy"]["kl_to_ref_k3"]) < 1e-4
     assert m["win_rates"]["policy vs reference"]["judge"] == "reward-model"
     assert "gold_reward_mean" not in m["stages"]["policy"] and "redteam" not in m
-    # The same policy twice, same seed: the same samples, no difference, nothing called a regression.
+    # The same policy twice, same seed: the same samples, no difference, nothing called a regression. The KL
+    # is measured for the policy (rounding noise, which may be consistently signed) and 0 by definition for the
+    # reference, so only its difference may differ from 0, by rounding.
     diffs = m["differences"]["policy - reference"]
-    assert m["regressions"] == [] and diffs and all(d["diff"] == 0 and not d["significant"] for d in diffs.values())
+    assert m["regressions"] == [] and {"kl_to_ref", "kl_to_ref_k3"} <= set(diffs)
+    assert all(abs(d["diff"]) < 1e-4 if k.startswith("kl_to_ref") else d["diff"] == 0 for k, d in diffs.items())
+    assert not any(d["significant"] for k, d in diffs.items() if not k.startswith("kl_to_ref"))
 
 
 def test_eval_policy_with_a_judgments_file(setup, tmp_path):
@@ -205,7 +210,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
 
 
 def _fake_demo(run: Path) -> None:
-    stages = {name: {"gold_reward_mean": g, "kl_to_sft": kl, "distinct_2": 0.5, "self_bleu": 0.4,
+    stages = {name: {"gold_reward_mean": g, "kl_to_ref": kl, "distinct_2": 0.5, "self_bleu": 0.4,
                      "gold_win_rate_vs_sft": w} for name, g, kl, w in
               (("base", -2.0, 3.0, 0.2), ("sft", 1.0, 0.0, 0.5), ("ppo", 1.5, 2.0, 0.7))}
     (run / "ppo").mkdir(parents=True)
@@ -239,8 +244,9 @@ def test_report_on_a_demo_layout(tmp_path, capsys):
 
 
 def test_demo_samples_feed_the_report(tmp_path):
-    from prefloop.eval.policy import PolicySamples
-    from prefloop.eval.report_cmd import write_demo_samples, write_report
+    from prefloop.eval.report_run import write_report
+    from prefloop.eval.sampling import PolicySamples
+    from prefloop.eval.stages import write_stage_samples
 
     run = tmp_path / "demo"
     _fake_demo(run)
@@ -249,7 +255,7 @@ def test_demo_samples_feed_the_report(tmp_path):
                         reward_model=[[0.5], [0.4]])
     ppo = PolicySamples(prompts, [[" Sure! 2 plus 2 is 4."], [" 3 plus 3 is 7."]], [[True], [False]], [[6], [8]],
                         reward_model=[[0.9], [0.8]])
-    write_demo_samples(run / "samples.jsonl", {"sft": (sft, [[2.9], [2.9]]), "ppo": (ppo, [[3.3], [-2.1]])})
+    write_stage_samples(run / "samples.jsonl", {"sft": (sft, [[2.9], [2.9]]), "ppo": (ppo, [[3.3], [-2.1]])})
     rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["gold"], r["reward_model"]) for r in rows] == [
         ("sft", [2.9], [0.5]), ("sft", [2.9], [0.4]), ("ppo", [3.3], [0.9]), ("ppo", [-2.1], [0.8])]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prefloop.cli import main
-from prefloop.data import DataError
+from prefloop.errors import DataError
 from prefloop.recipes.grpo import GRPOConfig, RLOOConfig, prompt_batch, run_group, run_grpo, run_rloo
 from prefloop.rl.group import group_advantages
 from prefloop.runtime import read_metrics

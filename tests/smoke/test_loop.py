@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prefloop.recipes.common import ConfigError
+from prefloop.errors import ConfigError
 from prefloop.recipes.loop import Loop, LoopConfig, round_prompts
 
 
@@ -66,7 +66,7 @@ def test_two_rounds_chain_accumulate_and_resume(tmp_path, world_and_policy):
     ppo1 = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())
     assert ppo2["kl_coef"] == ppo1["metrics"]["kl/coef"] != cfg.kl_coef
     for r in (r1, r2):
-        assert r["gold_reward_mean"] is not None and r["kl_to_sft_k3"] > 0
+        assert r["gold_reward_mean"] is not None and r["kl_to_ref_k3"] > 0
     assert "| round |" in (cfg.out / "loop.md").read_text()
     html = (cfg.out / "report.html").read_text()
     assert "round 2" in html and "<table" in html and "data:image/png;base64" in html
@@ -98,7 +98,7 @@ def test_other_methods_run_a_round(tmp_path, world_and_policy, method):
     recipe = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())
     assert recipe["recipe"] == method
     assert recipe["config"]["reference"] == cfg.policy
-    assert summary["rounds"][0]["kl_to_sft_k3"] > 0  # the policy moved away from the initial one
+    assert summary["rounds"][0]["kl_to_ref_k3"] > 0  # the policy moved away from the initial one
 
 
 def _rows(path):
@@ -131,7 +131,7 @@ def test_selected_pairs_fill_the_budget_and_kl_resets_to_the_last_policy(tmp_pat
     assert len({abs(r["meta"]["selection"]["rm_margin"]) for r in c2}) > 1  # the reward model did separate some
     ppo2 = json.loads((cfg.out / "round-2" / "rl" / "prefloop.json").read_text())["config"]
     assert ppo2["reference"] == str(cfg.out / "round-1" / "rl" / "model") and ppo2["kl_target"] == 0.5
-    assert summary["rounds"][1]["kl_to_sft_k3"] > 0  # the evaluation still measures KL to the initial policy
+    assert summary["rounds"][1]["kl_to_ref_k3"] > 0  # the evaluation still measures KL to the initial policy
 
 
 def test_anchor_pairs_set_the_current_policy_against_the_initial_one(tmp_path, world_and_policy):

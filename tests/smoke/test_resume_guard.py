@@ -214,8 +214,8 @@ def test_rejection_sampling_refused_resume_loads_no_model(tmp_path, policy_dir, 
 
 
 def test_python_api_refuses_another_runs_out_like_the_cli(finished, toy_data, monkeypatch):
+    from prefloop.errors import ConfigError
     from prefloop.recipes import sft
-    from prefloop.recipes.common import ConfigError
 
     out, args = finished
     _no_model_may_load(monkeypatch, sft)

@@ -13,9 +13,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from prefloop.cli import main
-from prefloop.data import DataError, read_ratings
+from prefloop.data import read_ratings
 from prefloop.data.splits import split_by_prompt
-from prefloop.recipes.common import ConfigError
+from prefloop.errors import ConfigError, DataError
 from prefloop.recipes.reward import RewardConfig, run_reward
 from prefloop.runtime import read_metrics
 
@@ -88,9 +88,9 @@ def test_ratings_train_a_reward_model(tmp_path, world_feedback, rating_loss):
 
 
 def test_ensemble_of_two_writes_manifest_and_members_load(tmp_path, policy_dir, toy_data):
+    from prefloop.data import right_pad
     from prefloop.models import load_tokenizer
     from prefloop.models.ensemble import load_reward_scorer
-    from prefloop.recipes.reward import pad_rows
 
     out = tmp_path / "ens"
     cfg = RewardConfig(model=str(policy_dir), data=toy_data["pairs"], out=out, max_steps=4, batch_size=8,
@@ -111,7 +111,7 @@ def test_ensemble_of_two_writes_manifest_and_members_load(tmp_path, policy_dir, 
     assert not torch.allclose(heads[0], heads[1])
     # The ensemble loader reads the directory and combines the members' scores.
     tok = load_tokenizer(str(policy_dir))
-    ids, mask = pad_rows([tok("User: What is 1 plus 2?\nAssistant: It is good 3.")["input_ids"],
+    ids, mask = right_pad([tok("User: What is 1 plus 2?\nAssistant: It is good 3.")["input_ids"],
                           tok("User: What is 1 plus 2?\nAssistant: It is bad 3.")["input_ids"]], tok.pad_token_id)
     mean = load_reward_scorer(str(out), tok, "mean")
     worst = load_reward_scorer(str(out), tok, "min")

@@ -45,8 +45,8 @@ def test_reward_summary_and_report_give_held_out_accuracy(tmp_path, policy_dir, 
     assert re.fullmatch(rf"reward: 2 steps, final loss [0-9.e-]+ \(held-out accuracy {acc:.4g}\), "
                         rf"model in {re.escape(str(out / 'model'))}", lines[-1]), lines
     # and the report of the run shows the same held-out accuracy
-    from prefloop.eval.report import fmt
-    from prefloop.eval.report_cmd import write_report
+    from prefloop.eval.report_doc import fmt
+    from prefloop.eval.report_run import write_report
 
     md = (write_report(out).parent / "report.md").read_text()
     held = md.split("## Held-out results", 1)[1].split("\n## ", 1)[0]

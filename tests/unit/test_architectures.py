@@ -11,10 +11,10 @@ import pytest
 import torch
 import transformers
 
+from prefloop.errors import LogitsMismatchError, ModelLoadError
 from prefloop.models import (
     ARCHITECTURES,
     CausalLMLoss,
-    ModelLoadError,
     ResponseForward,
     arch_config,
     check_logits,
@@ -24,7 +24,6 @@ from prefloop.models import (
     lm_logits,
     load_causal_lm,
 )
-from prefloop.models.logits import LogitsMismatchError
 from prefloop.recipes.dpo import SequenceLogprobs
 from prefloop.rl import token_logprobs
 from prefloop.rollout import SamplingConfig, sample

@@ -10,7 +10,6 @@ import json
 import pytest
 
 from prefloop.data import (
-    DataError,
     file_sha256,
     iter_jsonl,
     read_comparisons,
@@ -20,6 +19,7 @@ from prefloop.data import (
     read_ratings,
     write_jsonl,
 )
+from prefloop.errors import DataError
 
 GOOD = {"prompt": "User: hi\nAssistant:", "chosen": " hello", "rejected": " go away"}
 
@@ -180,8 +180,8 @@ def test_text_and_key_problems_name_the_line(tmp_path, raw, problem):
 
 
 def test_jsonl_checks_work_on_single_lines_without_torch():
-    from prefloop.data.errors import RecordError
     from prefloop.data.jsonl import parse_line, text_problem
+    from prefloop.errors import RecordError
 
     assert parse_line('{"a": "\\u00e9"}') == {"a": "é"}
     assert text_problem({"a": ["ok", "bad\x00"]}) == "field 'a[1]' holds a NUL character"

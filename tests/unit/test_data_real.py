@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.data.errors import DataError
 from prefloop.data.real import (
     find_vader_files,
     read_hh_rlhf,
@@ -22,6 +21,7 @@ from prefloop.data.real import (
     vader_ratings,
 )
 from prefloop.data.records import Comparison, Rating
+from prefloop.errors import DataError
 from prefloop.feedback.agreement import krippendorff_alpha
 
 SHARED = Path(os.environ.get("PREFLOOP_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))

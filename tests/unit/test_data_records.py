@@ -9,7 +9,6 @@ import pytest
 
 from prefloop.data import (
     Comparison,
-    DataError,
     Demonstration,
     Prompt,
     Ranking,
@@ -22,6 +21,7 @@ from prefloop.data import (
     split_implicit_prompt,
     write_jsonl,
 )
+from prefloop.errors import DataError
 
 Q = "User: What is 3 plus 4?\nAssistant:"
 USER = [{"role": "user", "content": "What is 3 plus 4?"}]

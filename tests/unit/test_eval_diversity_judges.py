@@ -8,11 +8,13 @@ import math
 import pytest
 import torch
 
-from prefloop.data import DataError, read_comparisons
+from prefloop.data import read_comparisons
+from prefloop.errors import DataError
+from prefloop.eval.commands.common import clean
 from prefloop.eval.diversity import diversity_report, ead, expectation_adjusted_distinct
 from prefloop.eval.judges import judged_win_rate, source_map
-from prefloop.eval.policy import masked_mean_rows, never_end_fraction
-from prefloop.eval.run_eval import clean, world_rates
+from prefloop.eval.sampling import masked_mean_rows, never_end_fraction
+from prefloop.eval.stages import world_rates
 
 
 def test_ead_by_hand():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prefloop.data import DataError
+from prefloop.errors import DataError
 from prefloop.world import WorldConfig, build_world
 from prefloop.world import lexicon as L
 from prefloop.world.questions import normalize

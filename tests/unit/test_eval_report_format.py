@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefloop.eval.report import decimals, fmt_ci
-from prefloop.eval.report_cmd import smooth
+from prefloop.eval.report_doc import decimals, fmt_ci
+from prefloop.eval.report_run import smooth
 from prefloop.eval.report_sections import pipeline_rank
 
 
@@ -36,11 +36,11 @@ def test_summarise_flags_the_planted_red_team_regression_first():
 
     n = 40
     values = {"sft": {"redteam_bad_answer_rate": [[0.0, 0.0]] * (n - 4) + [[1.0, 0.0]] * 4,
-                      "per_input/distinct_2": [[0.9]] * n, "kl_to_sft": [[0.0, 0.0]] * n},
+                      "per_input/distinct_2": [[0.9]] * n, "kl_to_ref": [[0.0, 0.0]] * n},
               "ppo": {"redteam_bad_answer_rate": [[1.0, 0.0]] * (n // 2) + [[0.0, 0.0]] * (n // 2),
                       "per_input/distinct_2": [[0.9 - 0.1 * (i % 2)] for i in range(n)],
-                      "kl_to_sft": [[3.0, 3.5]] * n}}
+                      "kl_to_ref": [[3.0, 3.5]] * n}}
     s = summarise(values, ["sft", "ppo"])
     assert [r["metric"] for r in s["regressions"]] == ["redteam_bad_answer_rate", "per_input/distinct_2"]
-    assert s["differences"]["ppo - sft"]["kl_to_sft"]["significant"]  # significant, but KL is no regression
+    assert s["differences"]["ppo - sft"]["kl_to_ref"]["significant"]  # significant, but KL is no regression
     assert s["intervals"]["ppo"]["redteam_bad_answer_rate"]["samples"] == 2 * n

@@ -104,7 +104,7 @@ def test_win_values_and_regressions_sorted_safety_first():
     diffs = {"ppo - sft": {"gold_reward_mean": {"diff": -0.9, "significant": True},
                            "redteam_bad_answer_rate": {"diff": 0.3, "significant": True},
                            "hallucination_rate": {"diff": 0.2, "significant": False},
-                           "kl_to_sft": {"diff": 3.0, "significant": True},
+                           "kl_to_ref": {"diff": 3.0, "significant": True},
                            "distinct_2": {"diff": 0.1, "significant": True}}}
     better = {"gold_reward_mean": 1, "redteam_bad_answer_rate": -1, "hallucination_rate": -1, "distinct_2": 1}
     regs = find_regressions(diffs, better, first=("redteam_bad_answer_rate",))

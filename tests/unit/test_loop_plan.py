@@ -30,7 +30,7 @@ def test_a_run_of_an_earlier_version_resumes_unless_an_option_changed(tmp_path):
 
     import pytest
 
-    from prefloop.recipes.common import ConfigError
+    from prefloop.errors import ConfigError
     from prefloop.recipes.loop import LoopState, _fingerprint
 
     cfg = LoopConfig(policy="sft", world=tmp_path)

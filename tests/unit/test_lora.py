@@ -246,8 +246,8 @@ def test_attn_implementation_reaches_the_model(policy_dir, tok, kernel):
 
 
 def test_lora_options_without_peft_are_refused_naming_the_extra(monkeypatch):
+    from prefloop.errors import ConfigError
     from prefloop.recipes.memory import check_memory_options
-    from prefloop.recipes.options import ConfigError
     from prefloop.recipes.sft import SFTConfig
 
     real = importlib.util.find_spec
@@ -258,8 +258,8 @@ def test_lora_options_without_peft_are_refused_naming_the_extra(monkeypatch):
 
 
 def test_lora_option_checks():
+    from prefloop.errors import ConfigError
     from prefloop.recipes.memory import check_memory_options
-    from prefloop.recipes.options import ConfigError
     from prefloop.recipes.sft import SFTConfig
 
     with pytest.raises(ConfigError, match="--merge-lora and --lora-target-modules need --lora-r"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from prefloop.errors import ModelLoadError
 from prefloop.models import (
     CriticForward,
-    ModelLoadError,
     ValueHead,
     gpt2_config,
     init_score_head,

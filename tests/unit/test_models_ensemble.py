@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from prefloop.models import ModelLoadError, load_reward_model, sequence_scores
+from prefloop.errors import ModelLoadError
+from prefloop.models import load_reward_model, sequence_scores
 from prefloop.models.ensemble import RewardEnsemble, combine_scores, load_reward_scorer, reward_members
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from prefloop.errors import ConfigError, PrecisionError
 from prefloop.models import load_causal_lm, load_reward_model
 from prefloop.models.precision import cast_for_saving, checkpoint_dtype, resolve_save_dtype
-from prefloop.recipes.common import CommonConfig, ConfigError, make_optimizer
-from prefloop.runtime.accel import PrecisionError, frozen_dtype, resolve_precision
+from prefloop.recipes.common import CommonConfig, make_optimizer
+from prefloop.runtime.accel import frozen_dtype, resolve_precision
 
 
 @pytest.fixture(scope="module")

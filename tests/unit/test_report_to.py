@@ -84,7 +84,7 @@ def test_unknown_destination_is_refused(tmp_path, capsys):
 
 
 def test_python_api_refuses_a_missing_package_before_loading_anything(tmp_path, monkeypatch):
-    from prefloop.data.errors import InputError
+    from prefloop.errors import InputError
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     cfg = SFTConfig(model=str(tmp_path / "no-model"), data=tmp_path / "no-data.jsonl", out=tmp_path / "o",

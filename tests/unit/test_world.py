@@ -237,7 +237,7 @@ def test_write_and_load_world_round_trip(world, tmp_path):
 
 
 def test_load_world_rejects_bad_files(tmp_path):
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     with pytest.raises(DataError, match="not found"):
         load_world(tmp_path)

@@ -1,14 +1,13 @@
 """Data: record types, JSONL readers and writers with file:line errors, chat templates, tokenisation.
 
-The names below load on first use (PEP 562), so `prefloop.data.records`, `prefloop.data.jsonl` and
-`DataError` import without torch: the feedback app and its command line never load it. Only the tokenisation
+The names below load on first use (PEP 562), so `prefloop.data.records` and `prefloop.data.jsonl`
+import without torch: the feedback app and its command line never load it. Only the tokenisation
 helpers (`prefloop.data.tokenize`) import torch. Nothing here imports recipes.
 """
 
 import importlib
 
 _SOURCES = {
-    "errors": ("DataError",),
     "hashing": ("file_sha256",),
     "jsonl": ("iter_jsonl", "read_comparisons", "read_demonstrations", "read_prompts", "read_rankings",
               "read_ratings", "read_records", "write_jsonl"),
@@ -38,7 +37,6 @@ __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
     "IGNORE_INDEX",
     "Comparison",
-    "DataError",
     "Demonstration",
     "Encoded",
     "EncodedPair",

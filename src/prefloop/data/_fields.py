@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from .errors import RecordError
+from prefloop.errors import RecordError
 
 ROLES = ("system", "user", "assistant", "tool")
 Text = str | list[dict]

@@ -58,7 +58,7 @@ class ConvertConfig:
 
 
 def _check(cfg: ConvertConfig) -> None:
-    from prefloop.recipes.common import ConfigError, require
+    from prefloop.errors import ConfigError, require
 
     require(cfg, "input", "out")
     if cfg.margin is not None and cfg.format != "vader-comparisons":
@@ -97,7 +97,7 @@ def convert_records(cfg: ConvertConfig) -> tuple[list, list[str]]:
 
 
 def run_convert(cfg: ConvertConfig) -> Path:
-    from prefloop.recipes.common import ConfigError
+    from prefloop.errors import ConfigError
     from prefloop.runtime import console
 
     records, skipped = convert_records(cfg)

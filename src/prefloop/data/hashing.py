@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import DataError
+from prefloop.errors import DataError
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

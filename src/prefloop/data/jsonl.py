@@ -32,8 +32,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prefloop.errors import DataError, RecordError
+
 from ._fields import short, type_name
-from .errors import DataError, RecordError
 from .records import Comparison, Demonstration, Prompt, Ranking, Rating
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from prefloop.errors import DataError, RecordError
+
 from ._fields import short, type_name
-from .errors import DataError, RecordError
 from .jsonl import iter_jsonl
 from .records import Comparison, Rating
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prefloop.errors import DataError, RecordError
+
 from . import _fields as F
-from .errors import DataError, RecordError
 
 Text = str | list[dict]  # raw text, or a list of chat messages
 

@@ -1,6 +1,7 @@
 """Evaluation: diversity, judged comparisons, reward-model and over-optimisation metrics, policy evaluation,
 `prefloop eval` and reports. The metric modules are pure Python (`stats`: numpy and scipy); models load only in
-`policy` / `run_eval`."""
+`sampling` (the evaluation's sampler), `stages` (the evaluation of policies) and `commands` (one module per
+`prefloop eval` subcommand)."""
 
 from .compare import pairwise_accuracy, wilson_interval, win_rate
 from .diversity import distinct_n, diversity_report, ead, expectation_adjusted_distinct, per_input_self_bleu, self_bleu

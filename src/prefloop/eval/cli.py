@@ -13,6 +13,7 @@ OUT/metrics.json, plots and the HTML + Markdown report of OUT.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,7 @@ SUBCOMMANDS = {
     "judge": (EvalJudgeConfig, "eval_judge", "win rate with a confidence interval from a judgments file"),
     "checkpoints": (EvalCheckpointsConfig, "eval_checkpoints",
                     "gold and proxy reward against KL over an RL run's saved checkpoints"),
-    "human-project": (EvalHumanProjectConfig, "eval_human_project",
+    "human-project": (EvalHumanProjectConfig, "human_project",
                       "a blind pairwise project in the feedback app from two policies' samples"),
 }
 
@@ -224,8 +225,8 @@ def main(argv: list[str]) -> int:
     cls, fn_name, description = SUBCOMMANDS[sub]
 
     def run(cfg):
-        from . import run_eval
-
-        getattr(run_eval, fn_name)(cfg)
+        # One module per subcommand: prefloop.eval.commands.<subcommand with _ for ->
+        module = importlib.import_module(f"prefloop.eval.commands.{sub.replace('-', '_')}")
+        getattr(module, fn_name)(cfg)
 
     return run_command(cls, run, rest, f"prefloop eval {sub}", description)

@@ -22,10 +22,10 @@ FIRST = ("redteam_bad_answer_rate", "harmful_compliance_rate", "hallucination_ra
 
 
 def sample_values(s, gold: list[list[float]] | None = None, details: list[list[dict]] | None = None,
-                  rm_scores: list[list[float]] | None = None, kl_name: str = "kl_to_ref") -> dict[str, list]:
+                  rm_scores: list[list[float]] | None = None) -> dict[str, list]:
     """{metric: [prompt][values]} of one stage's PolicySamples on the evaluation prompts; `gold` and `details`
     ([N][K], from the world's gold judge) and `rm_scores` ([N][K]) where there are such judges. KL to the
-    reference is named `kl_name` (k1) and `kl_name`_k3."""
+    reference policy (SFT in the demo and the loop) is `kl_to_ref` (k1) and `kl_to_ref_k3`."""
     out = {"mean_response_tokens": [[float(x) for x in row] for row in s.lengths],
            "no_eos_fraction": [[float(not e) for e in row] for row in s.ended],
            "per_input/self_bleu": [[self_bleu(row)] if len(row) >= 2 else [] for row in s.responses],
@@ -33,8 +33,8 @@ def sample_values(s, gold: list[list[float]] | None = None, details: list[list[d
     if s.entropy:
         out["entropy"] = [list(r) for r in s.entropy]
     if s.kl_k1:
-        out[kl_name] = [list(r) for r in s.kl_k1]
-        out[f"{kl_name}_k3"] = [list(r) for r in s.kl_k3]
+        out["kl_to_ref"] = [list(r) for r in s.kl_k1]
+        out["kl_to_ref_k3"] = [list(r) for r in s.kl_k3]
     if rm_scores:
         out["reward_model_mean"] = [list(r) for r in rm_scores]
     if gold is not None:

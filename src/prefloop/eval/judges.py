@@ -60,7 +60,7 @@ def judged_win_rate(records: Sequence, policy: str, reference: str,
     Judgments between other policies, or whose sides cannot be attributed (a response in neither's
     samples, or both responses written by both policies), are counted under `skipped`, not guessed; when
     only one side was written by both, it belongs to the policy that did not write the other side."""
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     wins, n, skipped = 0.0, 0, 0
     by_prompt: dict[str, tuple[list[float], list[float]]] = {}

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import Cell, Doc, fmt, fmt_ci, pyplot
+from .report_doc import Cell, Doc, fmt, fmt_ci, pyplot
 
 # (key, label) in reading order: quality, safety, then what it cost (KL, diversity, length).
 STAGE_ROWS = [
@@ -17,8 +17,10 @@ STAGE_ROWS = [
     ("redteam_bad_answer_rate", "red team: bad answers"), ("harmful_compliance_rate", "harmful compliance"),
     ("hallucination_rate", "made-up facts (fact questions)"), ("needless_refusal_rate", "needless refusals"),
     ("redteam_needless_refusal_rate", "red team: needless refusals"),
+    ("kl_to_ref", "KL to reference (SFT in demo and loop), k1 (nats / sequence)"),
+    ("kl_to_ref_k3", "KL to reference, k3"),
+    # the same KL in metrics.json files written before it had one name (kl_to_ref, eval.stages)
     ("kl_to_sft", "KL to SFT, k1 (nats / sequence)"), ("kl_to_sft_k3", "KL to SFT, k3"),
-    ("kl_to_ref", "KL to reference, k1 (nats / sequence)"), ("kl_to_ref_k3", "KL to reference, k3"),
     ("per_input/distinct_2", "distinct-2 per prompt (among its K samples)"),
     ("per_input/self_bleu", "self-BLEU per prompt (higher = less diverse)"),
     ("per_input/ead", "EAD per prompt"), ("entropy", "token entropy (nats)"),
@@ -174,7 +176,7 @@ def _err(iv: dict | None, v: float | None) -> tuple[float, float]:
 
 def stage_plots(doc: Doc, names: list[str], stages: dict, iv: dict) -> None:
     plt = pyplot()
-    kl_key = next((k for k in ("kl_to_sft", "kl_to_ref") if any(k in s for s in stages.values())), None)
+    kl_key = next((k for k in ("kl_to_ref", "kl_to_sft") if any(k in s for s in stages.values())), None)
     if kl_key and any("gold_reward_mean" in s for s in stages.values()):
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for n in names:

@@ -19,12 +19,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from prefloop.data import DataError
+from prefloop.errors import AppError, DataError
 
 from . import exchange, service
-from .app import Principal, require_user
+from .auth import Principal, require_user
 from .db import AuditEvent, User
-from .service import MAX_DB_ID, AppError
+from .service import MAX_DB_ID
 
 
 class StrictJSONRequest(Request):

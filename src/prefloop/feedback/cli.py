@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefloop.data import DataError
+from prefloop.errors import CLIError, DataError
 
 DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://user@host/db)"
 
@@ -29,8 +29,6 @@ DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg:
 _DRIVERS = {"psycopg", "psycopg2", "asyncpg", "pg8000", "pymysql", "MySQLdb"}
 
 
-class CLIError(ValueError):
-    pass
 
 
 def _password(args) -> tuple[str, bool]:
@@ -269,9 +267,11 @@ def _cmd_serve(args) -> None:
 
     import uvicorn
 
+    from prefloop.errors import SecretKeyError
+
     from .app import Settings, create_app, default_data_dir
     from .db import normalise_url
-    from .security import SecretKeyError, load_secret_key
+    from .security import load_secret_key
     from .service import migrate
 
     if args.workers < 1:
@@ -545,8 +545,7 @@ def main(argv: list[str]) -> int:
         return int(e.code or 0)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .client import FeedbackError
-    from .service import AppError
+    from prefloop.errors import AppError, FeedbackError
 
     try:
         args.run(args)

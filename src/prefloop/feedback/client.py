@@ -17,9 +17,7 @@ from typing import Any, Protocol
 
 import httpx
 
-
-class FeedbackError(RuntimeError):
-    pass
+from prefloop.errors import FeedbackError
 
 
 class SimulatedAnnotator(Protocol):

@@ -13,15 +13,14 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from prefloop.data import DataError
 from prefloop.data.jsonl import write_jsonl
 from prefloop.data.records import Comparison, Demonstration, Prompt, Ranking, Rating
+from prefloop.errors import AppError, DataError
 
 from .db import Item, Judgment, Project, User
 from .service import (
     DEFAULT_SCALE,
     MAX_RESPONSES,
-    AppError,
     audit,
     ranks_from_order,
     strict_json_loads,

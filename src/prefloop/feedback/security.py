@@ -20,6 +20,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from prefloop.errors import SecretKeyError
+
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 10
 # verified against when the user does not exist, so a login takes as long for unknown names
@@ -59,10 +61,6 @@ def new_token() -> str:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class SecretKeyError(ValueError):
-    """No usable secret key: the message says what to set."""
 
 
 def load_secret_key(data_dir: str | os.PathLike | None) -> bytes:

@@ -20,6 +20,8 @@ from sqlalchemy import Row, bindparam, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from prefloop.errors import AppError
+
 from . import security
 from .db import (
     ROLES,
@@ -71,14 +73,6 @@ SUBMISSION_ID_RE = re.compile(r"^[\x21-\x7e]{8,64}$")
 _CONTENT = select(I.c.prompt, I.c.responses).where(I.c.id == _B("iid"))
 _PRIOR = select(J.c.id, J.c.assignment_id).where(J.c.user_id == _B("uid"), J.c.submission_id == _B("sid"))
 _MARK_DONE = A.update().where(A.c.id == _B("aid"), A.c.done.is_(False)).values(done=True)
-
-
-class AppError(ValueError):
-    """A refused request: `status` is the HTTP status, the message one line for the user."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def not_found(what: str) -> AppError:
@@ -265,7 +259,8 @@ def deactivate_user(s: Session, user: User, actor: str) -> None:
     audit(s, actor, "user.deactivate", user.username)
 
 
-def authenticate(s: Session, username: str, password: str) -> User | None:
+def password_user(s: Session, username: str, password: str) -> User | None:
+    """The active user `username` if `password` is theirs, else None (as `token_user` for a token)."""
     user = user_by_name(s, username)
     ok = security.verify_password(user.password_hash if user else None, password)
     return user if ok and user is not None and user.active else None

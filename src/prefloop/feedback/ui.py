@@ -19,13 +19,12 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from prefloop.data import DataError
+from prefloop.errors import AppError, DataError
 
 from . import exchange, service
-from .app import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, render, require_user
+from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, authenticate, client_ip, require_user
 from .dashboard import FLAG_TEXTS, METRICS, annotator_detail, project_stats, skip_reason_text
 from .db import Assignment, Item, Judgment, User
-from .service import AppError
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,6 +33,14 @@ PAIRWISE_SCALE = [("1", "A is much better", 0, 3), ("2", "A is better", 0, 2), (
                   ("4", "Tie", "tie", 0), ("5", "B is slightly better", 1, 1), ("6", "B is better", 1, 2),
                   ("7", "B is much better", 1, 3)]
 FLAG_KEYS = "qwertyuiop"
+
+
+def render(request: Request, template: str, context: dict, status: int = 200) -> HTMLResponse:
+    """A page of `templates/` with the signed-in user and the session's CSRF token (the error page of `app` too)."""
+    principal = getattr(request.state, "principal", None)
+    html = request.app.state.templates.get_template(template).render(
+        user=principal.user if principal else None, csrf=principal.csrf if principal else None, **context)
+    return HTMLResponse(html, status_code=status)
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -65,7 +72,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
         st.login_user_limiter.give_back(name_key)
         return _too_many(request, csrf_token)
     with st.db.read() as s:  # the Argon2 check (tens of ms) runs outside the write lock
-        user = service.authenticate(s, username, password)
+        user = service.password_user(s, username, password)
     with st.db.write() as s:
         if user is None:
             service.audit(s, username[:64] or "-", "login.failed", ip)

@@ -23,8 +23,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prefloop.errors import ModelLoadError
+
 from .heads import sequence_scores
-from .loading import ModelLoadError, load_reward_model
+from .loading import load_reward_model
 
 ENSEMBLE_FILE = "ensemble.json"
 EnsembleMode = Literal["mean", "min", "mean-std"]

@@ -9,11 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefloop.data.errors import InputError
-
-
-class ModelLoadError(InputError):
-    """A model or tokenizer could not be loaded; the message is one line naming the path."""
+from prefloop.errors import ModelLoadError
 
 
 def _looks_local(name: str) -> bool:
@@ -148,11 +144,13 @@ def _adapter_model(load, name: str, **kwargs):
 def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
                    attn_implementation: str | None = None):
     """A causal LM in `dtype` (default float32: the master weights of a model to train), dropout off, its
-    output head checked against its own forward (`prefloop.models.logits.check_logits`). A LoRA adapter
+    output head checked against its own forward (`prefloop.models.checks.check_logits`). A LoRA adapter
     directory loads as its base model with the adapter attached."""
     from transformers import AutoModelForCausalLM
 
-    from .logits import LogitsMismatchError, check_logits
+    from prefloop.errors import LogitsMismatchError
+
+    from .checks import check_logits
 
     adapted = _adapter_model(load_causal_lm, name, tokenizer=tokenizer, dtype=dtype,
                              attn_implementation=attn_implementation)
@@ -183,7 +181,9 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     adapter directory loads as its base model with the adapter and its trained score head attached."""
     from transformers import AutoModelForSequenceClassification
 
-    from .logits import LogitsMismatchError, check_scores
+    from prefloop.errors import LogitsMismatchError
+
+    from .checks import check_scores
 
     adapted = _adapter_model(load_reward_model, name, tokenizer=tokenizer, dtype=dtype, new_head=new_head,
                              attn_implementation=attn_implementation)

@@ -10,9 +10,10 @@ from and the saved model defines:
 - Granite: z / logits_scaling (HyperCLOVA X multiplies by the same-named field instead);
 - Falcon-H1: z * lm_head_multiplier.
 
-`lm_logits` applies the head and the architecture's post-processing. `check_logits` compares it, once per
-loaded model, with the model's own forward on a few tokens and refuses a model whose forward does something
-else (an architecture prefloop does not know), rather than training it against the wrong distribution.
+`lm_logits` applies the head and the architecture's post-processing. `prefloop.models.checks.check_logits`
+compares it, once per loaded model, with the model's own forward on a few tokens and refuses a model whose
+forward does something else (an architecture prefloop does not know), rather than training it against the
+wrong distribution.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ from torch import nn
 from prefloop.rl.logprobs import TokenLogprobs, token_logprobs
 
 PostProcess = Callable[[torch.Tensor], torch.Tensor]
-
-
-class LogitsMismatchError(ValueError):
-    """The model's forward computes its logits differently from the head prefloop applies."""
 
 
 def _softcap(cap: float) -> PostProcess:
@@ -94,60 +91,3 @@ def hidden_logprobs(lm: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor | 
     return token_logprobs(hidden, tokens, temperature, head=output_head(lm), vocab_size=vocab,
                           chunk_size=chunk_size, entropy=entropy)
 
-
-def _probe_ids(lm: nn.Module, n: int = 6) -> torch.Tensor:
-    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-    vocab = int(lm.get_input_embeddings().weight.shape[0])
-    avoid = {getattr(config, "pad_token_id", None)}
-    ids = [i for i in range(3, vocab) if i not in avoid][:n] or [0]
-    return torch.tensor([ids], device=lm.get_input_embeddings().weight.device)
-
-
-@torch.no_grad()
-def check_logits(lm: nn.Module, name: str = "model") -> None:
-    """Raise LogitsMismatchError when `lm_logits(hidden)` differs from the model's own forward.
-
-    One forward of a few tokens, in eval mode. The tolerance allows only rounding: both sides run the same
-    trunk, so a real difference (an unknown scale or cap) is many orders of magnitude larger.
-    """
-    from .heads import hidden_states
-
-    was_training = lm.training
-    lm.eval()
-    try:
-        ids = _probe_ids(lm)
-        mask = torch.ones_like(ids)
-        own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        ours = lm_logits(lm, hidden_states(lm, ids, mask)).float()
-    finally:
-        lm.train(was_training)
-    eps = torch.finfo(next(lm.parameters()).dtype).eps
-    tol = 8 * eps * max(1.0, float(own.abs().max()))
-    diff = float((own - ours).abs().max())
-    if not diff <= tol:
-        raise LogitsMismatchError(
-            f"{name}: {type(lm).__name__} computes its logits differently from its output head (max difference "
-            f"{diff:.3g}); prefloop does not know this architecture's logit post-processing and will not train "
-            "it against the wrong distribution")
-
-
-@torch.no_grad()
-def check_scores(model: nn.Module, name: str = "reward model") -> None:
-    """The same check for a sequence classifier: the score read at the last token equals its own forward."""
-    from .heads import sequence_scores
-
-    was_training = model.training
-    model.eval()
-    try:
-        ids = _probe_ids(model)
-        mask = torch.ones_like(ids)
-        own = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().reshape(-1)
-        ours = sequence_scores(model, ids, mask).reshape(-1)
-    finally:
-        model.train(was_training)
-    eps = torch.finfo(next(model.parameters()).dtype).eps
-    diff = float((own - ours).abs().max())
-    if not diff <= 8 * eps * max(1.0, float(own.abs().max())):
-        raise LogitsMismatchError(
-            f"{name}: {type(model).__name__} computes its score differently from its `score` head at the last "
-            f"token (max difference {diff:.3g}); prefloop cannot train or read this reward model correctly")

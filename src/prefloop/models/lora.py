@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefloop.data.errors import InputError
+from prefloop.errors import InputError
 
 # Attributes of the HF model: its peft wrapper (set without registering a submodule), and the directory
 # its adapter was loaded from.

@@ -11,12 +11,13 @@ from typing import Literal
 
 import torch
 
+from prefloop.errors import ConfigError
 from prefloop.models.precision import SaveDtype
 from prefloop.rollout import SamplingConfig
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
-from .options import ConfigError, ConfigFileOption, check_out
+from .options import ConfigFileOption, check_out
 
 
 @dataclass(kw_only=True)
@@ -78,12 +79,6 @@ def output_dir(cfg, recipe: str) -> Path:
     not another run's unless `overwrite` or `resume`."""
     check_out(cfg, recipe)
     return Path(cfg.out)
-
-
-def require(cfg, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) in (None, ""):
-            raise ConfigError(f"missing option --{n.replace('_', '-')}")
 
 
 def make_optimizer(params, cfg: CommonConfig) -> torch.optim.Optimizer:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from prefloop.data import file_sha256
+from prefloop.errors import ConfigError
 from prefloop.runtime import (
     Checkpointer,
     MetricsLogger,
@@ -33,7 +34,7 @@ from prefloop.runtime import (
 )
 from prefloop.runtime.progress import run_summary
 
-from .common import ConfigError, output_dir
+from .common import output_dir
 from .options import check_ranges, check_report_to, flag
 
 # Options that do not change what a run computes, so a resume may change them (max_steps: only upwards).
@@ -77,7 +78,7 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
 class RunContext:
     def __init__(self, recipe: str, cfg):
         self.recipe, self.cfg = recipe, cfg
-        from prefloop.runtime.accel import PrecisionError
+        from prefloop.errors import PrecisionError
 
         check_ranges(cfg)
         check_report_to(cfg)  # a missing package stops the Python API too, before a model loads

@@ -19,23 +19,20 @@ import torch
 
 from prefloop.data import read_prompts, write_jsonl
 from prefloop.data.splits import split_by_prompt
-from prefloop.eval.compare import pairwise_accuracy
-from prefloop.eval.diversity import distinct_n
-from prefloop.eval.policy import mean, sample_policy
-from prefloop.eval.report_cmd import write_demo_samples, write_report
-from prefloop.eval.run_eval import clean, redteam_questions
-from prefloop.models import load_causal_lm, load_reward_model, load_tokenizer
-from prefloop.rollout import SamplingConfig
+from prefloop.eval.commands.common import clean
+from prefloop.eval.commands.reward import evaluate_reward_model
+from prefloop.eval.report_run import write_report
+from prefloop.eval.sampling import mean, sample_policy
+from prefloop.eval.stages import evaluate_stages, preset_sampling, write_stage_samples
+from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.runtime import console, seed_everything, write_json
 from prefloop.runtime.accel import Precision
-from prefloop.runtime.seeding import EVAL_SEED_OFFSET, SECOND_EVAL_SEED_OFFSET
 from prefloop.world import WorldConfig, build_world, write_world
-from prefloop.world.redteam import RedTeamScorer, make_redteam
 
 from .options import ConfigFileOption
 from .ppo import PPOConfig, run_ppo
 from .pretrain import PretrainConfig, run_pretrain
-from .reward import RewardConfig, run_reward, score_pairs
+from .reward import RewardConfig, run_reward
 from .sft import SFTConfig, run_sft
 
 
@@ -124,16 +121,11 @@ class Stopwatch:
         return _Ctx()
 
 
-def _sampling(tok, p: DemoPreset) -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-
-
 def make_comparisons(world, sft_dir: Path, prompts: list[str], p: DemoPreset, seed: int, out: Path):
     """Two samples of the SFT policy per prompt, labelled by the world's simulated annotators."""
     tok = load_tokenizer(str(sft_dir))
     policy = load_causal_lm(str(sft_dir), tok)
-    s = sample_policy(policy, tok, prompts, 2, _sampling(tok, p), seed=seed)
+    s = sample_policy(policy, tok, prompts, 2, preset_sampling(tok, p), seed=seed)
     records = world.label_pairs(prompts, [r[0] for r in s.responses], [r[1] for r in s.responses], seed=seed)
     train, heldout = split_by_prompt(records, 0.1, seed)
     write_jsonl(out / "comparisons_train.jsonl", train)
@@ -142,89 +134,6 @@ def make_comparisons(world, sft_dir: Path, prompts: list[str], p: DemoPreset, se
              if r["meta"]["gold_chosen"] != r["meta"]["gold_rejected"]]
     return {"train_comparisons": len(train), "heldout_comparisons": len(heldout),
             "annotator_gold_agreement": mean([float(a) for a in agree])}
-
-
-def evaluate_reward_model(rm_dir: Path, heldout: Path) -> dict:
-    """Accuracy on held-out annotator labels, and agreement with gold preferences (gold ties excluded)."""
-    from prefloop.data import encode_pair, read_comparisons
-    from prefloop.models import RewardScorer
-
-    tok = load_tokenizer(str(rm_dir))
-    rm = load_reward_model(str(rm_dir), tok).eval()
-    recs = read_comparisons(heldout)
-    c, r = score_pairs(RewardScorer(rm), [encode_pair(tok, x, 512) for x in recs], tok.pad_token_id, "cpu")
-    acc = pairwise_accuracy(c.tolist(), r.tolist())
-    gold_right = []
-    for x, sc, sr in zip(recs, c.tolist(), r.tolist()):
-        gc, gr = x.meta["gold_chosen"], x.meta["gold_rejected"]
-        if gc != gr:
-            gold_right.append(float((sc > sr) == (gc > gr)))
-    return {"heldout_accuracy": acc, "gold_accuracy": mean(gold_right), "gold_pairs": len(gold_right)}
-
-
-def evaluate_stages(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[str], p: DemoPreset, seed: int):
-    """Every stage's metric means ({stage: {metric: mean}}) and samples ({stage: (PolicySamples, gold)})."""
-    ev = evaluate_stages_full(world, dirs, rm_dir, prompts, p, seed)
-    return ev["stages"], ev["samples"]
-
-
-def _stage_values(world, policy, sft, tok, rm, prompts, redteam, p: DemoPreset, seed: int) -> tuple:
-    """One stage on the held-out and red-team prompts: its samples, gold scores, per-prompt values, examples."""
-    from prefloop.eval.intervals import redteam_failures, redteam_values, sample_values, worst_examples
-
-    # SFT is the KL reference: its KL to itself is 0 by definition (measuring it prints rounding noise).
-    s = sample_policy(policy, tok, prompts, p.eval_k, _sampling(tok, p), reward_model=rm, seed=seed + EVAL_SEED_OFFSET,
-                      reference=None if policy is sft else sft)
-    # Red team: jailbreak-framed harmful requests (must be refused), benign lookalikes (must be answered).
-    rt = sample_policy(policy, tok, [x.prompt for x in redteam], p.eval_k, _sampling(tok, p),
-                       seed=seed + SECOND_EVAL_SEED_OFFSET)
-    gold = [[world.gold.score(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
-    details = [[world.gold.details(pr, r) for r in row] for pr, row in zip(prompts, s.responses)]
-    values = {**sample_values(s, gold, details, s.reward_model, kl_name="kl_to_sft"),
-              **redteam_values(redteam, rt.responses, RedTeamScorer(world.gold))}
-    if policy is sft:
-        values["kl_to_sft"] = values["kl_to_sft_k3"] = [[0.0] * len(row) for row in s.responses]
-    examples = {"worst_gold": worst_examples(prompts, s.responses, gold),
-                "redteam_failures": redteam_failures(redteam, rt.responses, values["redteam_bad_answer_rate"])}
-    return s, gold, values, examples
-
-
-def evaluate_stages_full(world, dirs: dict[str, Path], rm_dir: Path, prompts: list[str], p: DemoPreset,
-                         seed: int) -> dict:
-    """Base, SFT and PPO (the stages in `dirs`, in pipeline order) on the same held-out prompts: metric means
-    with bootstrap intervals over prompts, paired differences of consecutive stages, regressions, gold and
-    reward-model win rates against SFT (raw and length-controlled), and the worst samples."""
-    from prefloop.eval.intervals import judged_comparison, summarise
-    from prefloop.eval.stats import win_values
-
-    tok = load_tokenizer(str(dirs["sft"]))
-    sft = load_causal_lm(str(dirs["sft"]), tok).eval()
-    rm = load_reward_model(str(rm_dir), tok).eval()
-    redteam = make_redteam(redteam_questions(world), 32, 32, seed=seed)
-    samples, values, examples = {}, {}, {}
-    for name, d in dirs.items():
-        policy = sft if name == "sft" else load_causal_lm(str(d), tok).eval()
-        s, gold, values[name], examples[name] = _stage_values(world, policy, sft, tok, rm, prompts, redteam, p, seed)
-        samples[name] = (s, gold)
-    win_rates = {}
-    ref_s, ref_gold = samples["sft"]
-    for name, (s, gold) in samples.items():
-        values[name]["gold_win_rate_vs_sft"] = win_values(gold, ref_gold)
-        if name == "sft":
-            continue
-        win_rates[f"{name} vs sft, gold"] = judged_comparison(gold, ref_gold, s.responses, ref_s.responses, "gold")
-        win_rates[f"{name} vs sft, reward model"] = judged_comparison(
-            s.reward_model, ref_s.reward_model, s.responses, ref_s.responses, "reward model")
-    summary = summarise(values, list(dirs), seed=seed)
-    stages = {}
-    for name, (s, _) in samples.items():
-        stages[name] = {m: iv["mean"] for m, iv in summary["intervals"][name].items()}
-        flat = s.flat("responses")  # pooled over all samples of all prompts: a corpus count, no interval
-        stages[name].update({"distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2),
-                             "self_bleu": stages[name]["per_input/self_bleu"]})
-    return {"stages": stages, "samples": samples, "win_rates": win_rates, "examples": examples,
-            "evaluation": {"prompts": len(prompts), "samples_per_prompt": p.eval_k,
-                           "redteam_prompts": len(redteam), "level": 0.95}, **summary}
 
 
 def ppo_kl_summary(metrics_file: Path, target: float | None, last: int = 10) -> dict:
@@ -279,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     with watch("evaluate"):
         heldout = [r.prompt for r in read_prompts(out / "world" / "prompts_heldout.jsonl")][:p.eval_prompts]
         dirs = {"base": out / "base" / "model", "sft": out / "sft" / "model", "ppo": out / "ppo" / "model"}
-        ev = evaluate_stages_full(world, dirs, out / "reward" / "model", heldout, p, cfg.seed)
+        ev = evaluate_stages(world, dirs, out / "reward" / "model", heldout, p, cfg.seed)
         stages, samples = ev["stages"], ev["samples"]
 
     metrics = {"stages": stages, **{k: ev[k] for k in ("intervals", "differences", "regressions", "win_rates",
@@ -291,7 +200,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                "preset": cfg.preset, "seed": cfg.seed, "torch_threads": torch.get_num_threads(),
                "settings": {f.name: getattr(p, f.name) for f in fields(p)}}
     write_json(out / "metrics.json", clean(metrics))  # strict JSON: a metric no prompt had is null, not NaN
-    write_demo_samples(out / "samples.jsonl", samples, world)
+    write_stage_samples(out / "samples.jsonl", samples, world)
     write_report(out)  # report.html (self-contained) and report.md, with plots
     console.print(f"[bold green]demo done[/] in {metrics['seconds']['total']} s: {out / 'report.md'}")
     console.print(json.dumps({k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)}

@@ -21,21 +21,14 @@ from torch import nn
 from prefloop.data import collate_pairs, file_sha256, read_comparisons
 from prefloop.data.encode_more import PromptedPair, encode_pair_with_prompt
 from prefloop.data.splits import split_by_prompt
+from prefloop.errors import ConfigError, require
 from prefloop.models import hidden_logprobs, hidden_states, load_causal_lm, load_tokenizer
 from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import PairLogprobs
 from prefloop.rl.preference import cdpo_loss, dpo_sigmoid_loss, ipo_loss
 from prefloop.runtime.accel import frozen_dtype
 
-from .common import (
-    BatchPlan,
-    CommonConfig,
-    ConfigError,
-    micro_batches,
-    require,
-    shard,
-    total_steps,
-)
+from .common import BatchPlan, CommonConfig, micro_batches, shard, total_steps
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_lm, shares_reference
 from .options import EpochsOption, required

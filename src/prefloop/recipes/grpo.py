@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from prefloop.data import file_sha256
+from prefloop.errors import ConfigError, require
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.lora import WithoutAdapter
 from prefloop.rl import kl_k1, kl_k3, masked_mean, masked_sum
@@ -37,18 +38,17 @@ from prefloop.runtime.accel import frozen_dtype
 
 from .common import (
     CommonConfig,
-    ConfigError,
     GoldFn,
     Timer,
     chunks,
     decode_responses,
     micro_batches,
-    require,
     sampling_config,
 )
 from .context import RunContext
 from .memory import LoraOptions, RolloutOptions, final_model, load_trained_lm, shares_reference
 from .options import PolicyOptions, RewardOptions, RLSamplingOptions
+from .rewards import load_reward_source
 from .rl_common import (
     SHOW,
     add_stats,
@@ -63,7 +63,7 @@ from .rl_common import (
     rollout,
     rollout_metrics,
 )
-from .sample import device_generator, load_reward_source
+from .sample import device_generator
 
 AdvantageFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]
 

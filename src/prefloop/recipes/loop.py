@@ -35,11 +35,11 @@ from typing import Literal
 
 from prefloop.data import read_prompts, write_jsonl
 from prefloop.data.splits import split_by_prompt
+from prefloop.errors import ConfigError, require
 from prefloop.runtime import console, write_json
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
-from .common import ConfigError, require
 from .options import ConfigFileOption, required
 
 STAGES = ("sample", "feedback", "reward", "rl", "evaluate")
@@ -157,7 +157,7 @@ class LoopConfig(ConfigFileOption):
 
 @dataclass
 class _EvalSettings:
-    """What `demo.evaluate_stages` reads from a preset."""
+    """What `prefloop.eval.stages.evaluate_stages` reads from a preset."""
 
     eval_k: int
     max_new_tokens: int
@@ -321,7 +321,7 @@ class Loop:
         write_json(self.out / "loop.json", summary)
         (self.out / "loop.md").write_text(loop_report(summary))
         write_json(self.out / "metrics.json", self.report_metrics())
-        from prefloop.eval.report_cmd import write_report
+        from prefloop.eval.report_run import write_report
 
         write_report(self.out)  # report.html (self-contained) and report.md: every round as a stage
         console.print(f"[bold green]loop done[/]: {self.out / 'report.html'}")
@@ -418,7 +418,8 @@ class Loop:
         return path
 
     def stage_reward(self, rnd: int) -> dict:
-        from .demo import evaluate_reward_model
+        from prefloop.eval.commands.reward import evaluate_reward_model
+
         from .reward import RewardConfig, run_reward
 
         cfg, d = self.cfg, self.round_dir(rnd)
@@ -469,13 +470,13 @@ class Loop:
         return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
 
     def stage_evaluate(self, rnd: int) -> dict:
-        from .demo import evaluate_stages
+        from prefloop.eval.stages import evaluate_stages
 
         cfg = self.cfg
         dirs = {"sft": Path(cfg.policy), "policy": Path(self.policy_after(rnd))}
         settings = _EvalSettings(cfg.eval_k, cfg.max_new_tokens, cfg.temperature)
-        stages, _ = evaluate_stages(self.world, dirs, self.reward_eval_dir(rnd), self.heldout,
-                                    settings, cfg.seed)
+        stages = evaluate_stages(self.world, dirs, self.reward_eval_dir(rnd), self.heldout,
+                                 settings, cfg.seed)["stages"]
         write_json(self.round_dir(rnd) / "eval.json", stages)
         return {"policy": stages["policy"], "initial": stages["sft"]}
 
@@ -490,8 +491,8 @@ class Loop:
                            "rm_gold_accuracy": r.get("reward", {}).get("gold_accuracy"),
                            "rm_heldout_accuracy": r.get("reward", {}).get("heldout_accuracy"),
                            "annotator_gold_agreement": r.get("feedback", {}).get("annotator_gold_agreement"),
-                           **{k: ev.get(k) for k in ("gold_reward_mean", "gold_win_rate_vs_sft", "kl_to_sft",
-                                                     "kl_to_sft_k3", "reward_model_mean", "distinct_2", "self_bleu")}})
+                           **{k: ev.get(k) for k in ("gold_reward_mean", "gold_win_rate_vs_sft", "kl_to_ref",
+                                                     "kl_to_ref_k3", "reward_model_mean", "distinct_2", "self_bleu")}})
         initial = self.state.results.get("1", {}).get("evaluate", {}).get("initial", {})
         return {"config": _fingerprint(self.cfg), "initial": initial, "rounds": rounds}
 
@@ -499,7 +500,7 @@ class Loop:
 def loop_report(summary: dict) -> str:
     cols = ["round", "labels", "comparisons_so_far", "annotator_gold_agreement", "rm_gold_accuracy",
             "gold_reward_mean", "gold_win_rate_vs_sft",
-            "kl_to_sft", "reward_model_mean", "distinct_2", "self_bleu"]
+            "kl_to_ref", "reward_model_mean", "distinct_2", "self_bleu"]
 
     def fmt(v):
         return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))

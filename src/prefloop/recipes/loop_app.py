@@ -20,9 +20,8 @@ import random
 import secrets
 import time
 
+from prefloop.errors import ConfigError
 from prefloop.runtime import console
-
-from .common import ConfigError
 
 IMPORT_CHUNK = 500
 POLL_SECONDS = 30.0

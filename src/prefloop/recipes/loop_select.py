@@ -34,7 +34,7 @@ class Candidates:
 
 def sample_candidates(policy_dir: str, prompts: list[str], k: int, max_new_tokens: int, temperature: float,
                       seed: int, name: str) -> Candidates:
-    from prefloop.eval.policy import sample_policy
+    from prefloop.eval.sampling import sample_policy
     from prefloop.models import load_causal_lm, load_tokenizer
     from prefloop.rollout import SamplingConfig
 
@@ -50,11 +50,9 @@ def sample_candidates(policy_dir: str, prompts: list[str], k: int, max_new_token
 def member_scores(rm_spec: str, prompts: list[str], replies: list[list[str]], max_length: int,
                   batch_size: int = 64) -> torch.Tensor:
     """(M, N, K) scores of every reply by each of the M reward models named by `rm_spec`."""
-    from prefloop.data import encode_pair
+    from prefloop.data import encode_pair, right_pad
     from prefloop.models import load_tokenizer
     from prefloop.models.ensemble import load_reward_scorer, reward_members
-
-    from .reward import pad_rows
 
     tok = load_tokenizer(reward_members(rm_spec)[0])
     scorer = load_reward_scorer(rm_spec, tok).to(_device())
@@ -62,7 +60,7 @@ def member_scores(rm_spec: str, prompts: list[str], replies: list[list[str]], ma
     rows = [encode_pair(tok, SimpleNamespace(prompt=p, chosen=r, rejected=r), max_length).chosen for p, r in flat]
     out = []
     for i in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_token_id)
+        ids, mask = right_pad(rows[i:i + batch_size], tok.pad_token_id)
         out.append(scorer.member_scores(ids.to(_device()), mask.to(_device())).float().cpu())
     k = len(replies[0]) if replies else 0
     return torch.cat(out, 1).view(-1, len(prompts), k) if out else torch.zeros(1, 0, k)

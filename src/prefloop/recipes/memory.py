@@ -8,7 +8,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
-from .options import ConfigError
+from prefloop.errors import ConfigError
 
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 

@@ -24,11 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from prefloop.data.errors import InputError
-
-
-class ConfigError(InputError):
-    """A missing or inconsistent option; the message is one line naming the option."""
+from prefloop.errors import ConfigError
 
 
 def flag(name: str) -> str:

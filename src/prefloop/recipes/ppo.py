@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from prefloop.data import file_sha256
+from prefloop.errors import ConfigError, require
 from prefloop.models import (
     CriticForward,
     ResponseForward,
@@ -41,7 +42,7 @@ from prefloop.rl import (
 )
 from prefloop.runtime.accel import frozen_dtype
 
-from .common import CommonConfig, ConfigError, GoldFn, Timer, chunks, micro_batches, require, sampling_config
+from .common import CommonConfig, GoldFn, Timer, chunks, micro_batches, sampling_config
 from .context import RunContext
 from .memory import (
     LoraOptions,

@@ -13,11 +13,12 @@ from typing import Literal
 
 import torch
 
-from prefloop.data import DataError, file_sha256, iter_jsonl, pack_texts
+from prefloop.data import file_sha256, iter_jsonl, pack_texts
+from prefloop.errors import DataError, require
 from prefloop.models import CausalLMLoss, gpt2_config, llama_config, load_causal_lm, load_tokenizer
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
-from .common import CommonConfig, micro_batches, require, shard, total_steps
+from .common import CommonConfig, micro_batches, shard, total_steps
 from .context import RunContext
 from .memory import MemoryOptions, built_model_options
 from .options import EpochsOption, required

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefloop.data import file_sha256, read_prompts, render_prompt, write_jsonl
+from prefloop.errors import ConfigError, require
 from prefloop.models import load_causal_lm, load_tokenizer
 from prefloop.models.precision import checkpoint_dtype
 from prefloop.rollout import SamplingConfig
@@ -29,11 +30,12 @@ from prefloop.runtime import console, make_accelerator, process_seed, run_meta, 
 from prefloop.runtime.distributed import rank_and_world
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE, PROMPT_ORDER_STRIDE
 
-from .common import CommonConfig, ConfigError, output_dir, require
+from .common import CommonConfig, output_dir
 from .context import resume_differences, run_record
 from .memory import LoraOptions
 from .options import PolicyOptions, RewardOptions, SamplingOptions
-from .sample import RewardSource, device_generator, load_reward_source, sample_and_score
+from .rewards import RewardSource, load_reward_source
+from .sample import device_generator, sample_and_score
 from .sft import SFTConfig, run_sft
 
 

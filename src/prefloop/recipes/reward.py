@@ -25,18 +25,20 @@ import torch
 from torch import nn
 
 from prefloop.data import (
-    DataError,
     encode_pair,
     file_sha256,
     iter_jsonl,
     read_comparisons,
     read_rankings,
     read_ratings,
+    right_pad,
 )
 from prefloop.data.encode_more import encode_ranking, encode_rating
 from prefloop.data.splits import split_by_prompt
 from prefloop.data.tokenize import collate_pairs
+from prefloop.errors import ConfigError, DataError, require
 from prefloop.models import RewardScorer, load_tokenizer, sequence_scores
+from prefloop.models.scoring import score_pairs, score_rows
 from prefloop.rl import bradley_terry_loss
 from prefloop.rl.preference import (
     ordered_thresholds,
@@ -49,16 +51,7 @@ from prefloop.rl.preference import (
 )
 from prefloop.runtime import run_meta, write_json
 
-from .common import (
-    BatchPlan,
-    CommonConfig,
-    ConfigError,
-    micro_batches,
-    output_dir,
-    require,
-    shard,
-    total_steps,
-)
+from .common import BatchPlan, CommonConfig, micro_batches, output_dir, shard, total_steps
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_reward_model
 from .options import EpochsOption, required
@@ -100,35 +93,6 @@ def is_reward_model(path: str) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in archs)
 
 
-def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def score_rows(scorer, rows: list[list[int]], pad_id: int, device, batch_size: int = 64) -> torch.Tensor:
-    """Rewards (N,) of encoded prompt+response rows."""
-    out = [scorer(*(x.to(device) for x in pad_rows(rows[i:i + batch_size], pad_id))).float().cpu()
-           for i in range(0, len(rows), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-@torch.no_grad()
-def score_pairs(scorer, pairs: list, pad_id: int, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of encoded (chosen_ids, rejected_ids) pairs: two (N,) tensors."""
-    chosen, rejected = [], []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        ids, mask = pad_rows([p[0] for p in chunk] + [p[1] for p in chunk], pad_id)
-        s = scorer(ids.to(device), mask.to(device)).float().cpu()
-        chosen.append(s[:len(chunk)])
-        rejected.append(s[len(chunk):])
-    return torch.cat(chosen), torch.cat(rejected)
 
 
 def detect_kind(path: Path) -> str:
@@ -197,7 +161,7 @@ class RankingTask:
 
     def _scores(self, model, items: list, device):
         """scores (N, K) with padding, ranks (N, K) (0 = best), mask (N, K) for N rankings of up to K responses."""
-        ids, mask = pad_rows([row for rows, _ in items for row in rows], self.pad)
+        ids, mask = right_pad([row for rows, _ in items for row in rows], self.pad)
         flat = model(ids.to(device), mask.to(device))
         K = max(len(rows) for rows, _ in items)
         n_idx = torch.tensor([n for n, (rows, _) in enumerate(items) for _ in rows], device=device)
@@ -275,7 +239,7 @@ class RatingTask:
         return [int(r.rating) - self.lo for r in records]
 
     def loss(self, model, mb: list[int], device):
-        ids, mask = pad_rows([self.enc[i] for i in mb], self.pad)
+        ids, mask = right_pad([self.enc[i] for i in mb], self.pad)
         ids, mask = ids.to(device), mask.to(device)
         recs = [self.train[i] for i in mb]
         if self.ordinal:

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import torch
 
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt
+from prefloop.errors import ConfigError
 from prefloop.rollout import sample
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
-from .common import ConfigError, GoldFn, decode_responses
+from .common import GoldFn, decode_responses
 
 # What the progress bar shows and prefloop.json keeps of the last update.
 SHOW = ("rollout/score_mean", "kl/k1", "gold/mean")

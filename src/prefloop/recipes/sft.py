@@ -13,9 +13,10 @@ from prefloop.data import (
     render_completion,
     render_prompt,
 )
+from prefloop.errors import require
 from prefloop.models import CausalLMLoss, load_tokenizer
 
-from .common import BatchPlan, CommonConfig, micro_batches, require, shard, total_steps
+from .common import BatchPlan, CommonConfig, micro_batches, shard, total_steps
 from .context import RunContext
 from .memory import LoraOptions, final_model, load_trained_lm
 from .options import EpochsOption, required

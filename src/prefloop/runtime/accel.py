@@ -7,12 +7,10 @@ from typing import Literal
 
 import torch
 
+from prefloop.errors import PrecisionError
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-
-
-class PrecisionError(ValueError):
-    """A precision the machine cannot run; the message is one line naming the option."""
 
 
 def resolve_precision(precision: Precision) -> str:

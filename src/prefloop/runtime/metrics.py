@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from prefloop.data.errors import InputError
+from prefloop.errors import InputError
 
 
 def _clean(v):

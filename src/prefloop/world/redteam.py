@@ -214,7 +214,8 @@ def write_redteam(path: str | os.PathLike, items: Sequence[RedTeamPrompt]) -> Pa
 def read_redteam(path: str | os.PathLike) -> list[RedTeamPrompt]:
     """Red-team prompts JSONL: {"prompt" (text), "should_refuse" (bool)} and optionally "kind", "wrapper",
     "question" per line. Bad lines raise DataError naming file and line."""
-    from prefloop.data import DataError, iter_jsonl
+    from prefloop.data import iter_jsonl
+    from prefloop.errors import DataError
 
     out = []
     for line, obj in iter_jsonl(path):

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefloop.errors import DataError
+
 from . import lexicon as L
 from .annotators import DEFAULT_NOISE, DEFAULT_RATIONALITY, Annotator, label_pairs, make_annotators
 from .gold import GoldScorer
@@ -317,8 +319,6 @@ def write_world(world: World, out_dir: str | os.PathLike) -> Path:
 
 
 def _data_error(path: Path, problem: str) -> Exception:
-    from prefloop.data.errors import DataError  # lazy: prefloop.data imports torch
-
     return DataError.whole(path, problem)
 
 

@@ -1,6 +1,6 @@
 """The report document: one sequence of headings, paragraphs, tables and figures, written twice, as Markdown
 (plots as PNG files beside it) and as one self-contained HTML page (plots embedded, all text escaped).
-`prefloop.eval.report_cmd` fills it with the sections of a run."""
+`prefloop.eval.report_run` fills it with the sections of a run."""
 
 from __future__ import annotations
 

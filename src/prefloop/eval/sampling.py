@@ -1,4 +1,4 @@
-"""Policy evaluation: K samples per prompt, scored by judges, with KL to a reference measured on them."""
+"""The evaluation's sampler: K samples per prompt, scored by judges, with KL to a reference measured on them."""
 
 from __future__ import annotations
 

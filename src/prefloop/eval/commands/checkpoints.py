@@ -18,9 +18,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prefloop.data import DataError
-from prefloop.recipes.common import ConfigError, require
+from prefloop.errors import ConfigError, DataError, require
+from prefloop.models import load_causal_lm, load_tokenizer
+from prefloop.models.scoring import score_texts
+from prefloop.runtime import seed_everything
 from prefloop.runtime.seeding import EVAL_SEED_OFFSET
+
+from ..overopt import peak
+from ..sampling import mean, sample_policy
+from ..stages import stage_means, stage_stats, word_vocab, write_samples
+from .common import check_world_prompts, finish, load_rm, load_world_dir, read_prompt_texts, sampling
 
 
 def resolve_policy_dir(path: Path) -> Path:
@@ -63,25 +70,6 @@ def fit_points(points: list[dict], key: str) -> dict | None:
 
 def eval_checkpoints(cfg) -> dict:
     """Each checkpoint (and the reference, d = 0) on the same prompts: proxy, gold, KL; the fits and the peak."""
-    from prefloop.models import load_causal_lm, load_tokenizer
-    from prefloop.runtime import seed_everything
-
-    from .intervals import summarise
-    from .overopt import peak
-    from .policy import mean, sample_policy
-    from .run_eval import (
-        check_world_prompts,
-        finish,
-        load_rm,
-        load_world_dir,
-        read_prompt_texts,
-        sampling,
-        score_texts,
-        stage_stats,
-        word_vocab,
-        write_samples,
-    )
-
     require(cfg, "policies", "reference", "prompts", "reward_model")
     paths = [resolve_policy_dir(Path(p)) for p in cfg.policies]
     ref_dir = resolve_policy_dir(Path(cfg.reference))
@@ -97,7 +85,7 @@ def eval_checkpoints(cfg) -> dict:
         check_world_prompts(world, prompts, cfg.prompts)
     rm, rm_tok = load_rm(cfg.reward_model)
     scfg = sampling(cfg, tok)
-    samples, gold, proxy, stages, values, points = {}, {}, {}, {}, {}, []
+    samples, gold, proxy, rows, values, points = {}, {}, {}, {}, {}, []
     vocab = None
     for label, d in [(cfg.reference_name, ref_dir), *zip(labels, paths)]:
         policy = reference if d == ref_dir else load_causal_lm(str(d), tok).eval()
@@ -108,16 +96,14 @@ def eval_checkpoints(cfg) -> dict:
         flat = score_texts(rm, rm_tok, [p for p in prompts for _ in range(cfg.k)], s.flat("responses"))
         proxy[label] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(prompts))]
         vocab = vocab or word_vocab(world, prompts, s.responses)
-        stages[label], gold[label], values[label] = stage_stats(s, world, proxy[label], vocab)
+        rows[label], gold[label], values[label] = stage_stats(s, world, proxy[label], vocab, reference=d == ref_dir)
         samples[label] = s
         kl = 0.0 if d == ref_dir else mean(s.flat("kl_k1"))
         points.append({"label": label, "path": str(d), "kl": kl,
                        "kl_k3": 0.0 if d == ref_dir else mean(s.flat("kl_k3")),
                        "proxy": mean([x for r in proxy[label] for x in r]),
                        "gold": mean([x for r in gold[label] for x in r]) if world is not None else None})
-    summary = summarise(values, list(stages), seed=cfg.seed)  # intervals, checkpoint-to-checkpoint differences
-    for label in stages:
-        stages[label].update({m: iv["mean"] for m, iv in summary["intervals"][label].items()})
+    stages, summary = stage_means(rows, values, seed=cfg.seed)  # intervals, checkpoint-to-checkpoint differences
     ck = {"points": points, "prompts": len(prompts), "k": cfg.k,
           "fit_proxy": fit_points(points, "proxy"), "fit_gold": fit_points(points, "gold")}
     if world is not None:

@@ -18,11 +18,10 @@ import os
 import random
 from collections.abc import Sequence
 
-from prefloop.data import DataError
 from prefloop.data import write_jsonl as _write_jsonl
-from prefloop.recipes.common import ConfigError
+from prefloop.errors import ConfigError, DataError, FeedbackError, require
 
-from .judges import _key
+from ..judges import _key
 
 IMPORT_CHUNK = 500
 
@@ -81,20 +80,14 @@ def pair_samples(policy: tuple[Sequence, Sequence[Sequence[str]]], reference: tu
     return items, stats
 
 
-def _feedback_error():
-    try:
-        from prefloop.feedback.client import FeedbackError
-    except ImportError as e:  # the app extra is not installed
-        raise ConfigError(f"--url needs the app extra (pip install 'prefloop[app]'): {e}") from None
-    return FeedbackError
-
-
 def create_project(url: str, token: str, project: str, items: list[dict], overlap: int = 3,
                    members: Sequence[str] = (), guidelines: str = GUIDELINES) -> int:
     """Create the pairwise project through the app's REST API (an admin token), add `members`, import `items`;
     returns the project id. An existing project of that name is an error and nothing is created."""
-    FeedbackError = _feedback_error()
-    from prefloop.feedback.client import FeedbackClient
+    try:
+        from prefloop.feedback.client import FeedbackClient
+    except ImportError as e:  # the app extra (httpx) is not installed
+        raise ConfigError(f"--url needs the app extra (pip install 'prefloop[app]'): {e}") from None
 
     client = FeedbackClient(url, token)
     try:
@@ -117,10 +110,9 @@ def create_project(url: str, token: str, project: str, items: list[dict], overla
 def human_project(cfg) -> dict:
     """`prefloop eval human-project`: pair the samples, write them to --items-out and/or import them into a
     new project of the app at --url."""
-    from prefloop.recipes.common import require
     from prefloop.runtime import console
 
-    from .run_eval import read_sample_file
+    from .common import read_sample_file
 
     require(cfg, "policy_samples", "reference_samples")
     if not cfg.url and not cfg.items_out:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from .report import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
+from .report_doc import CSS, Doc, atomic_bytes, fmt, fmt_ci, pyplot
 from .report_sections import (
     pipeline_rank,
     section_evaluation_note,
@@ -48,7 +48,7 @@ class ReportConfig:
 
 
 def run_report(cfg: ReportConfig) -> Path:
-    from prefloop.recipes.common import ConfigError
+    from prefloop.errors import ConfigError
 
     if cfg.run_dir is None:
         raise ConfigError("missing RUN_DIR (prefloop report RUN_DIR)")
@@ -481,7 +481,7 @@ def section_settings(doc: Doc, m: dict) -> None:
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, n_samples: int = 8) -> Path:
     """Write OUT/report.html (self-contained) and OUT/report.md (+ PNG plots) for RUN_DIR; returns the HTML
     path. Raises DataError when RUN_DIR has neither a readable metrics.json nor a metrics.jsonl."""
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
@@ -532,7 +532,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 
 def read_run_metrics(run_dir: Path) -> dict | None:
-    from prefloop.data import DataError
+    from prefloop.errors import DataError
 
     path = run_dir / "metrics.json"
     if not path.exists():
@@ -544,12 +544,3 @@ def read_run_metrics(run_dir: Path) -> dict | None:
     if not isinstance(m, dict):
         raise DataError.whole(path, "expected a JSON object")
     return m
-
-
-def write_demo_samples(path: str | os.PathLike, samples: dict, world=None) -> None:
-    """samples.jsonl for the report from the demo's {stage: (PolicySamples, gold[N][K])}; with the world, each
-    prompt's gold-best answer too."""
-    from .run_eval import write_samples
-
-    write_samples(Path(path), {k: s for k, (s, _) in samples.items()}, {k: g for k, (_, g) in samples.items()},
-                  {k: [list(r) for r in s.reward_model] for k, (s, _) in samples.items() if s.reward_model}, world)
