@@ -24,7 +24,7 @@ from prefloop.models.scoring import score_texts
 from prefloop.runtime import seed_everything
 from prefloop.runtime.seeding import EVAL_SEED_OFFSET
 
-from ..overopt import peak
+from ..overopt import fit_rl, peak
 from ..sampling import mean, sample_policy
 from ..stages import stage_means, stage_stats, word_vocab, write_samples
 from .common import check_world_prompts, finish, load_rm, load_world_dir, read_prompt_texts, sampling
@@ -57,8 +57,6 @@ def _labels(paths: list[Path], given: list[str] | None) -> list[str]:
 def fit_points(points: list[dict], key: str) -> dict | None:
     """Gao et al. RL-form fit of points[key] against d = sqrt(KL), anchored at the reference (points[0]);
     None when fewer than two checkpoints or the fit is singular."""
-    from .overopt import fit_rl
-
     if len(points) < 3 or any(p.get(key) is None for p in points):
         return None
     d = [math.sqrt(max(0.0, p["kl"])) for p in points]
