@@ -33,7 +33,7 @@ class DataMissing(RuntimeError):
 def read_hh(path: Path = HH_FILE) -> tuple[list[dict], int]:
     """(pairs as {"prompt", "chosen", "rejected"}, number of rows skipped)."""
     if not path.exists():
-        raise DataMissing(f"{path} not found: the benchmarks need ../shared/data/hh-rlhf (see its README)")
+        raise DataMissing(f"{path} not found: the benchmarks need the HH-RLHF files in hh-rlhf/ of the data directory")
     pairs, skipped = [], 0
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:

@@ -13,7 +13,7 @@
 No pretrained model is downloaded: each part trains a byte-level BPE tokenizer and a small Llama from scratch on
 its training texts (`prefloop.recipes.pretrain`), then a Bradley-Terry reward model from it
 (`prefloop.recipes.reward`). Ties count as wrong for every method. Results go to benchmarks/real_data_results.md
-(or --results) and bench-out/real_data/results.json; without ../shared/data the script says why and exits 0.
+(or --results) and bench-out/real_data/results.json; without the data folder (`shared/data` beside the repository) the script says why and exits 0.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     vader_dir, hh_file = args.data / "vader-icwsm2014", args.data / "hh-rlhf" / "harmless-base-test.jsonl.gz"
     if not vader_dir.exists() or not hh_file.exists():
-        print(f"{args.data}: the VADER and HH-RLHF files are not there (see ../shared/data/README.md); nothing to do")
+        print(f"{args.data}: the VADER and HH-RLHF files are not there; nothing to do")
         return 0
     if args.report_only:
         results = json.loads((args.work / "results.json").read_text())

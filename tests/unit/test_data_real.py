@@ -1,5 +1,6 @@
-"""Readers of public human-feedback data: small files written here for every format, and the real files of
-../shared/data when they are present (skipped with a message otherwise)."""
+"""Readers of public human-feedback data: small files written here for every format, and the real files (HH-RLHF,
+VADER) when a data directory holds them: $PREFLOOP_SHARED_DATA, by default a `shared/data` folder beside
+the repository (skipped with a message otherwise)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ SHARED = Path(os.environ.get("PREFLOOP_SHARED_DATA", Path(__file__).resolve().pa
 def shared_file(rel: str) -> Path:
     path = SHARED / rel
     if not path.exists():
-        pytest.skip(f"{path} not found: the real-data checks read ../shared/data (see its README)")
+        pytest.skip(f"{path} not found: the real-data checks read $PREFLOOP_SHARED_DATA "
+                    "(default: shared/data beside the repository)")
     return path
 
 
