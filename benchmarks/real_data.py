@@ -13,7 +13,8 @@
 No pretrained model is downloaded: each part trains a byte-level BPE tokenizer and a small Llama from scratch on
 its training texts (`prefloop.recipes.pretrain`), then a Bradley-Terry reward model from it
 (`prefloop.recipes.reward`). Ties count as wrong for every method. Results go to benchmarks/real_data_results.md
-(or --results) and bench-out/real_data/results.json; without the data folder (`shared/data` beside the repository) the script says why and exits 0.
+(or --results) and bench-out/real_data/results.json; without the data folder (`shared/data` beside the
+repository) the script says why and exits 0.
 """
 
 from __future__ import annotations
