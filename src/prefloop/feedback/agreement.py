@@ -156,27 +156,6 @@ def _values_index(units: list[list[Any]], level: str) -> list[Any]:
                          f"got mixed types {sorted({type(v).__name__ for v in values})}") from None
 
 
-def _delta2(values: list[Any], n_c: np.ndarray, level: str) -> np.ndarray:
-    """Squared difference function delta^2(c, k) of Krippendorff (2011), for the values in `values` order."""
-    v = len(values)
-    if level == "nominal":
-        return 1.0 - np.eye(v)
-    if level == "ordinal":
-        # delta^2(c, k) = (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2 over ranks c <= k
-        cum = np.concatenate([[0.0], np.cumsum(n_c)])
-        lo, hi = np.minimum.outer(np.arange(v), np.arange(v)), np.maximum.outer(np.arange(v), np.arange(v))
-        between = cum[hi + 1] - cum[lo]
-        return (between - (n_c[:, None] + n_c[None, :]) / 2.0) ** 2
-    x = np.asarray(values, dtype=float)
-    if level == "interval":
-        return np.subtract.outer(x, x) ** 2
-    total = np.add.outer(x, x)
-    diff = np.subtract.outer(x, x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.where(total == 0, 0.0, diff / np.where(total == 0, 1.0, total))
-    return d ** 2
-
-
 def coincidence_matrix(units: Iterable[Sequence[Any]], level: str = "nominal") -> tuple[list[Any], np.ndarray]:
     """Krippendorff's coincidence matrix: (values, o) with o[c, k] = sum_u (number of ordered c-k pairs of
     labels in unit u) / (m_u - 1), over units with m_u >= 2 labels (Krippendorff 2011, "Computing", step B).
@@ -198,27 +177,31 @@ def coincidence_matrix(units: Iterable[Sequence[Any]], level: str = "nominal") -
 
 def krippendorff_alpha(units: Iterable[Sequence[Any]], level: str = "nominal") -> float:
     """Krippendorff's alpha = 1 - D_o / D_e for any number of annotators, missing labels and the metric of
-    `level` ("nominal", "ordinal", "interval" or "ratio").
+    `level` ("nominal", "ordinal", "interval" or "ratio"), as in Krippendorff (2011), "Computing Krippendorff's
+    Alpha-Reliability"; computed by the `krippendorff` package from each unit's value counts.
 
-    Following Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", sec. C: with the coincidence
-    matrix o_ck, n_c = sum_k o_ck and n = sum_c n_c,
-    alpha = 1 - (n - 1) * sum_ck o_ck delta^2_ck / sum_ck n_c n_k delta^2_ck, with delta^2 the nominal
-    (0/1), ordinal ((sum_{g=c..k} n_g - (n_c + n_k)/2)^2), interval ((c - k)^2) or ratio
-    (((c - k)/(c + k))^2) difference. A unit is the list of labels one item received; units with fewer than 2
-    labels carry no pairable values and are ignored. Rater identities are not needed. `nan` when fewer than
-    two pairable values remain or every pairable value is the same (D_e = 0).
+    A unit is the list of labels one item received (`None`/NaN: missing); units with fewer than 2 labels carry
+    no pairable values and are ignored. Rater identities are not needed. Labels may be any hashable values for
+    "nominal", values that can be ordered for "ordinal", numbers for "interval" and numbers >= 0 for "ratio".
+    `nan` when fewer than two pairable values remain or every pairable value is the same (D_e = 0).
     """
-    values, o = coincidence_matrix(units, level)
-    n_c = o.sum(axis=1)
-    n = float(n_c.sum())
-    if n < 2:
+    import krippendorff
+
+    if level not in LEVELS:
+        raise ValueError(f"unknown level '{level}': choose one of {', '.join(LEVELS)}")
+    us = [u for u in _units(units, drop_missing=True) if len(u) >= 2]
+    values = _values_index(us, level)
+    if len(values) < 2:
         return NAN
-    d2 = _delta2(values, n_c, level)
-    expected = float((np.outer(n_c, n_c) * d2).sum())
-    if expected <= 1e-12 * max(n * n, 1.0):
-        return NAN
-    observed = float((o * d2).sum())
-    return 1.0 - (n - 1.0) * observed / expected
+    index = {x: i for i, x in enumerate(values)}
+    counts = np.zeros((len(us), len(values)))  # (U, V) labels of value v in unit u
+    for i, u in enumerate(us):
+        for x in u:
+            counts[i, index[x]] += 1
+    # nominal and ordinal alpha depend only on which value is which (and their order): their ranks stand in
+    # for labels that are not numbers
+    domain = values if level in ("interval", "ratio") else list(range(len(values)))
+    return float(krippendorff.alpha(value_counts=counts, value_domain=domain, level_of_measurement=level))
 
 
 def _aligned_ranks(order_a: Sequence[float] | Mapping[Any, float],
