@@ -60,6 +60,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
                  "the human feedback web app: serve, import items, export judgments, manage users"),
     "eval": ("prefloop.eval.cli", "main", "evaluate reward models and policies (accuracy, calibration, KL, "
              "diversity, best-of-n over-optimisation, red teaming)"),
+    "plan": ("prefloop.plan_cli", "main", "memory per GPU of a training run, term by term, and whether it fits"),
 }
 
 
