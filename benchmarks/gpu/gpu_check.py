@@ -44,6 +44,7 @@ from bench_common import Shape, summarise  # noqa: E402
 SIZES = {
     "0.5b": (24, 896, 14, 2, 4864, 151936),  # Qwen2.5-0.5B's shape
     "tiny": (2, 64, 4, 2, 128, None),        # the CPU dry run
+    "small": (4, 512, 8, 2, 1408, None),     # benchmarks/memory_plan.py: the planner against the CPU's peak
 }
 HH_CANDIDATES = [ROOT / ".gpu-data" / "harmless-base-test.jsonl.gz",
                  ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"]

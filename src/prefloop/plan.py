@@ -161,6 +161,11 @@ class Setup:
         return self.micro_batch_size or max(1, self.batch_size // self.processes)
 
     @property
+    def accumulating(self) -> bool:
+        """Several micro-batches per optimizer step on each process (gradient accumulation)."""
+        return self.micro < max(1, self.batch_size // self.processes)
+
+    @property
     def rollout_micro(self) -> int:
         return self.rollout_micro_batch_size or max(1, self.rollout_batch_size // self.processes)
 
@@ -181,7 +186,7 @@ class Setup:
 class Term:
     name: str
     bytes: float
-    phase: str  # "always", or the phase whose peak it belongs to: "train", "sample", "reference"
+    phase: str  # "always", or the phase whose peak it belongs to: "train", "step", "sample", "reference"
     detail: str = ""
 
 
@@ -288,6 +293,16 @@ def _models(shape: ModelShape, setup: Setup) -> tuple[list[tuple[str, int, int]]
     return trained, frozen
 
 
+def _gradients(nbytes: float, setup: Setup, shard: str) -> Term:
+    """Gradients are set to None after every optimizer step, and a backward pass frees each block's
+    activations as it fills that block's gradients: with one micro-batch per step the two peak at different
+    moments (activations when the backward starts, gradients at the step). Accumulating micro-batches keeps
+    the gradients alive through the next forward and backward."""
+    if setup.accumulating:
+        return Term("gradients", nbytes, "train", f"fp32, kept across the micro-batches of a step{shard}")
+    return Term("gradients", nbytes, "step", f"fp32, at the optimizer step (one micro-batch per step){shard}")
+
+
 def _static_terms(shape: ModelShape, setup: Setup) -> list[Term]:
     trained, frozen = _models(shape, setup)
     n = setup.shards
@@ -298,7 +313,7 @@ def _static_terms(shape: ModelShape, setup: Setup) -> list[Term]:
     terms = [Term("weights", total * FP32 / n, "always", f"fp32 masters: {names}{shard}"),
              Term("optimizer states", trainable * 2 * FP32 / n, "always",
                   f"AdamW, 2 x fp32 per trainable parameter ({trainable / 1e6:,.2f}M){shard}"),
-             Term("gradients", trainable * FP32 / n, "train", f"fp32, one per trainable parameter{shard}")]
+             _gradients(trainable * FP32 / n, setup, shard)]
     dpo_pass = setup.recipe == "dpo" and setup.precompute_reference
     for name, p in frozen:
         phase = "reference" if dpo_pass and name == "reference" else "always"
