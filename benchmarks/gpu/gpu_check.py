@@ -9,7 +9,8 @@ What it does, in order, each step guarded so a failure is reported and the check
   3. sft, dpo, grpo and ppo for a few steps on a randomly initialised Qwen2-shaped model of ~0.5B parameters
      (the shape of Qwen2.5-0.5B: 24 layers, d=896, 14 heads / 2 KV heads, vocabulary 151,936) saved in bf16
      as real checkpoints are, trained with `--precision bf16`; with LoRA too where the recipes offer it;
-     each run in its own process, with tokens/s, samples/s, peak GPU memory and MFU;
+     each run in its own process, with tokens/s, samples/s, peak GPU memory and MFU, and beside the peak
+     the memory planner's prediction for the same options (`prefloop plan`; peak / plan checks the model);
   4. TRL's SFTTrainer, DPOTrainer and GRPOTrainer on the same data, model, batches and steps, when TRL is
      importable (bf16, gradient checkpointing off like prefloop);
   5. prefloop's sampler against `model.generate` at batch 64 and 256.
@@ -296,6 +297,22 @@ def sampler_vs_generate(setup: Path, batches: tuple[int, ...], new: int, reps: i
     return [_sampler_row(model, tok, prompts, b, new, reps, device) for b in batches]
 
 
+def planned_peak(spec: dict, setup_dir: Path) -> float | None:
+    """The memory planner's peak (bytes) for a prefloop run of the check, with the options bench_prefloop
+    gives the recipe (PPO: critic from the reward model; GRPO: no KL, so no reference; DPO: reference
+    precomputed); --max-length stands for every batch's padded length, so the plan is an upper bound."""
+    if spec["framework"] != "prefloop" or spec["task"] not in ("sft", "dpo", "grpo", "ppo"):
+        return None
+    from prefloop.plan import Setup, load_shape, plan
+
+    shape, over = spec["shape"], spec.get("overrides", {})
+    setup = Setup(recipe=spec["task"], precision=spec["precision"], batch_size=shape["batch"],
+                  max_length=shape["max_length"], max_new_tokens=shape["new_tokens"],
+                  rollout_batch_size=shape["batch"], kl_coef=0.0 if spec["task"] == "grpo" else 0.05,
+                  lora_r=over.get("lora_r", 0), gradient_checkpointing=over.get("gradient_checkpointing", False))
+    return plan(load_shape(str(setup_dir / "lm")), setup).peak
+
+
 # ---------------------------------------------------------------------------------------------- report
 def report(record: dict) -> str:
     peak = record.get("bf16_peak_flops") or 0.0
@@ -312,18 +329,21 @@ def report(record: dict) -> str:
     if tests:
         lines += ["", f"CUDA-marked tests: {tests['summary']} (exit {tests['returncode']}, {tests['seconds']:.0f} s)"]
         lines += [f"- {f}" for f in tests.get("failures", [])]
-    lines += ["", "| task | framework | ok | samples/s | tokens/s | median step s | peak GPU GiB | MFU | note |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| task | framework | ok | samples/s | tokens/s | median step s | peak GPU GiB | plan GiB | "
+              "peak / plan | MFU | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["runs"]:
         res = r["result"]
         if res.get("ok"):
             s = summarise(res, r["warmup"])
             mfu = f"{100 * s['flops_per_s'] / peak:.1f}%" if peak else "-"
             mem = f"{res['peak_gpu_bytes'] / 2**30:.1f}" if res.get("peak_gpu_bytes") else "-"
+            planned = r.get("planned_bytes")
+            ratio = f"{res['peak_gpu_bytes'] / planned:.2f}" if planned and res.get("peak_gpu_bytes") else "-"
+            plan_text = f"{planned / 2**30:.3g}" if planned else "-"
             lines.append(f"| {r['task']} | {r['label']} | yes | {s['samples_per_s']:.2f} | {s['tokens_per_s']:.0f} | "
-                         f"{s['median_step_s']:.3f} | {mem} | {mfu} | {r.get('note', '')} |")
+                         f"{s['median_step_s']:.3f} | {mem} | {plan_text} | {ratio} | {mfu} | {r.get('note', '')} |")
         else:
-            lines.append(f"| {r['task']} | {r['label']} | NO | | | | | | {res.get('error', '')[:160]} |")
+            lines.append(f"| {r['task']} | {r['label']} | NO | | | | | | | | {res.get('error', '')[:160]} |")
     for task in TRL_TASKS:
         ours = [r for r in record["runs"] if r["task"] == task and r["label"] == "prefloop" and r["result"].get("ok")]
         peer = [r for r in record["runs"] if r["task"] == task and r["label"] == "trl" and r["result"].get("ok")]
@@ -414,7 +434,7 @@ def main(argv=None) -> int:
         print(f"{spec['task']:5s} {label:14s} {result['seconds']:6.1f} s  "
               f"{'ok' if result.get('ok') else 'FAILED: ' + str(result.get('error'))}", flush=True)
         record["runs"].append({"task": spec["task"], "label": label, "warmup": spec["shape"]["warmup"],
-                               "note": note, "result": result})
+                               "note": note, "result": result, "planned_bytes": _planned(spec, setup_dir, record)})
 
     if not args.no_sampler:
         try:
@@ -429,6 +449,14 @@ def main(argv=None) -> int:
     (out / "gpu_check.md").write_text(text + "\n")
     print("\n" + text)
     return 0 if all(r["result"].get("ok") for r in record["runs"]) and not record["errors"] else 1
+
+
+def _planned(spec: dict, setup_dir: Path, record: dict) -> float | None:
+    try:
+        return planned_peak(spec, setup_dir)
+    except Exception as e:  # noqa: BLE001 - the check goes on without the prediction
+        record["errors"].append(f"plan {spec['task']}: {type(e).__name__}: {e}")
+        return None
 
 
 def _importable(name: str) -> bool:

@@ -65,8 +65,8 @@ class PlanConfig(MemoryOptions, RolloutOptions):
     gpu_memory: float | None = None
     """GPU memory in GiB: say whether the run fits (with 10% + 1 GiB of slack)."""
     table: bool = False
-    """Print the grid of ppo, grpo, dpo x 0.5B, 1B, 8B, 13B x full, LoRA r=16, FSDP2 over 8 GPUs x 24, 48, 80,
-    141 GB, with the batch and memory options given here."""
+    """Print the grid of ppo, grpo, dpo x 0.5B, 1B, 8B, 13B x full, LoRA r=16, FSDP2 over 8 GPUs: peak per GPU
+    and the smallest of 24, 48, 80, 141 GB it fits on, with the batch and memory options given here."""
 
 
 def check(cfg: PlanConfig) -> None:
@@ -138,19 +138,27 @@ def format_plan(p: Plan, gpu_memory: float | None = None) -> str:
     return "\n".join(lines)
 
 
-TABLE_CONFIGS = (("full", {}), ("LoRA r=16", {"lora_r": 16}), ("FSDP2 x 8", {"processes": 8, "sharding": "fsdp2"}))
+TABLE_CONFIGS = (("full, 1 GPU", {}), ("LoRA r=16, 1 GPU", {"lora_r": 16}),
+                 ("full, FSDP2 over 8 GPUs (per GPU)", {"processes": 8, "sharding": "fsdp2"}))
+
+
+def smallest_gpu(peak_bytes: float) -> str:
+    """The smallest of the table's GPU sizes the run fits on, or "none"."""
+    return next((name for name, gib in GPUS.items() if fits(peak_bytes, gib)), "none")
 
 
 def table(cfg: PlanConfig) -> str:
-    """Markdown grid: recipe x model x configuration -> peak GiB per GPU and fits on each GPU size."""
-    head = "| recipe | model | configuration | peak GiB per GPU | " + " | ".join(GPUS) + " |"
-    lines = [head, "|" + "---|" * (4 + len(GPUS))]
+    """Markdown grid: recipe x model rows, one column per configuration, each cell the peak GiB per GPU and the
+    smallest GPU (of 24, 48, 80, 141 GB) it fits on."""
+    lines = ["| recipe | model | " + " | ".join(label for label, _ in TABLE_CONFIGS) + " |",
+             "|" + "---|" * (2 + len(TABLE_CONFIGS))]
     for recipe in ("ppo", "grpo", "dpo"):
         for key, shape in PRESETS.items():
-            for label, changes in TABLE_CONFIGS:
-                p = plan(shape, setup_of(cfg, recipe, **changes))
-                marks = " | ".join("yes" if fits(p.peak, g) else "no" for g in GPUS.values())
-                lines.append(f"| {recipe} | {SIZE_NAMES[key]} | {label} | {p.peak / GiB:.1f} | {marks} |")
+            cells = []
+            for _, changes in TABLE_CONFIGS:
+                peak = plan(shape, setup_of(cfg, recipe, **changes)).peak
+                cells.append(f"{peak / GiB:.1f} GiB: {smallest_gpu(peak)}")
+            lines.append(f"| {recipe} | {SIZE_NAMES[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -44,6 +44,18 @@ def test_gpu_check_dry_run_trains_and_reports(tmp_path):
     assert record["sampler"] and record["sampler"][0]["prefloop_tokens_per_s"] > 0
     report = (tmp_path / "gpu_check.md").read_text()
     assert "| sft | prefloop | yes |" in report and "| grpo | prefloop | yes |" in report
+    # the memory planner's prediction beside each prefloop run's peak (the GPU run checks the model with it)
+    from prefloop.plan import Setup, load_shape, plan
+
+    assert "| peak GPU GiB | plan GiB | peak / plan |" in report
+    runs = {r["task"]: r for r in record["runs"] if r["label"] == "prefloop"}
+    expected = plan(load_shape(str(tmp_path / "setup-tiny" / "lm")),
+                    Setup(recipe="sft", precision="fp32", batch_size=record["batch"], max_length=record["max_length"]))
+    assert runs["sft"]["planned_bytes"] == expected.peak
+    assert runs["grpo"]["planned_bytes"] > 0
+    for task, run in runs.items():
+        row = next(ln for ln in report.splitlines() if ln.startswith(f"| {task} | prefloop | yes |"))
+        assert f"| {run['planned_bytes'] / 2**30:.3g} |" in row, row
 
 
 @pytest.mark.slow

@@ -238,10 +238,11 @@ def test_table_has_every_recipe_size_and_configuration():
     cfg = plan_cli.PlanConfig(table=True, micro_batch_size=4, max_length=1024, max_new_tokens=256,
                               rollout_micro_batch_size=16, gradient_checkpointing=True)
     rows = [ln for ln in plan_cli.run_plan(cfg).splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert len(rows) == 3 * 4 * 3
-    cells = {tuple(c.strip() for c in r.strip("|").split("|")[:3]): r for r in rows}
-    assert ("ppo", "13B", "FSDP2 x 8") in cells and ("dpo", "0.5B", "LoRA r=16") in cells
-    # monotone in GPU memory: a run that fits a smaller GPU fits every larger one
-    for r in rows:
-        marks = [c.strip() for c in r.strip("|").split("|")[4:]]
-        assert marks == sorted(marks, key=lambda m: m == "yes"), r
+    assert len(rows) == 3 * 4
+    cells = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): r.strip("|").split("|")[2:] for r in rows}
+    assert set(cells) == {(r, m) for r in ("ppo", "grpo", "dpo") for m in ("0.5B", "1B", "8B", "13B")}
+    # each cell: the plan's peak and the smallest GPU size whose memory holds it with the slack
+    peak = plan(PRESETS["llama-3-8b"], plan_cli.setup_of(cfg, "grpo", lora_r=16)).peak
+    assert cells[("grpo", "8B")][1].strip() == f"{peak / GiB:.1f} GiB: {plan_cli.smallest_gpu(peak)}"
+    assert plan_cli.smallest_gpu(0) == "24 GB" and plan_cli.smallest_gpu(200 * GiB) == "none"
+    assert plan_cli.smallest_gpu(30 * GiB) == "48 GB"  # 30 x 1.1 + 1 = 34 GiB: not 24, but 45
