@@ -27,6 +27,7 @@ GPUS = {"24 GB": 24.0, "48 GB": 45.0, "80 GB": 80.0, "141 GB": 140.0}
 # What a GPU must hold beyond the plan: the CUDA context and kernels (~1 GiB) and the caching allocator's
 # fragmentation (10 %, a rule of thumb): fits when peak * 1.1 + 1 GiB <= memory.
 SLACK_FRACTION, SLACK_GIB = 0.10, 1.0
+DESCRIPTION = "memory per GPU of a training run, term by term, and whether it fits (imports no torch)"
 
 
 @dataclass(kw_only=True)
@@ -181,9 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:  # the trainers' help layout (their option names, no TRL aliases here)
+        from prefloop.cli import help_text
+
+        text = help_text(__name__, "PlanConfig", "prefloop plan", DESCRIPTION)
+        if text is not None:
+            print(text.split("\n\nTRL's option names")[0])
+            return 0
     try:
-        cfg = tyro.cli(PlanConfig, args=args, prog="prefloop plan",
-                       description="memory per GPU of a training run, term by term, and whether it fits")
+        cfg = tyro.cli(PlanConfig, args=args, prog="prefloop plan", description=DESCRIPTION)
         print(run_plan(cfg))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -246,3 +246,12 @@ def test_table_has_every_recipe_size_and_configuration():
     assert cells[("grpo", "8B")][1].strip() == f"{peak / GiB:.1f} GiB: {plan_cli.smallest_gpu(peak)}"
     assert plan_cli.smallest_gpu(0) == "24 GB" and plan_cli.smallest_gpu(200 * GiB) == "none"
     assert plan_cli.smallest_gpu(30 * GiB) == "48 GB"  # 30 x 1.1 + 1 = 34 GiB: not 24, but 45
+
+
+def test_help_lists_the_trainers_option_names():
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    for opt in ("--lora-r", "--gradient-checkpointing", "--micro-batch-size", "--rollout-micro-batch-size",
+                "--gpu-memory", "--sharding"):
+        assert opt in proc.stdout, opt
+    assert "TRL" not in proc.stdout  # the trainers' TRL aliases do not apply to the plan
