@@ -165,9 +165,13 @@ def table(cfg: PlanConfig) -> str:
 
 def table_settings(cfg: PlanConfig) -> str:
     s = setup_of(cfg, "ppo")
-    return (f"{s.precision}; micro-batch {s.micro} per GPU; max length {s.max_length} (RL: {s.max_new_tokens} new "
-            f"tokens, rollout micro-batch {s.rollout_micro}); gradient checkpointing "
-            f"{'on' if s.gradient_checkpointing else 'off'}; reward model and critic of the policy's shape")
+    micro = f"micro-batch {cfg.micro_batch_size} per GPU" if cfg.micro_batch_size else \
+        "each recipe's whole default batch per GPU at once"
+    reward = f"reward model and critic of {cfg.reward_model}'s shape" if cfg.reward_model else \
+        "reward model and critic of the policy's shape"
+    return (f"{s.precision}; {micro}; max length {s.max_length} (RL: {s.max_new_tokens} new tokens, rollout "
+            f"micro-batch {s.rollout_micro}); gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}; "
+            f"{reward}")
 
 
 def run_plan(cfg: PlanConfig) -> str:
