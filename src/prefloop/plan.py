@@ -158,7 +158,8 @@ class Setup:
 
     @property
     def micro(self) -> int:
-        return self.micro_batch_size or max(1, self.batch_size // self.processes)
+        per_process = max(1, self.batch_size // self.processes)
+        return min(self.micro_batch_size or per_process, per_process)  # a larger micro-batch is the whole share
 
     @property
     def accumulating(self) -> bool:

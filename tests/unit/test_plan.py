@@ -255,3 +255,9 @@ def test_help_lists_the_trainers_option_names():
                 "--gpu-memory", "--sharding"):
         assert opt in proc.stdout, opt
     assert "TRL" not in proc.stdout  # the trainers' TRL aliases do not apply to the plan
+
+
+def test_micro_batch_is_at_most_the_process_share():
+    assert Setup(recipe="sft", batch_size=16, micro_batch_size=64).micro == 16
+    assert Setup(recipe="sft", batch_size=16, processes=8, sharding="fsdp2").micro == 2
+    assert not Setup(recipe="sft", batch_size=16, micro_batch_size=64).accumulating
