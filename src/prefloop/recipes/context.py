@@ -32,6 +32,7 @@ from prefloop.runtime import (
     seed_everything,
     write_json,
 )
+from prefloop.runtime import sharding
 from prefloop.runtime.progress import run_summary
 
 from .common import output_dir
@@ -53,7 +54,10 @@ def run_record(cfg, world: int) -> dict:
         if isinstance(value, Path) and value.is_file():
             data[f.name] = file_sha256(value)
         options[f.name] = value if isinstance(value, int | float | str | bool | type(None)) else str(value)
-    return {"options": options, "data": data, "world_size": world}
+    record = {"options": options, "data": data, "world_size": world}
+    if sharding.requested():  # sharded checkpoints hold other optimizer state than data-parallel ones
+        record["sharding"] = sharding.requested()
+    return record
 
 
 def resume_differences(saved: dict, now: dict) -> list[str]:
@@ -72,6 +76,8 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
             out.append(f"{flag(name)} (file contents differ)")
     if saved.get("world_size") != now["world_size"]:
         out.append(f"processes {saved.get('world_size')} -> {now['world_size']}")
+    if saved.get("sharding") != now.get("sharding"):
+        out.append(f"sharding {saved.get('sharding') or 'none'} -> {now.get('sharding') or 'none'}")
     return out
 
 
@@ -98,6 +104,7 @@ class RunContext:
             console.print(f"[yellow]{self.out}/checkpoint not found: starting from scratch")
         self.process_seed = seed_everything(cfg.seed, self.rank)
         self.logger: MetricsLogger | None = None
+        self._optimizer_state: dict | None = None  # a sharded optimizer's resumed state, loaded after prepare
 
     def _check_resume(self) -> None:
         saved = self.ckpt.run_record()
@@ -129,9 +136,27 @@ class RunContext:
         opt = make_optimizer(params, self.cfg)
         sched = make_scheduler(opt, self.cfg, total_steps)
         if state:
-            opt.load_state_dict(state["optimizer"])
+            if sharding.is_sharded(self.acc):
+                self._optimizer_state = state["optimizer"]  # its parameters exist once `prepare` has sharded them
+            else:
+                opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         return opt, sched
+
+    def prepare(self, *objects):
+        """`accelerator.prepare` (DDP or FSDP2 wrapping of the trained model and its optimizer); a resumed
+        optimizer's state is loaded here when sharding makes its parameters only now."""
+        out = self.acc.prepare(*objects)
+        if self._optimizer_state is not None:
+            opt = next(o for o in out if isinstance(o, torch.optim.Optimizer))
+            sharding.load_full_optimizer_state(self.acc, opt, self._optimizer_state)
+            self._optimizer_state = None
+        return out
+
+    def gathered(self, model):
+        """Whole weights of the prepared `model` inside the block (sampling, evaluation on its submodules);
+        see `prefloop.runtime.sharding.gathered`. Every process must enter it."""
+        return sharding.gathered(self.acc, model)
 
     def start(self, total: int, state: dict | None = None) -> int:
         """Open the metrics log and progress bar; returns the step to start from."""
@@ -144,7 +169,8 @@ class RunContext:
                                     report_to=getattr(self.cfg, "report_to", "none"), run_config=self.cfg)
         self.progress = StepProgress(f"{self.recipe}", total=total, start=start, enabled=self.is_main)
         if self.is_main:
-            console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es), device "
+            sharded = ", sharded (FSDP2)" if sharding.is_sharded(self.acc) else ""
+            console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es){sharded}, device "
                           f"{self.device}, seed {self.cfg.seed}" + (f", resuming at step {start}" if start else ""))
         return start
 
@@ -190,9 +216,12 @@ class RunContext:
         recipe resumes from: KL controller, random generators...; called on every process)."""
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **(extra() if extra else {})}
-            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state,
-                           run=self.record)
+            state = {"optimizer": sharding.full_optimizer_state(self.acc, opt), "scheduler": sched.state_dict(),
+                     **(extra() if extra else {})}
+            unwrapped = {k: self.acc.unwrap_model(m) for k, m in models.items()}
+            # Sharded weights are gathered by every process (collective), then written by the main one.
+            weights = {k: sharding.full_state_dict(self.acc, m) for k, m in unwrapped.items()}
+            self.ckpt.save(step, unwrapped, tokenizer, state, run=self.record, state_dicts=weights)
             # Fault injection for the resume tests: die like a killed job right after this checkpoint.
             if os.environ.get("PREFLOOP_KILL_AFTER_STEP") == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -205,9 +234,12 @@ class RunContext:
         self.progress.close()
         precision = precision_record(self.cfg, self.acc.mixed_precision)
         meta = run_meta(self.recipe, self.cfg, data_hashes, metrics, {**(extra or {}), "precision": precision})
+        weights = sharding.full_state_dict(self.acc, self.acc.unwrap_model(model))  # every process: collective
         if self.is_main:
             with cast_for_saving(self.acc.unwrap_model(model), precision["saved_dtype"]) as unwrapped:
-                save_hf(unwrapped, tokenizer, self.out / name, meta)
+                if weights is not None:
+                    weights = sharding.cast_state_dict(weights, next(unwrapped.parameters()).dtype)
+                save_hf(unwrapped, tokenizer, self.out / name, meta, state_dict=weights)
             write_json(self.out / "prefloop.json", meta)
             print(run_summary(self.recipe, self.progress.total, self.logger.history, metrics, self.out / name),
                   flush=True)

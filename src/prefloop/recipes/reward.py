@@ -345,7 +345,7 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     model = task.make_model(rm, state)
     model.train()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
-    model, opt = ctx.acc.prepare(model, opt)
+    model, opt = ctx.prepare(model, opt)
 
     step = ctx.start(steps, state)
     while step < steps:

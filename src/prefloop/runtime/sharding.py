@@ -1,0 +1,183 @@
+"""Sharded training (FSDP2 through accelerate): what is sharded, how sharded weights are used outside the
+training forward, and how they are saved and restored.
+
+Under FSDP2 (`accelerate launch --config_file examples/accelerate/fsdp2.yaml`) accelerate applies torch's
+`fully_shard` to each transformer block and then to the prepared module as a whole: every process holds 1/N of
+each parameter, gradient and optimizer state, and a block's parameters are all-gathered only around its forward
+and backward, by hooks on the module that was prepared. Three things follow, each handled here:
+
+- **Calls that do not go through the prepared module's forward** (the sampler's KV-cache decode, which calls the
+  language model and its output head itself; evaluation on the unwrapped model) would meet sharded weights:
+  `gathered(acc, module)` all-gathers every shard of the prepared module for the length of the block, and frees
+  them after it.
+- **Saving** is collective: every process takes part in gathering the full weights
+  (`full_state_dict`, `full_optimizer_state`), and the main process writes them as a plain Hugging Face
+  directory (safetensors) that `from_pretrained` loads.
+- **Resume** loads those full weights on every process before `prepare` shards them again, and the full
+  optimizer state after it (`load_full_optimizer_state`), so a checkpoint does not depend on how it was sharded.
+
+accelerate turns FSDP on only where there are GPUs; on a machine without one, `enable_on_cpu` switches the same
+code path on for the gloo backend (that is how the CPU tests run it). FSDP1 and DeepSpeed are refused with one
+line (see `check_supported`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from prefloop.errors import ConfigError
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def requested() -> str | None:
+    """The sharding `accelerate launch` asked for through its environment: "fsdp2", "fsdp1", "deepspeed" or None."""
+    if _env_true("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    if _env_true("ACCELERATE_USE_FSDP"):
+        return "fsdp2" if os.environ.get("FSDP_VERSION", "1") == "2" else "fsdp1"
+    return None
+
+
+def check_supported() -> None:
+    """Refuse, in one line, the sharded launches prefloop does not run correctly, before any model loads.
+
+    FSDP1 flattens parameters into per-process shards: the sampler and the saved model would see the flat
+    shards. DeepSpeed is not installed with prefloop and its ZeRO-3 partitions embeddings to shape 0, which the
+    pad-token resize would read as an empty vocabulary; prefloop does not run under it yet."""
+    kind = requested()
+    if kind == "fsdp1":
+        raise ConfigError("FSDP1 (fsdp_version: 1) is not supported: use FSDP2, fsdp_version: 2 in the accelerate "
+                          "config (examples/accelerate/fsdp2.yaml)")
+    if kind == "deepspeed":
+        raise ConfigError("DeepSpeed is not supported yet: shard with FSDP2 (accelerate launch --config_file "
+                          "examples/accelerate/fsdp2.yaml), or run data-parallel without --config_file")
+
+
+def enable_on_cpu(acc) -> None:
+    """accelerate ignores an FSDP launch on a machine without a GPU (its CPU path is plain DDP); switch its FSDP2
+    code path on for the gloo group, as it would be on GPUs. A no-op unless FSDP2 was asked for."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = acc.state
+    if requested() != "fsdp2" or state.distributed_type == DistributedType.FSDP or acc.num_processes < 2:
+        return
+    from accelerate.state import PartialState
+
+    plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* environment, like accelerate's
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    # accelerate copies the process state into every later AcceleratorState(); it records FSDP there too.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def is_sharded(acc) -> bool:
+    """True when `prepare` shards models (FSDP2)."""
+    return bool(getattr(acc, "is_fsdp2", False))
+
+
+def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def sharded_root(acc, module: nn.Module) -> nn.Module | None:
+    """The prepared (fully_shard) module that holds `module` (itself or a submodule), or None."""
+    if not is_sharded(acc):
+        return None
+    for root in acc._models:
+        if any(m is module for m in root.modules()):
+            return root
+    return None
+
+
+@contextmanager
+def gathered(acc, module: nn.Module) -> Iterator[None]:
+    """Inside the block every parameter of the prepared `module` is whole on every process, so any submodule can
+    be called directly (the sampler's decode, an evaluation); the gathered copies are freed after it.
+    A no-op without sharding. Collective: every process must enter it."""
+    root = sharded_root(acc, module)
+    if root is None:
+        yield
+        return
+    units = _fsdp_modules(root)
+    # The root learns which blocks are its children on its first forward; a block called before that would take
+    # itself for a root. Sampling can come before the first training forward (PPO's reward calibration).
+    root._get_fsdp_state()._lazy_init()
+    # Keep blocks gathered between forwards (one all-gather per block for the whole rollout, not per token).
+    root.set_reshard_after_forward(False)
+    try:
+        for m in units:
+            m.unshard()
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        # Back to accelerate's setting for the blocks; the root never reshards after forward in training.
+        root.set_reshard_after_forward(bool(acc.state.fsdp_plugin.reshard_after_forward))
+        root.set_reshard_after_forward(False, recurse=False)
+
+
+def _prefix(root: nn.Module, module: nn.Module) -> str:
+    for name, m in root.named_modules():
+        if m is module:
+            return name + "." if name else ""
+    raise ValueError("module is not inside the prepared model")
+
+
+def full_state_dict(acc, module: nn.Module) -> dict | None:
+    """The whole state dict of `module` (a prepared model or one of its submodules), on the CPU of the main
+    process; None on the others, and None when `module` is not sharded (save it as it is). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    root = sharded_root(acc, module)
+    if root is None:
+        return None
+    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not acc.is_main_process:
+        return None
+    prefix = _prefix(root, module)
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+
+
+def _root_of_optimizer(acc, opt) -> nn.Module:
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    roots = [m for m in acc._models if any(id(p) in params for p in m.parameters())]
+    if len(roots) != 1:
+        raise ValueError("a sharded optimizer must belong to exactly one prepared model")
+    return roots[0]
+
+
+def full_optimizer_state(acc, opt) -> dict:
+    """The optimizer's whole state (keyed by parameter name, so any sharding can load it back); collective.
+    Without sharding: `opt.state_dict()`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    inner = getattr(opt, "optimizer", opt)
+    if not is_sharded(acc):
+        return opt.state_dict()
+    return get_optimizer_state_dict(_root_of_optimizer(acc, inner), inner,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(acc, opt, state: dict) -> None:
+    """Restore what `full_optimizer_state` saved into the optimizer of a prepared (sharded) model: each process
+    keeps its shard of every state tensor."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    inner = getattr(opt, "optimizer", opt)
+    set_optimizer_state_dict(_root_of_optimizer(acc, inner), inner, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def cast_state_dict(state: dict, dtype: torch.dtype) -> dict:
+    """Floating-point tensors of a state dict in `dtype` (the saved model's dtype), the others as they are."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
