@@ -149,7 +149,7 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
     sample_gen = device_generator(ctx.device, ctx.process_seed)
     if state:
         restore_generators(state["generator"], ctx, shuffle_gen, sample_gen)
-    policy_fwd, opt = ctx.acc.prepare(policy_fwd, opt)
+    policy_fwd, opt = ctx.prepare(policy_fwd, opt)
     timer = Timer()
 
     start = ctx.start(cfg.max_steps, state)
