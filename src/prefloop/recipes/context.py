@@ -146,12 +146,31 @@ class RunContext:
     def prepare(self, *objects):
         """`accelerator.prepare` (DDP or FSDP2 wrapping of the trained model and its optimizer); a resumed
         optimizer's state is loaded here when sharding makes its parameters only now."""
-        out = self.acc.prepare(*objects)
+        modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+        if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
+            out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
+        else:
+            out = self.acc.prepare(*objects)
         if self._optimizer_state is not None:
             opt = next(o for o in out if isinstance(o, torch.optim.Optimizer))
             sharding.load_full_optimizer_state(self.acc, opt, self._optimizer_state)
             self._optimizer_state = None
         return out
+
+    def save_pretrained(self, model, path: Path, tokenizer=None) -> None:
+        """`model.save_pretrained(path)` (a plain module: `torch.save` of its state dict to `path`) from the main
+        process, with a sharded model's weights gathered first. Every process must call it."""
+        model = self.acc.unwrap_model(model)
+        weights = sharding.full_state_dict(self.acc, model)
+        if self.is_main:
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(path, safe_serialization=True, **({} if weights is None else
+                                                                         {"state_dict": weights}))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(path)
+            else:
+                torch.save(model.state_dict() if weights is None else weights, path)
+        self.acc.wait_for_everyone()
 
     def gathered(self, model):
         """Whole weights of the prepared `model` inside the block (sampling, evaluation on its submodules);

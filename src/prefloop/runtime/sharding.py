@@ -89,10 +89,56 @@ def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
+class Joint(nn.Module):
+    """Several trained modules as one (PPO's policy and critic): accelerate's FSDP2 shards one model per
+    `prepare`. Its forward runs one named part, so every call passes the sharded root's hooks."""
+
+    def __init__(self, parts: dict[str, nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+
+    def forward(self, part: str, *args, **kwargs):
+        out = self.parts[part](*args, **kwargs)
+        # A view returned by the sharded root would lose its backward hook to an in-place op (torch warns of it
+        # on every call); the outputs here are per-token rows, small enough to copy.
+        return tuple(_own(t) for t in out) if isinstance(out, tuple) else _own(out)
+
+
+def _own(t):
+    return t.clone() if torch.is_tensor(t) and t._base is not None else t
+
+
+class PartView:
+    """One part of a prepared `Joint`, used where the recipe used the part: calling it runs the joint's
+    forward; every other attribute (`train`, `parameters`, `lm`, ...) is the part's own."""
+
+    def __init__(self, joint: Joint, part: str):
+        self.joint, self.part = joint, part
+
+    def __call__(self, *args, **kwargs):
+        return self.joint(self.part, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.joint.parts[self.part], name)
+
+    def set_requires_gradient_sync(self, sync: bool) -> None:
+        # accelerate's no_sync under FSDP2 calls this on the model it is given: the joint holds the gradients.
+        self.joint.set_requires_gradient_sync(sync)
+
+
+def prepare_joint(acc, modules: list[nn.Module], optimizer) -> tuple:
+    """`prepare` for several trained modules and one optimizer under FSDP2: one sharded `Joint`, returned as
+    a `PartView` per module, in order, then the optimizer."""
+    joint, opt = acc.prepare(Joint({f"m{i}": m for i, m in enumerate(modules)}), optimizer)
+    return (*(PartView(joint, f"m{i}") for i in range(len(modules))), opt)
+
+
 def sharded_root(acc, module: nn.Module) -> nn.Module | None:
     """The prepared (fully_shard) module that holds `module` (itself or a submodule), or None."""
     if not is_sharded(acc):
         return None
+    if isinstance(module, PartView):
+        module = module.joint
     for root in acc._models:
         if any(m is module for m in root.modules()):
             return root
