@@ -235,8 +235,12 @@ class RunContext:
         recipe resumes from: KL controller, random generators...; called on every process)."""
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
+            with ExitStack() as stack:  # what `extra` reads of a sharded model (e.g. thresholds) is whole
+                for m in models.values():
+                    stack.enter_context(self.gathered(m))
+                more = extra() if extra else {}
             state = {"optimizer": sharding.full_optimizer_state(self.acc, opt), "scheduler": sched.state_dict(),
-                     **(extra() if extra else {})}
+                     **more}
             unwrapped = {k: self.acc.unwrap_model(m) for k, m in models.items()}
             # Sharded weights are gathered by every process (collective), then written by the main one.
             weights = {k: sharding.full_state_dict(self.acc, m) for k, m in unwrapped.items()}

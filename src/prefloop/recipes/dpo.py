@@ -185,7 +185,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
         model.eval()
         if ref_held is None:
             ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk, amp)
-        pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk, amp)
+        with ctx.gathered(model):
+            pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk, amp)
         _, stats = dpo_loss(cfg, pol, ref_held)
         final.update({f"eval/{k.split('/')[-1]}": float(stats[k]) for k in
                       ("rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected")})
