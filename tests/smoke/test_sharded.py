@@ -44,7 +44,8 @@ def launch_sharded(*args: str, env: dict | None = None) -> subprocess.CompletedP
 
 def run_jobs(d: Path, jobs: list[list[str]], sharded: bool = True) -> subprocess.CompletedProcess:
     (d / "jobs.json").write_text(json.dumps({"out": str(d), "jobs": jobs}))
-    return launch_sharded(str(SHARDED_JOBS), str(d / "jobs.json")) if sharded else torchrun(str(JOBS), str(d / "jobs.json"))
+    jobs_file = str(d / "jobs.json")
+    return launch_sharded(str(SHARDED_JOBS), jobs_file) if sharded else torchrun(str(JOBS), jobs_file)
 
 
 def close(a: dict, b: dict) -> None:
@@ -215,9 +216,9 @@ def test_sharded_saves_load_in_plain_transformers(sharded):
     for name in ("ppo", "grpo", "rloo"):
         torch.testing.assert_close(lm_logits(d / name / "model", ids), lm_logits(ddp / name / "model", ids),
                                    atol=1e-4, rtol=1e-4)
-    # Rejection sampling's SFT step (its round model; the final model is a copy of it).
-    rs = d / "rs" / "round_1" / "model"
-    assert weights(rs).keys() == weights(d / "grpo" / "model").keys() and lm_logits(rs, ids).isfinite().all()
+    # Rejection sampling's sharded SFT step: a full model, moved away from the policy it started from.
+    rs, start = weights(d / "rs" / "model"), weights(d / "grpo" / "model")
+    assert rs.keys() == start.keys() and lm_logits(d / "rs" / "model", ids).isfinite().all()
     critic = AutoModelForSequenceClassification.from_pretrained(d / "ppo" / "critic").eval()
     critic_ddp = AutoModelForSequenceClassification.from_pretrained(ddp / "ppo" / "critic").eval()
     with torch.no_grad():

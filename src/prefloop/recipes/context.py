@@ -30,9 +30,9 @@ from prefloop.runtime import (
     run_meta,
     save_hf,
     seed_everything,
+    sharding,
     write_json,
 )
-from prefloop.runtime import sharding
 from prefloop.runtime.progress import run_summary
 
 from .common import output_dir
@@ -240,7 +240,7 @@ class RunContext:
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
             with ExitStack() as stack:  # what `extra` reads of a sharded model (e.g. thresholds) is whole
-                for m in models.values():
+                for m in models.values() if extra else ():
                     stack.enter_context(self.gathered(m))
                 more = extra() if extra else {}
             state = {"optimizer": sharding.full_optimizer_state(self.acc, opt), "scheduler": sched.state_dict(),
