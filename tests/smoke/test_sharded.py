@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefloop.errors import ConfigError
+from prefloop.recipes.context import resume_differences, run_record
 from prefloop.recipes.dpo import DPOConfig, run_dpo
 from prefloop.recipes.reward import RewardConfig, run_reward
 from prefloop.recipes.sft import SFTConfig, run_sft
@@ -121,6 +122,19 @@ def test_fsdp1_and_deepspeed_launches_are_refused(tmp_path, monkeypatch, policy_
     with pytest.raises(ConfigError, match="DeepSpeed is not supported yet"):
         run_sft(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_layout(tmp_path, monkeypatch, toy_data):
+    """A sharded checkpoint's optimizer state is keyed by parameter name, a data-parallel one's by position: a
+    resume across the two is refused, naming the difference."""
+    cfg = SFTConfig(model="m", data=toy_data["demos"], out=tmp_path)
+    plain = run_record(cfg, world=2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    sharded = run_record(cfg, world=2)
+    assert resume_differences(sharded, run_record(cfg, world=2)) == []
+    assert resume_differences(plain, sharded) == ["sharding none -> fsdp2"]
+    assert resume_differences(sharded, plain) == ["sharding fsdp2 -> none"]
 
 
 # -- every other trainer in one sharded launch, compared with one process or with data-parallel -------------
