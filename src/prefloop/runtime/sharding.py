@@ -99,8 +99,8 @@ class Joint(nn.Module):
 
     def forward(self, part: str, *args, **kwargs):
         out = self.parts[part](*args, **kwargs)
-        # A view returned by the sharded root would lose its backward hook to an in-place op (torch warns of it
-        # on every call); the outputs here are per-token rows, small enough to copy.
+        # A view returned by the sharded root would lose its backward hook to an in-place op (torch warns of it);
+        # the outputs here are per-token rows, small enough to copy.
         return tuple(_own(t) for t in out) if isinstance(out, tuple) else _own(out)
 
 
@@ -151,7 +151,7 @@ def gathered(acc, module: nn.Module) -> Iterator[None]:
     be called directly (the sampler's decode, an evaluation); the gathered copies are freed after it.
     A no-op without sharding. Collective: every process must enter it."""
     root = sharded_root(acc, module)
-    if root is None:
+    if root is None or getattr(root, "_prefloop_gathered", False):  # not sharded, or gathered by an outer block
         yield
         return
     units = _fsdp_modules(root)
@@ -160,11 +160,13 @@ def gathered(acc, module: nn.Module) -> Iterator[None]:
     root._get_fsdp_state()._lazy_init()
     # Keep blocks gathered between forwards (one all-gather per block for the whole rollout, not per token).
     root.set_reshard_after_forward(False)
+    root._prefloop_gathered = True
     try:
         for m in units:
             m.unshard()
         yield
     finally:
+        root._prefloop_gathered = False
         for m in units:
             m.reshard()
         # Back to accelerate's setting for the blocks; the root never reshards after forward in training.
