@@ -38,6 +38,19 @@ def record_prepared(out_dir: Path) -> None:
         return out
 
     context.RunContext.prepare = recording
+    real_frozen = context.RunContext.place_frozen
+    frozen: list[dict] = []
+
+    def recording_frozen(self, model):
+        out = real_frozen(self, model)
+        params = list(out.parameters())
+        frozen.append({"recipe": self.recipe, "dtensors": sum(isinstance(p, DTensor) for p in params),
+                       "params": len(params), "total": sum(p.numel() for p in params),
+                       "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params)})
+        (out_dir / f"frozen-rank{self.rank}.json").write_text(json.dumps(frozen))
+        return out
+
+    context.RunContext.place_frozen = recording_frozen
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ def weights(d: Path) -> dict:
     return load_file(str(d / "model.safetensors"))
 
 
-def assert_sharded(d: Path, recipes: list[str]) -> None:
-    """Each process prepared these recipes' models as DTensors and holds a part of their elements: together
-    the two parts are the whole model, neither is all of it."""
-    ranks = [json.loads((d / f"prepared-rank{r}.json").read_text()) for r in (0, 1)]
+def assert_sharded(d: Path, recipes: list[str], kind: str = "prepared") -> None:
+    """Each process prepared these recipes' models (kind "frozen": placed their frozen models) as DTensors and
+    holds a part of their elements: together the two parts are the whole model, neither is all of it."""
+    ranks = [json.loads((d / f"{kind}-rank{r}.json").read_text()) for r in (0, 1)]
     assert [p["recipe"] for p in ranks[0]] == recipes == [p["recipe"] for p in ranks[1]]
     for a, b in zip(*ranks):
         assert a["dtensors"] == a["params"] > 0 and a["total"] == b["total"]
@@ -177,6 +177,8 @@ def test_every_trainer_trains_sharded(sharded):
     assert processes(res) == [2] * 7 and said(res).count("sharded (FSDP2)") == 7
     # PPO with a critic prepares one module holding both (accelerate's FSDP2 shards one model per prepare).
     assert_sharded(d, ["reward", "dpo", "ppo", "ppo", "grpo", "rloo", "sft"])
+    # The frozen models too: DPO's reference; the reference and the reward model of ppo, grpo and rloo.
+    assert_sharded(d, ["dpo"] + ["ppo"] * 4 + ["grpo"] * 2 + ["rloo"] * 2, kind="frozen")
 
 
 @pytest.mark.slow

@@ -96,6 +96,10 @@ class RunContext:
             # Measured: under FSDP2 the adapter's gradients differ from one process's (grad norm 0.40 vs 0.44).
             raise ConfigError("--lora-r is not supported with FSDP2 yet: LoRA keeps the trained weights small, "
                               "so run it data-parallel (accelerate launch --multi_gpu, without the FSDP config)")
+        if sharding.is_sharded(self.acc) and cfg.batch_size % self.acc.num_processes:
+            # Every forward of a sharded model gathers with all processes: each must run as many micro-batches.
+            raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                              f"({self.acc.num_processes}) under FSDP2")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.out = output_dir(cfg, recipe)
@@ -175,6 +179,10 @@ class RunContext:
             else:
                 torch.save(model.state_dict() if weights is None else weights, path)
         self.acc.wait_for_everyone()
+
+    def place_frozen(self, model):
+        """A frozen model on the device, sharded under FSDP2 (`prefloop.runtime.sharding.place_frozen`)."""
+        return sharding.place_frozen(self.acc, model)
 
     def gathered(self, model):
         """Whole weights of the prepared `model` inside the block (sampling, evaluation on its submodules);

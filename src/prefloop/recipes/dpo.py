@@ -142,7 +142,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     else:
         ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
         ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
-    ref_fwd.to(ctx.device)
+    ref_fwd = ctx.place_frozen(ref_fwd)
     chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast
     ref_train = ref_held = None
     if cfg.precompute_reference:

@@ -218,9 +218,9 @@ def load_models(cfg: PPOConfig, ctx: RunContext, tok):
         ref_fwd = WithoutAdapter(ResponseForward(policy))
     else:
         ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen, cfg.attn_implementation)
-        ref_fwd = ResponseForward(ref.eval().requires_grad_(False).to(ctx.device))
+        ref_fwd = ctx.place_frozen(ResponseForward(ref.eval().requires_grad_(False)))
     rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
-    rm.to(ctx.device)
+    rm = ctx.place_frozen(rm)
     if cfg.critic == "reward":
         # An ensemble's first member initialises the critic.
         critic = load_trained_reward_model(ctx, "critic", reward_members(cfg.reward)[0], tok, cfg)

@@ -174,6 +174,24 @@ def gathered(acc, module: nn.Module) -> Iterator[None]:
         root.set_reshard_after_forward(False, recurse=False)
 
 
+def place_frozen(acc, module: nn.Module) -> nn.Module:
+    """A frozen model (reference policy, reward model) on the accelerator's device; under FSDP2 sharded as the
+    trained model is (each transformer block, then the whole), so each process holds 1/N of it and its forward
+    gathers one block at a time. It must then be called through its own forward, by every process the same
+    number of times (the recipes split every batch evenly over the processes)."""
+    module.to(acc.device)
+    if not is_sharded(acc) or any(p.requires_grad for p in module.parameters()):  # trained: `prepare` shards it
+        return module
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    for m in module.modules():
+        if type(m).__name__ in blocks:
+            fully_shard(m)
+    fully_shard(module)
+    return module
+
+
 def _prefix(root: nn.Module, module: nn.Module) -> str:
     for name, m in root.named_modules():
         if m is module:
