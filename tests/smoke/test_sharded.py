@@ -90,14 +90,19 @@ def sft_args(policy_dir, toy_data, out, *more: str) -> list[str]:
 def test_sft_under_fsdp2_matches_one_process_and_saves_a_full_model(tmp_path, policy_dir, toy_data):
     """sft sharded over 2 processes: each holds half of every weight; the losses and the saved weights are one
     process's; plain transformers loads OUT/model and computes the one-process model's logits. LoRA under
-    FSDP2 is refused (exit code 2) before a model loads."""
+    FSDP2, and a batch that does not split evenly over the processes, are refused (exit code 2) before a model
+    loads."""
+    odd = sft_args(policy_dir, toy_data, tmp_path / "odd")
+    odd[odd.index("--batch-size") + 1] = "7"
     res = run_jobs(tmp_path, [sft_args(policy_dir, toy_data, tmp_path / "two"),
-                              sft_args(policy_dir, toy_data, tmp_path / "lora", "--lora-r", "4")])
+                              sft_args(policy_dir, toy_data, tmp_path / "lora", "--lora-r", "4"), odd])
     assert res.returncode != 0, res.stderr[-3000:]  # the launcher reports the refused job as a failure
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["pid"] != ranks[1]["pid"]
-    assert ranks[0]["codes"] == [0, 2]
-    assert "--lora-r is not supported with FSDP2" in res.stderr
+    assert ranks[0]["codes"] == [0, 2, 2]
+    assert "--lora-r is not supported with FSDP2" in said(res)
+    assert "--batch-size 7 must be a multiple of the number of processes (2) under FSDP2" in said(res)
+    assert not (tmp_path / "lora").exists() and not (tmp_path / "odd").exists()
     assert processes(res) == [2] and "sharded (FSDP2)" in said(res)
     assert_sharded(tmp_path, ["sft"])
     run_sft(SFTConfig(model=str(policy_dir), data=toy_data["demos"], max_steps=3, batch_size=8, max_length=64,
