@@ -30,6 +30,7 @@ from prefloop.runtime import (
     run_meta,
     save_hf,
     seed_everything,
+    sharding,
     write_json,
 )
 from prefloop.runtime.progress import run_summary
@@ -53,7 +54,10 @@ def run_record(cfg, world: int) -> dict:
         if isinstance(value, Path) and value.is_file():
             data[f.name] = file_sha256(value)
         options[f.name] = value if isinstance(value, int | float | str | bool | type(None)) else str(value)
-    return {"options": options, "data": data, "world_size": world}
+    record = {"options": options, "data": data, "world_size": world}
+    if sharding.requested():  # sharded checkpoints hold other optimizer state than data-parallel ones
+        record["sharding"] = sharding.requested()
+    return record
 
 
 def resume_differences(saved: dict, now: dict) -> list[str]:
@@ -72,6 +76,8 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
             out.append(f"{flag(name)} (file contents differ)")
     if saved.get("world_size") != now["world_size"]:
         out.append(f"processes {saved.get('world_size')} -> {now['world_size']}")
+    if saved.get("sharding") != now.get("sharding"):
+        out.append(f"sharding {saved.get('sharding') or 'none'} -> {now.get('sharding') or 'none'}")
     return out
 
 
@@ -86,6 +92,14 @@ class RunContext:
             self.acc = make_accelerator(cfg.precision)
         except PrecisionError as e:
             raise ConfigError(str(e)) from None
+        if sharding.is_sharded(self.acc) and getattr(cfg, "lora_r", 0):
+            # Measured: under FSDP2 the adapter's gradients differ from one process's (grad norm 0.40 vs 0.44).
+            raise ConfigError("--lora-r is not supported with FSDP2 yet: LoRA keeps the trained weights small, "
+                              "so run it data-parallel (accelerate launch --multi_gpu, without the FSDP config)")
+        if sharding.is_sharded(self.acc) and cfg.batch_size % self.acc.num_processes:
+            # Every forward of a sharded model gathers with all processes: each must run as many micro-batches.
+            raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                              f"({self.acc.num_processes}) under FSDP2")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.out = output_dir(cfg, recipe)
@@ -98,6 +112,7 @@ class RunContext:
             console.print(f"[yellow]{self.out}/checkpoint not found: starting from scratch")
         self.process_seed = seed_everything(cfg.seed, self.rank)
         self.logger: MetricsLogger | None = None
+        self._optimizer_state: dict | None = None  # a sharded optimizer's resumed state, loaded after prepare
 
     def _check_resume(self) -> None:
         saved = self.ckpt.run_record()
@@ -129,9 +144,50 @@ class RunContext:
         opt = make_optimizer(params, self.cfg)
         sched = make_scheduler(opt, self.cfg, total_steps)
         if state:
-            opt.load_state_dict(state["optimizer"])
+            if sharding.is_sharded(self.acc):
+                self._optimizer_state = state["optimizer"]  # its parameters exist once `prepare` has sharded them
+            else:
+                opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         return opt, sched
+
+    def prepare(self, *objects):
+        """`accelerator.prepare` (DDP or FSDP2 wrapping of the trained model and its optimizer); a resumed
+        optimizer's state is loaded here when sharding makes its parameters only now."""
+        modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+        if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
+            out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
+        else:
+            out = self.acc.prepare(*objects)
+        if self._optimizer_state is not None:
+            opt = next(o for o in out if isinstance(o, torch.optim.Optimizer))
+            sharding.load_full_optimizer_state(self.acc, opt, self._optimizer_state)
+            self._optimizer_state = None
+        return out
+
+    def save_pretrained(self, model, path: Path, tokenizer=None) -> None:
+        """`model.save_pretrained(path)` (a plain module: `torch.save` of its state dict to `path`) from the main
+        process, with a sharded model's weights gathered first. Every process must call it."""
+        model = self.acc.unwrap_model(model)
+        weights = sharding.full_state_dict(self.acc, model)
+        if self.is_main:
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(path, safe_serialization=True, **({} if weights is None else
+                                                                         {"state_dict": weights}))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(path)
+            else:
+                torch.save(model.state_dict() if weights is None else weights, path)
+        self.acc.wait_for_everyone()
+
+    def place_frozen(self, model):
+        """A frozen model on the device, sharded under FSDP2 (`prefloop.runtime.sharding.place_frozen`)."""
+        return sharding.place_frozen(self.acc, model)
+
+    def gathered(self, model):
+        """Whole weights of the prepared `model` inside the block (sampling, evaluation on its submodules);
+        see `prefloop.runtime.sharding.gathered`. Every process must enter it."""
+        return sharding.gathered(self.acc, model)
 
     def start(self, total: int, state: dict | None = None) -> int:
         """Open the metrics log and progress bar; returns the step to start from."""
@@ -144,7 +200,8 @@ class RunContext:
                                     report_to=getattr(self.cfg, "report_to", "none"), run_config=self.cfg)
         self.progress = StepProgress(f"{self.recipe}", total=total, start=start, enabled=self.is_main)
         if self.is_main:
-            console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es), device "
+            sharded = ", sharded (FSDP2)" if sharding.is_sharded(self.acc) else ""
+            console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es){sharded}, device "
                           f"{self.device}, seed {self.cfg.seed}" + (f", resuming at step {start}" if start else ""))
         return start
 
@@ -190,9 +247,16 @@ class RunContext:
         recipe resumes from: KL controller, random generators...; called on every process)."""
         every = self.cfg.save_every
         if every and step % every == 0 and step < total:
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **(extra() if extra else {})}
-            self.ckpt.save(step, {k: self.acc.unwrap_model(m) for k, m in models.items()}, tokenizer, state,
-                           run=self.record)
+            with ExitStack() as stack:  # what `extra` reads of a sharded model (e.g. thresholds) is whole
+                for m in models.values() if extra else ():
+                    stack.enter_context(self.gathered(m))
+                more = extra() if extra else {}
+            state = {"optimizer": sharding.full_optimizer_state(self.acc, opt), "scheduler": sched.state_dict(),
+                     **more}
+            unwrapped = {k: self.acc.unwrap_model(m) for k, m in models.items()}
+            # Sharded weights are gathered by every process (collective), then written by the main one.
+            weights = {k: sharding.full_state_dict(self.acc, m) for k, m in unwrapped.items()}
+            self.ckpt.save(step, unwrapped, tokenizer, state, run=self.record, state_dicts=weights)
             # Fault injection for the resume tests: die like a killed job right after this checkpoint.
             if os.environ.get("PREFLOOP_KILL_AFTER_STEP") == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -205,9 +269,12 @@ class RunContext:
         self.progress.close()
         precision = precision_record(self.cfg, self.acc.mixed_precision)
         meta = run_meta(self.recipe, self.cfg, data_hashes, metrics, {**(extra or {}), "precision": precision})
+        weights = sharding.full_state_dict(self.acc, self.acc.unwrap_model(model))  # every process: collective
         if self.is_main:
             with cast_for_saving(self.acc.unwrap_model(model), precision["saved_dtype"]) as unwrapped:
-                save_hf(unwrapped, tokenizer, self.out / name, meta)
+                if weights is not None:
+                    weights = sharding.cast_state_dict(weights, next(unwrapped.parameters()).dtype)
+                save_hf(unwrapped, tokenizer, self.out / name, meta, state_dict=weights)
             write_json(self.out / "prefloop.json", meta)
             print(run_summary(self.recipe, self.progress.total, self.logger.history, metrics, self.out / name),
                   flush=True)

@@ -142,7 +142,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     else:
         ref = load_causal_lm(cfg.reference or cfg.model, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
         ref_fwd = SequenceLogprobs(ref.eval().requires_grad_(False))
-    ref_fwd.to(ctx.device)
+    ref_fwd = ctx.place_frozen(ref_fwd)
     chunk, amp = cfg.micro_batch_size or cfg.batch_size, ctx.acc.autocast
     ref_train = ref_held = None
     if cfg.precompute_reference:
@@ -152,7 +152,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     model.train()
     state = ctx.resume_state()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
-    model, opt = ctx.acc.prepare(model, opt)
+    model, opt = ctx.prepare(model, opt)
 
     step = ctx.start(steps, state)
     while step < steps:
@@ -185,7 +185,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
         model.eval()
         if ref_held is None:
             ref_held = pair_logprobs(ref_fwd, enc_held, tok.pad_token_id, ctx.device, chunk, amp)
-        pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk, amp)
+        with ctx.gathered(model):
+            pol = pair_logprobs(ctx.acc.unwrap_model(model), enc_held, tok.pad_token_id, ctx.device, chunk, amp)
         _, stats = dpo_loss(cfg, pol, ref_held)
         final.update({f"eval/{k.split('/')[-1]}": float(stats[k]) for k in
                       ("rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected")})

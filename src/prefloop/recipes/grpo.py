@@ -139,7 +139,7 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
     prompt_texts, prompt_ids = read_rl_prompts(cfg, tok)
     reward.check(prompt_texts, cfg.prompts)
     sampling = sampling_config(cfg, tok)
-    reward.to(ctx.device)
+    reward.scorer = ctx.place_frozen(reward.scorer) if reward.scorer is not None else None
     policy_fwd, ref_fwd = load_models(cfg, ctx, tok)
     state = ctx.resume_state()
     n_steps = cfg.max_steps * cfg.epochs_per_rollout * (cfg.rollout_batch_size // cfg.batch_size)
@@ -149,7 +149,7 @@ def run_group(cfg: GroupPGConfig, recipe: str, advantage_fn: AdvantageFn, gold_f
     sample_gen = device_generator(ctx.device, ctx.process_seed)
     if state:
         restore_generators(state["generator"], ctx, shuffle_gen, sample_gen)
-    policy_fwd, opt = ctx.acc.prepare(policy_fwd, opt)
+    policy_fwd, opt = ctx.prepare(policy_fwd, opt)
     timer = Timer()
 
     start = ctx.start(cfg.max_steps, state)
@@ -217,7 +217,7 @@ def load_models(cfg: GroupPGConfig, ctx: RunContext, tok):
         return ResponseForward(policy), WithoutAdapter(ResponseForward(policy))
     ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen_dtype(cfg.precision), cfg.attn_implementation)
     ref.eval().requires_grad_(False)
-    return ResponseForward(policy), ResponseForward(ref.to(ctx.device))
+    return ResponseForward(policy), ctx.place_frozen(ResponseForward(ref))
 
 
 def on_policy(cfg: GroupPGConfig) -> bool:

@@ -193,17 +193,16 @@ def run_ppo(cfg: PPOConfig, gold_fn: GoldFn | None = None) -> dict:
         ctx.maybe_checkpoint(update + 1, cfg.max_steps, trained_models(ctx, policy_fwd, critic_fwd), tok, opt, sched,
                              lambda: {"kl_controller": kl_ctl.state_dict(), "reward_norm": list(reward_norm),
                                       "generator": generator_states(ctx, shuffle_gen, sample_gen)})
-        if cfg.keep_every and (update + 1) % cfg.keep_every == 0 and update + 1 < cfg.max_steps and ctx.is_main:
+        if cfg.keep_every and (update + 1) % cfg.keep_every == 0 and update + 1 < cfg.max_steps:
             # A plain HF copy of the policy, for `prefloop eval checkpoints` (over-optimisation over the run).
-            ctx.acc.unwrap_model(policy_fwd).lm.save_pretrained(ctx.out / "checkpoints" / f"step-{update + 1}")
-            tok.save_pretrained(ctx.out / "checkpoints" / f"step-{update + 1}")
+            kept = ctx.out / "checkpoints" / f"step-{update + 1}"
+            ctx.save_pretrained(ctx.acc.unwrap_model(policy_fwd).lm, kept, tok)
 
     extra = {"reward_norm": list(reward_norm)}
     policy, counts = final_model(ctx.acc.unwrap_model(policy_fwd).lm, cfg)
     meta = ctx.finish(policy, tok, {**final_metrics(ctx, timer), **counts},
                       {"prompts": file_sha256(cfg.prompts)}, extra=extra)
-    if ctx.is_main:
-        save_critic(ctx, policy_fwd, critic_fwd)
+    save_critic(ctx, policy_fwd, critic_fwd)
     return meta
 
 
@@ -219,9 +218,9 @@ def load_models(cfg: PPOConfig, ctx: RunContext, tok):
         ref_fwd = WithoutAdapter(ResponseForward(policy))
     else:
         ref = load_causal_lm(cfg.reference or cfg.policy, tok, frozen, cfg.attn_implementation)
-        ref_fwd = ResponseForward(ref.eval().requires_grad_(False).to(ctx.device))
+        ref_fwd = ctx.place_frozen(ResponseForward(ref.eval().requires_grad_(False)))
     rm = load_reward_scorer(cfg.reward, tok, cfg.ensemble_mode, cfg.ensemble_lambda, frozen)
-    rm.to(ctx.device)
+    rm = ctx.place_frozen(rm)
     if cfg.critic == "reward":
         # An ensemble's first member initialises the critic.
         critic = load_trained_reward_model(ctx, "critic", reward_members(cfg.reward)[0], tok, cfg)
@@ -243,9 +242,9 @@ def param_groups(cfg: PPOConfig, policy_fwd, critic_fwd) -> list[dict]:
 def prepare(ctx: RunContext, policy_fwd, critic_fwd, opt):
     """The trained modules and the optimizer, wrapped for the accelerator (DDP across processes)."""
     if critic_fwd is None:
-        policy_fwd, opt = ctx.acc.prepare(policy_fwd, opt)
+        policy_fwd, opt = ctx.prepare(policy_fwd, opt)
         return policy_fwd, None, opt
-    return ctx.acc.prepare(policy_fwd, critic_fwd, opt)
+    return ctx.prepare(policy_fwd, critic_fwd, opt)
 
 
 def prompt_batch(cfg: PPOConfig, rank: int, world: int, n_prompts: int, update: int) -> list[int]:
@@ -342,8 +341,9 @@ def trained_models(ctx: RunContext, policy_fwd, critic_fwd) -> dict:
 
 
 def save_critic(ctx: RunContext, policy_fwd, critic_fwd) -> None:
-    """OUT/critic (an HF reward-model directory) or OUT/value_head.pt, beside the policy in OUT/model."""
+    """OUT/critic (an HF reward-model directory) or OUT/value_head.pt, beside the policy in OUT/model (every
+    process calls it: sharded weights are gathered)."""
     if critic_fwd is not None:
-        ctx.acc.unwrap_model(critic_fwd).critic.save_pretrained(ctx.out / "critic")
+        ctx.save_pretrained(ctx.acc.unwrap_model(critic_fwd).critic, ctx.out / "critic")
     else:
-        torch.save(ctx.acc.unwrap_model(policy_fwd).value_head.state_dict(), ctx.out / "value_head.pt")
+        ctx.save_pretrained(ctx.acc.unwrap_model(policy_fwd).value_head, ctx.out / "value_head.pt")

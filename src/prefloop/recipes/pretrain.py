@@ -122,7 +122,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     steps = total_steps(cfg, steps_per_epoch, cfg.epochs)
     state = ctx.resume_state()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
-    model, opt = ctx.acc.prepare(model, opt)
+    model, opt = ctx.prepare(model, opt)
 
     step = ctx.start(steps, state)
     denom = batch * (cfg.max_length - 1) / ctx.world

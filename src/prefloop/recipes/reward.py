@@ -345,7 +345,7 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     model = task.make_model(rm, state)
     model.train()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
-    model, opt = ctx.acc.prepare(model, opt)
+    model, opt = ctx.prepare(model, opt)
 
     step = ctx.start(steps, state)
     while step < steps:
@@ -370,13 +370,14 @@ def train_reward_model(cfg: RewardConfig, split_seed: int) -> dict:
     final: dict = {"data_kind": kind, f"train_{kind}": len(train), f"eval_{kind}": len(held), "steps": steps}
     unwrapped = ctx.acc.unwrap_model(model)
     model.eval()
-    held_out = task.evaluate(unwrapped, ctx.device)
+    with ctx.gathered(model):  # whole weights (FSDP2) for the evaluation and what task.extra reads
+        held_out = task.evaluate(unwrapped, ctx.device)
+        extra = task.extra(unwrapped) or None
     if held_out:
         final.update(held_out)
         ctx.logger.log(step, final)
     rm, counts = final_model(unwrapped.rm, cfg)
-    return ctx.finish(rm, tok, {**final, **counts}, {"data": file_sha256(cfg.data)},
-                      extra=task.extra(unwrapped) or None)
+    return ctx.finish(rm, tok, {**final, **counts}, {"data": file_sha256(cfg.data)}, extra=extra)
 
 
 def _extra_params(module) -> dict:

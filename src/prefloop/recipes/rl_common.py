@@ -46,8 +46,9 @@ def rollout(ctx, policy_fwd, prompt_ids: list[list[int]], tok, sampling, generat
     policy = ctx.acc.unwrap_model(policy_fwd).lm
     policy.eval()
     q_ids, q_mask = left_pad(prompt_ids, tok.pad_token_id)
-    return sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), sampling, generator=generator,
-                  micro_batch_size=micro_batch_size)
+    with ctx.gathered(policy_fwd):  # the sampler calls the model's parts itself: whole weights under FSDP2
+        return sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), sampling, generator=generator,
+                      micro_batch_size=micro_batch_size)
 
 
 def minibatches(n_local: int, size: int, epochs: int, generator: torch.Generator) -> Iterator[list[int]]:

@@ -51,7 +51,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     model.train()
     state = ctx.resume_state()
     opt, sched = ctx.optimizer(model.parameters(), steps, state)
-    model, opt = ctx.acc.prepare(model, opt)
+    model, opt = ctx.prepare(model, opt)
 
     step = ctx.start(steps, state)
     while step < steps:

@@ -40,7 +40,8 @@ def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: 
     """Create the `accelerate.Accelerator` a recipe runs under.
 
     Launched plainly this is one process; under `accelerate launch --num_processes N` or `torchrun`
-    it is one rank of a DDP group (gloo on CPU, NCCL on GPU).
+    it is one rank of a DDP group (gloo on CPU, NCCL on GPU); under `accelerate launch --config_file` with
+    FSDP2 it is one rank of a sharded group (`prefloop.runtime.sharding`).
     """
     from accelerate import Accelerator
 
@@ -50,9 +51,14 @@ def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: 
         threads = max(1, (os.cpu_count() or 1) // world)
     if threads:
         torch.set_num_threads(threads)
+    from .sharding import check_supported, enable_on_cpu
+
+    check_supported()
     mixed = resolve_precision(precision)
     _forget_other_precision(mixed)
-    return Accelerator(mixed_precision=mixed, cpu=cpu or not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision=mixed, cpu=cpu or not torch.cuda.is_available())
+    enable_on_cpu(acc)
+    return acc
 
 
 def _forget_other_precision(mixed: str) -> None:

@@ -53,14 +53,23 @@ def write_json(path: str | Path, obj) -> None:
     tmp.replace(path)
 
 
-def save_hf(model, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Save `model` (unwrapped) and `tokenizer` as a plain Hugging Face directory, plus prefloop.json."""
+def _save_model(model, path: Path, state_dict: dict | None) -> None:
+    """`save_pretrained`, with the weights of `state_dict` when given (a sharded model's gathered weights)."""
+    if state_dict is None:
+        model.save_pretrained(path, safe_serialization=True)
+    else:
+        model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
+
+
+def save_hf(model, tokenizer, out_dir: str | Path, meta: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Save `model` (unwrapped) and `tokenizer` as a plain Hugging Face directory, plus prefloop.json; with
+    `state_dict`, those weights instead of the model's own (a sharded model's, gathered)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    _save_model(model, tmp, state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if meta is not None:
@@ -128,21 +137,25 @@ class Checkpointer:
         self.recover()
         return (self.dir / "state.pt").exists()
 
-    def save(self, step: int, models: dict, tokenizer, state: dict, run: dict | None = None) -> None:
+    def save(self, step: int, models: dict, tokenizer, state: dict, run: dict | None = None,
+             state_dicts: dict | None = None) -> None:
         """`models` maps a name to an (unwrapped) HF model or a plain module; `state` holds optimizer etc.;
-        `run` is the record of what the run computes (see `RunContext.run_record`)."""
+        `run` is the record of what the run computes (see `RunContext.run_record`); `state_dicts` maps a name
+        to the weights to write for it (a sharded model's, gathered), None or absent: the model's own."""
+        state_dicts = state_dicts or {}
         acc, tmp = self.acc, self.tmp
         if acc.is_main_process:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             for name, model in models.items():
+                weights = state_dicts.get(name)
                 if hasattr(model, "save_pretrained"):
-                    model.save_pretrained(tmp / name, safe_serialization=True)
+                    _save_model(model, tmp / name, weights)
                     if tokenizer is not None:
                         tokenizer.save_pretrained(tmp / name)
                 else:
-                    torch.save(model.state_dict(), tmp / f"{name}.pt")
+                    torch.save(model.state_dict() if weights is None else weights, tmp / f"{name}.pt")
             torch.save({"step": step, **state}, tmp / "state.pt")
             if run is not None:
                 write_json(tmp / RUN_RECORD, run)
