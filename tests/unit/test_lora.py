@@ -419,3 +419,61 @@ def test_bf16_base_merges_in_fp32_and_loads_in_plain_transformers(policy_dir, to
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))(
             input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(reloaded, expected, atol=1e-6, rtol=1e-6)
+
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+
+def _run_capturing(monkeypatch, run, cfg) -> list:
+    """Run a recipe; return the dtypes and logits on IDS of the model it handed to `for_saving` (the trained
+    model, before a merge)."""
+    from prefloop.models import lora as lora_module
+
+    seen, real = [], lora_module.for_saving
+
+    def capture(model, merge):
+        with torch.no_grad():
+            seen.append((_dtypes(model), model(input_ids=IDS).logits.float()))
+        return real(model, merge)
+
+    monkeypatch.setattr(lora_module, "for_saving", capture)
+    run(cfg)
+    return seen
+
+
+def test_sft_under_bf16_trains_an_fp32_adapter_on_a_bf16_base_and_merges(policy_dir, toy_data, tmp_path,
+                                                                         monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.recipes.sft import SFTConfig, run_sft
+
+    cfg = SFTConfig(model=str(policy_dir), data=toy_data["demos"], out=tmp_path / "sft", max_steps=2, batch_size=2,
+                    max_length=32, lr=1e-2, lora_r=4, precision="bf16", merge_lora=True, seed=0)
+    [(dtypes, logits)] = _run_capturing(monkeypatch, run_sft, cfg)
+    assert dtypes == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    merged_dir = tmp_path / "sft" / "model"
+    assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "float32"  # --dtype auto: the source's
+    plain = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    with torch.no_grad():
+        by_plain = plain(input_ids=IDS).logits
+    # the trained model computed in bf16, the merged one in fp32 on the same (bf16-valued) base weights
+    torch.testing.assert_close(by_plain, logits, atol=3e-2, rtol=3e-2)
+
+
+def test_ppo_under_bf16_keeps_policy_and_critic_bases_in_bf16(policy_dir, reward_dir, toy_data, tmp_path,
+                                                             monkeypatch):
+    from prefloop.recipes import ppo
+
+    critics, real_save = [], ppo.save_critic
+    monkeypatch.setattr(ppo, "save_critic", lambda ctx, pf, cf: (
+        critics.append(_dtypes(ctx.acc.unwrap_model(cf).critic)), real_save(ctx, pf, cf)))
+    cfg = ppo.PPOConfig(policy=str(policy_dir), reward=str(reward_dir), prompts=toy_data["prompts"],
+                        out=tmp_path / "ppo", max_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=4,
+                        max_length=32, lr=1e-2, lora_r=4, precision="bf16", seed=0)
+    [(policy, _)] = _run_capturing(monkeypatch, ppo.run_ppo, cfg)
+    assert policy == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    assert critics == [{"adapter": {torch.float32}, "head": {torch.float32}, "base": {torch.bfloat16}}]
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["kl/k1"] for r in rows if "kl/k1" in r]
+    assert kl and kl[-1] != 0  # the reference (adapter disabled) and the trained policy differ
