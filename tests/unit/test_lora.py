@@ -477,3 +477,17 @@ def test_ppo_under_bf16_keeps_policy_and_critic_bases_in_bf16(policy_dir, reward
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     kl = [r["kl/k1"] for r in rows if "kl/k1" in r]
     assert kl and kl[-1] != 0  # the reference (adapter disabled) and the trained policy differ
+
+
+def test_bf16_resume_continues_the_adapter_on_the_same_bf16_base(policy_dir, tok, tmp_path):
+    torch.manual_seed(0)
+    model, _ = _bf16_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16")), tok)
+    model.save_pretrained(tmp_path / "checkpoint")  # what a checkpoint holds of the model: the adapter
+    resumed = prepare_for_training(load_causal_lm(str(tmp_path / "checkpoint"), tok), opts(precision="bf16"),
+                                   resumed=True)
+    assert _dtypes(resumed) == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    assert all(("lora_" in n) == p.requires_grad for n, p in resumed.named_parameters())
+    ids, mask, _ = batch(tok, seed=4)
+    with torch.no_grad():
+        assert torch.equal(resumed(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
