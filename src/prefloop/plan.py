@@ -7,8 +7,9 @@ What the terms follow (each a fact of the code, not of training in general):
   AdamW's two fp32 moments per trainable parameter; bf16 / fp16 are autocast;
 - frozen models (the reference policy; the reward model during RL) are bf16 when the computation is bf16,
   fp32 otherwise (runtime/accel.py: frozen_dtype);
-- LoRA trains the adapter (and a reward model's score head) only; the base weights stay fp32 and frozen, and
-  the reference is the policy with its adapter disabled: no second copy (models/lora.py);
+- LoRA trains the adapter (and a reward model's score head) only, as fp32 masters; the frozen base weights
+  are bf16 under a bf16 computation, fp32 otherwise (models/lora.py: frozen_base_dtype), and the reference
+  is the policy with its adapter disabled: no second copy;
 - PPO's critic is a trained copy of the reward model (or, with LoRA, an adapter on it), or a value head on
   the policy's trunk; its forward and backward share one loss with the policy's, so both sets of
   activations are alive at once;
@@ -180,6 +181,7 @@ class Setup:
 
     @property
     def frozen_bytes(self) -> int:
+        """Frozen models, and a LoRA model's frozen base: bf16 under bf16 (fp16 weights could overflow)."""
         return 2 if self.precision == "bf16" else FP32
 
 
@@ -276,16 +278,23 @@ def no_grad_forward_bytes(s: ModelShape, setup: Setup, rows: int, seq: int) -> f
 
 
 def _models(shape: ModelShape, setup: Setup) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
-    """(trained models as (name, parameters, trainable parameters), frozen models as (name, parameters))."""
+    """(trained models as (name, frozen base parameters, trainable parameters), frozen models as (name,
+    parameters)). Only a LoRA model has a frozen base: all of the loaded model, besides its adapter and the
+    trained copy of a score head (the original copy stays, frozen)."""
     rm = setup.reward_shape or shape
     r = setup.lora_r
+
+    def reward_like(name: str) -> tuple[str, int, int]:
+        return (name, rm.reward_params(), rm.lora_params(r) + rm.hidden) if r else (name, 0, rm.reward_params())
+
     if setup.recipe == "reward":
-        return [("reward model", rm.reward_params(), rm.lora_params(r) + rm.hidden if r else rm.reward_params())], []
+        return [reward_like("reward model")], []
     value_head = shape.hidden + 1 if setup.recipe == "ppo" and setup.critic == "value-head" else 0
-    policy = ("policy", shape.lm_params() + value_head, (shape.lora_params(r) if r else shape.lm_params()) + value_head)
+    policy = ("policy", shape.lm_params(), shape.lora_params(r) + value_head) if r else \
+        ("policy", 0, shape.lm_params() + value_head)
     trained, frozen = [policy], []
     if setup.recipe == "ppo" and setup.critic == "reward":
-        trained.append(("critic", rm.reward_params(), rm.lora_params(r) + rm.hidden if r else rm.reward_params()))
+        trained.append(reward_like("critic"))
     wants_reference = setup.recipe in ("ppo", "dpo") or (setup.recipe in ("grpo", "rloo") and setup.kl_coef > 0)
     if wants_reference and not r:  # with LoRA the reference is the policy with its adapter disabled
         frozen.append(("reference", shape.lm_params()))
@@ -304,32 +313,48 @@ def _gradients(nbytes: float, setup: Setup, shard: str) -> Term:
     return Term("gradients", nbytes, "step", f"fp32, at the optimizer step (one micro-batch per step){shard}")
 
 
+def _fsdp2_gathered(shape: ModelShape, setup: Setup, dpo_pass: bool) -> list[Term]:
+    """The units FSDP2 gathers whole: the largest (a block or the embedding), current and prefetched."""
+    unit = max(shape.layer_params(), shape.embedding_params())
+    if setup.lora_r:  # a LoRA unit is frozen base weights in their dtype; its gradients are the adapter's
+        unit_bytes = setup.frozen_bytes
+        word = "bf16" if unit_bytes == 2 else "fp32"
+        train = Term("FSDP2 gathered", 2 * unit * unit_bytes, "train",
+                     f"two units of the frozen base gathered in {word} (current + prefetched)")
+    else:
+        unit_bytes = FP32
+        train = Term("FSDP2 gathered", 3 * unit * FP32, "train",
+                     "two units gathered in fp32 (current + prefetched) and one unit's unsharded gradients; "
+                     "the largest unit (a block or the embedding)")
+    forward_only = ["sample"] if setup.recipe in ("ppo", "grpo", "rloo") else ["reference"] if dpo_pass else []
+    return [train] + [Term("FSDP2 gathered", 2 * unit * unit_bytes, ph, "two units gathered for the forward")
+                      for ph in forward_only]
+
+
 def _static_terms(shape: ModelShape, setup: Setup) -> list[Term]:
     trained, frozen = _models(shape, setup)
     n = setup.shards
     shard = f" / {n} (FSDP2)" if n > 1 else ""
-    total = sum(p for _, p, _ in trained)
     trainable = sum(t for _, _, t in trained)
-    names = " + ".join(f"{name} {p / 1e6:,.1f}M" for name, p, _ in trained)
-    terms = [Term("weights", total * FP32 / n, "always", f"fp32 masters: {names}{shard}"),
+    names = " + ".join(f"{name} {t / 1e6:,.1f}M" for name, _, t in trained)
+    word = "bf16" if setup.frozen_bytes == 2 else "fp32"
+    terms = [Term("weights", trainable * FP32 / n, "always",
+                  f"fp32 masters: {names}{' (adapters and heads)' if setup.lora_r else ''}{shard}"),
              Term("optimizer states", trainable * 2 * FP32 / n, "always",
                   f"AdamW, 2 x fp32 per trainable parameter ({trainable / 1e6:,.2f}M){shard}"),
              _gradients(trainable * FP32 / n, setup, shard)]
+    if setup.lora_r:
+        bases = " + ".join(f"{name} {b / 1e6:,.1f}M" for name, b, _ in trained)
+        terms.append(Term("frozen base", sum(b for _, b, _ in trained) * setup.frozen_bytes / n, "always",
+                          f"LoRA: {bases} in {word}{shard}"))
     dpo_pass = setup.recipe == "dpo" and setup.precompute_reference
     for name, p in frozen:
         phase = "reference" if dpo_pass and name == "reference" else "always"
-        word = "bf16" if setup.frozen_bytes == 2 else "fp32"
         note = ", loaded for the one pass before training" if phase == "reference" else ""
         terms.append(Term(f"frozen {name}", p * setup.frozen_bytes / n, phase,
                           f"{p / 1e6:,.1f}M in {word}{note}{shard}"))
     if n > 1:
-        unit = max(shape.layer_params(), shape.embedding_params())
-        terms.append(Term("FSDP2 gathered", 3 * unit * FP32, "train",
-                          "two units gathered in fp32 (current + prefetched) and one unit's unsharded gradients; "
-                          "the largest unit (a block or the embedding)"))
-        forward_only = ["sample"] if setup.recipe in ("ppo", "grpo", "rloo") else ["reference"] if dpo_pass else []
-        terms += [Term("FSDP2 gathered", 2 * unit * FP32, ph, "two units gathered for the forward")
-                  for ph in forward_only]
+        terms += _fsdp2_gathered(shape, setup, dpo_pass)
     return terms
 
 

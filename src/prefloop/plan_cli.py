@@ -40,7 +40,8 @@ class PlanConfig(MemoryOptions, RolloutOptions):
     reward_model: str | None = None
     """Shape of the reward model and PPO's critic, as --model (default: the policy's shape)."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """The computation's precision (trained weights are fp32 in every mode; frozen models are bf16 under bf16)."""
+    """The computation's precision (trained weights are fp32 in every mode; frozen models and a LoRA model's
+    frozen base are bf16 under bf16)."""
     lora_r: int = 0
     """LoRA rank, as the trainers' --lora-r (0: every weight trains). The plan needs no peft."""
     processes: int = 1

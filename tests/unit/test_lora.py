@@ -294,3 +294,200 @@ def test_an_adapter_trained_on_an_earlier_adapter_reloads_to_the_same_model(poli
         expected = second(input_ids=ids, attention_mask=mask).logits
         reloaded = load_causal_lm(str(tmp_path / "second"), tok)(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)
+
+
+# -- the frozen base in bf16 under a bf16 computation -------------------------------------------------------
+
+
+def _dtypes(model) -> dict[str, set]:
+    """The dtypes of the adapter, the trained score head, and the frozen base."""
+    out = {"adapter": set(), "head": set(), "base": set()}
+    for name, p in model.named_parameters():
+        kind = "adapter" if "lora_" in name else "head" if "modules_to_save" in name else "base"
+        out[kind].add(p.dtype)
+    return out
+
+
+def test_bf16_keeps_the_frozen_base_in_bf16_and_the_trained_weights_fp32(policy_dir, reward_dir, tok):
+    lm = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16"))
+    assert _dtypes(lm) == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    assert all(p.requires_grad == (p.dtype == torch.float32) for p in lm.parameters())
+    if lm.config.tie_word_embeddings:  # the cast keeps tied weights one tensor
+        assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    rm = prepare_for_training(load_reward_model(str(reward_dir), tok), opts(precision="bf16"), reward=True)
+    assert _dtypes(rm) == {"adapter": {torch.float32}, "head": {torch.float32}, "base": {torch.bfloat16}}
+    for precision in ("fp32", "auto"):  # auto is fp32 on a CPU: nothing changes
+        same = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision=precision))
+        assert {p.dtype for p in same.parameters()} == {torch.float32}
+
+
+def _bf16_steps(model, tok, steps=3, lr=5e-2):
+    loss_fn, losses = CausalLMLoss(model), []
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    ids, mask, labels = batch(tok)
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(ids, mask, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+def test_bf16_base_trains_like_the_fp32_base_and_disabling_the_adapter_gives_the_bf16_reference(policy_dir, tok):
+    torch.manual_seed(0)
+    model, losses = _bf16_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16")),
+                                tok)
+    torch.manual_seed(0)  # the same adapter initialisation, on the fp32 base
+    _, fp32_losses = _bf16_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts()), tok)
+    assert losses[-1] < losses[0]
+    # under autocast the matmuls read bf16 weights either way; norms and embeddings differ by bf16 rounding
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(fp32_losses), atol=0.0, rtol=2e-2)
+    assert _dtypes(model)["adapter"] == {torch.float32}  # AdamW updated fp32 masters
+
+    reference = load_causal_lm(str(policy_dir), tok, dtype=torch.bfloat16)  # what frozen_dtype loads
+    ids, mask, _ = batch(tok, seed=1)
+    R = 5
+    for amp in (False, True):  # scoring a rollout runs outside autocast, the training forward inside
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            ref = ResponseForward(reference)(ids, mask, ids[:, -R:], 0.7)[0]
+            disabled = WithoutAdapter(ResponseForward(model))(ids, mask, ids[:, -R:], 0.7)[0]
+            trained = ResponseForward(model)(ids, mask, ids[:, -R:], 0.7)[0]
+        assert torch.equal(disabled, ref), amp
+        assert not torch.equal(trained, ref)
+
+
+def test_bf16_base_samples_and_scores_outside_autocast(policy_dir, reward_dir, tok):
+    """The sampler, a value head and a LoRA critic's fp32 score head all read the bf16 trunk without autocast."""
+    from prefloop.models.heads import ValueHead
+    from prefloop.models.wrappers import CriticForward
+    from prefloop.rollout.sampler import SamplingConfig, sample
+
+    lm = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16"))
+    ids, mask, _ = batch(tok, n=2, T=6)
+    cfg = SamplingConfig(max_new_tokens=4, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = sample(lm.eval(), ids, mask, cfg, generator=torch.Generator().manual_seed(0))
+    assert out.response_ids.shape == (2, 4)
+    with torch.no_grad():
+        values = ResponseForward(lm, ValueHead(lm.config.hidden_size))(ids, mask, ids[:, -3:])[2]
+    assert values.dtype == torch.float32 and values.shape == (2, 3)
+    critic = prepare_for_training(load_reward_model(str(reward_dir), tok), opts(precision="bf16"), reward=True)
+    with torch.no_grad():
+        v = CriticForward(critic)(ids, mask, 3)
+        with adapter_disabled(critic):  # the frozen copy of the head is bf16, like the trunk
+            v0 = CriticForward(critic)(ids, mask, 3)
+    # the head has not trained yet: its fp32 copy and the frozen bf16 original differ by bf16 rounding only
+    assert v.shape == (2, 3) and torch.isfinite(v).all()
+    torch.testing.assert_close(v, v0, atol=2e-2, rtol=1e-2)
+
+
+def test_bf16_base_gradient_checkpointing_gives_the_same_gradients(policy_dir, tok):
+    ids, mask, labels = batch(tok)
+    results = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        model = prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16",
+                                                                                 gradient_checkpointing=gc))
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_grads(model, lambda m: CausalLMLoss(m)(ids, mask, labels)))
+    (loss0, g0), (loss1, g1) = results
+    assert torch.equal(loss0, loss1) and g0.keys() == g1.keys() and g0
+    assert all(g.dtype == torch.float32 for g in g0.values())  # gradients of the fp32 adapter only
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_bf16_base_merges_in_fp32_and_loads_in_plain_transformers(policy_dir, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model, _ = _bf16_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16")), tok)
+    layer = model.model.layers[0].self_attn.q_proj
+    base = layer.base_layer.weight.detach().float().clone()
+    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach() * layer.scaling["default"]
+    plain = merged(model)
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    # the update added at fp32: rounded into the bf16 weights, most of it would be lost
+    torch.testing.assert_close(plain.model.layers[0].self_attn.q_proj.weight, base + delta, atol=1e-7, rtol=1e-6)
+    ids, mask, _ = batch(tok, seed=2)
+    with torch.no_grad():
+        expected = plain(input_ids=ids, attention_mask=mask).logits
+    plain.save_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))(
+            input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(reloaded, expected, atol=1e-6, rtol=1e-6)
+
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+
+def _run_capturing(monkeypatch, run, cfg) -> list:
+    """Run a recipe; return the dtypes and logits on IDS of the model it handed to `for_saving` (the trained
+    model, before a merge)."""
+    from prefloop.models import lora as lora_module
+
+    seen, real = [], lora_module.for_saving
+
+    def capture(model, merge):
+        with torch.no_grad():
+            seen.append((_dtypes(model), model(input_ids=IDS).logits.float()))
+        return real(model, merge)
+
+    monkeypatch.setattr(lora_module, "for_saving", capture)
+    run(cfg)
+    return seen
+
+
+def test_sft_under_bf16_trains_an_fp32_adapter_on_a_bf16_base_and_merges(policy_dir, toy_data, tmp_path,
+                                                                         monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.recipes.sft import SFTConfig, run_sft
+
+    cfg = SFTConfig(model=str(policy_dir), data=toy_data["demos"], out=tmp_path / "sft", max_steps=2, batch_size=2,
+                    max_length=32, lr=1e-2, lora_r=4, precision="bf16", merge_lora=True, seed=0)
+    [(dtypes, logits)] = _run_capturing(monkeypatch, run_sft, cfg)
+    assert dtypes == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    merged_dir = tmp_path / "sft" / "model"
+    assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "float32"  # --dtype auto: the source's
+    plain = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    with torch.no_grad():
+        by_plain = plain(input_ids=IDS).logits
+    # the trained model computed in bf16, the merged one in fp32 on the same (bf16-valued) base weights
+    torch.testing.assert_close(by_plain, logits, atol=3e-2, rtol=3e-2)
+
+
+def test_ppo_under_bf16_keeps_policy_and_critic_bases_in_bf16(policy_dir, reward_dir, toy_data, tmp_path,
+                                                             monkeypatch):
+    from prefloop.recipes import ppo
+
+    critics, real_save = [], ppo.save_critic
+    monkeypatch.setattr(ppo, "save_critic", lambda ctx, pf, cf: (
+        critics.append(_dtypes(ctx.acc.unwrap_model(cf).critic)), real_save(ctx, pf, cf)))
+    cfg = ppo.PPOConfig(policy=str(policy_dir), reward=str(reward_dir), prompts=toy_data["prompts"],
+                        out=tmp_path / "ppo", max_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=4,
+                        max_length=32, lr=1e-2, lora_r=4, precision="bf16", seed=0)
+    [(policy, _)] = _run_capturing(monkeypatch, ppo.run_ppo, cfg)
+    assert policy == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    assert critics == [{"adapter": {torch.float32}, "head": {torch.float32}, "base": {torch.bfloat16}}]
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["kl/k1"] for r in rows if "kl/k1" in r]
+    assert kl and kl[-1] != 0  # the reference (adapter disabled) and the trained policy differ
+
+
+def test_bf16_resume_continues_the_adapter_on_the_same_bf16_base(policy_dir, tok, tmp_path):
+    torch.manual_seed(0)
+    model, _ = _bf16_steps(prepare_for_training(load_causal_lm(str(policy_dir), tok), opts(precision="bf16")), tok)
+    model.save_pretrained(tmp_path / "checkpoint")  # what a checkpoint holds of the model: the adapter
+    resumed = prepare_for_training(load_causal_lm(str(tmp_path / "checkpoint"), tok), opts(precision="bf16"),
+                                   resumed=True)
+    assert _dtypes(resumed) == {"adapter": {torch.float32}, "head": set(), "base": {torch.bfloat16}}
+    assert all(("lora_" in n) == p.requires_grad for n, p in resumed.named_parameters())
+    ids, mask, _ = batch(tok, seed=4)
+    with torch.no_grad():
+        assert torch.equal(resumed(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)

@@ -71,12 +71,21 @@ def test_load_shape_reads_a_model_directory_and_names_bad_fields(tmp_path):
 # -- each term moves the right way ----------------------------------------------------------------------------
 
 
-def test_lora_keeps_fp32_base_weights_and_shrinks_gradients_and_optimizer_states():
+def test_lora_base_is_bf16_under_bf16_and_only_the_adapter_has_fp32_masters_and_states():
     full, lora = _plan("sft"), _plan("sft", lora_r=16)
-    assert lora.term("weights") == pytest.approx(full.term("weights"))  # the frozen base stays fp32
-    assert lora.term("optimizer states") == SMALL.lora_params(16) * 8  # two fp32 moments per adapter weight
-    assert lora.term("gradients") == SMALL.lora_params(16) * 4
+    adapter = SMALL.lora_params(16)
+    assert lora.term("weights") == adapter * 4  # fp32 masters of the adapter only
+    assert lora.term("frozen base") == SMALL.lm_params() * 2  # the base in bf16 (models/lora.py: frozen_base_dtype)
+    assert _plan("sft", lora_r=16, precision="fp32").term("frozen base") == SMALL.lm_params() * 4
+    assert _plan("sft", lora_r=16, precision="fp16").term("frozen base") == SMALL.lm_params() * 4
+    assert full.term("frozen base") == 0 and full.term("weights") == SMALL.lm_params() * 4
+    assert lora.term("optimizer states") == adapter * 8  # two fp32 moments per adapter weight
+    assert lora.term("gradients") == adapter * 4
     assert lora.term("optimizer states") < full.term("optimizer states") / 50
+    # PPO's critic, a LoRA on the reward model: its base is bf16 too, its adapter and score head fp32
+    ppo = _plan("ppo", lora_r=16)
+    assert ppo.term("frozen base") == (SMALL.lm_params() + SMALL.reward_params()) * 2
+    assert ppo.term("weights") == (adapter + SMALL.lora_params(16) + SMALL.hidden) * 4
 
 
 def test_lora_reference_is_the_policy_without_its_adapter():

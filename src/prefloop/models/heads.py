@@ -52,4 +52,5 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h).squeeze(-1)
+        # fp32 head on a bf16 trunk (a LoRA policy's frozen base under bf16) outside autocast: cast to its dtype
+        return self.linear(h.to(self.linear.weight.dtype)).squeeze(-1)

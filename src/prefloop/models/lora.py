@@ -9,6 +9,9 @@ unchanged. The peft wrapper that owns the adapter stays attached to it, so that
   without a second copy of the model in memory;
 - `merged(model)` folds the adapter into the weights: a plain model that plain transformers loads.
 
+Under a bf16 computation the frozen base weights are bf16 (`frozen_base_dtype`): they are never updated, so
+they need no fp32 master copy. The adapter and a trained score head stay fp32 masters, as every trained weight.
+
 Nothing here imports peft until a LoRA option is used (peft is the optional extra `prefloop[lora]`).
 """
 
@@ -114,10 +117,14 @@ def load_adapter(base: nn.Module, adapter_dir) -> nn.Module:
 
 
 def merged(model: nn.Module) -> nn.Module:
-    """The adapter folded into the base weights (in place): a plain model; a plain model is returned as is."""
+    """The adapter folded into the base weights (in place): a plain model; a plain model is returned as is.
+
+    A bf16 frozen base is brought back to fp32 first, so the adapter's update is added at full precision,
+    not rounded to bf16's ulp of each weight; saving then casts to the run's `--dtype` like any model."""
     peft = peft_model(model)
     if peft is None:
         return model
+    _cast_frozen(model, torch.float32)
     source = _detach(model)
     plain = peft.merge_and_unload()
     if source is not None:
@@ -180,11 +187,49 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.enable_input_require_grads()
 
 
+def frozen_base_dtype(opts) -> torch.dtype:
+    """The dtype of a LoRA model's frozen base: bf16 when the computation is bf16 (as for the frozen models
+    of `runtime.accel.frozen_dtype`), float32 otherwise (fp16 weights could overflow; fp32 changes nothing)."""
+    from prefloop.runtime.accel import frozen_dtype
+
+    precision = getattr(opts, "precision", "fp32")
+    return frozen_dtype(precision) if precision in ("auto", "bf16") else torch.float32
+
+
+def _cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
+    """Every frozen floating-point parameter in `dtype`, the trained ones (adapter, score head) untouched.
+
+    Norms and embeddings are frozen base weights too and go to bf16 with the rest: then the adapter-disabled
+    policy is exactly the bf16 reference that `frozen_dtype` would load (transformers' RMSNorm computes in
+    fp32 internally either way), and they are a negligible share of the memory. `.data` keeps tied weights
+    (embedding and LM head) one tensor. Buffers (rotary frequencies) keep their dtype, as in any loaded model."""
+    for p in {id(p): p for p in model.parameters()}.values():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def _head_inputs_in_weight_dtype(model: nn.Module) -> None:
+    """The fp32 trained score head reads the bf16 trunk's hidden states: cast them to its dtype. Under
+    autocast the head runs in bf16 anyway; outside it (sampling, scoring a rollout) fp32 x bf16 would fail."""
+    from peft.utils import ModulesToSaveWrapper
+
+    def cast(module, args):
+        dtype = module.weight.dtype
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for wrapper in (m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)):
+        for head in wrapper.modules_to_save.values():
+            if not getattr(head, "_prefloop_casts_input", False):
+                head.register_forward_pre_hook(cast)
+                head._prefloop_casts_input = True
+
+
 def prepare_for_training(model: nn.Module, opts, resumed: bool = False, reward: bool = False) -> nn.Module:
     """Apply the memory options (`LoraOptions`/`MemoryOptions` fields of a config) to a loaded model.
 
     An adapter loaded with the model continues training when `resumed` (it is the run's own checkpoint);
-    otherwise it belongs to an earlier stage and is merged first. Then a new adapter if --lora-r is set."""
+    otherwise it belongs to an earlier stage and is merged first. Then a new adapter if --lora-r is set.
+    With an adapter under a bf16 computation (`opts.precision`) the frozen base goes to bf16."""
     r = getattr(opts, "lora_r", 0) or 0
     if peft_model(model) is not None and not (resumed and r):
         # peft froze the base weights when it attached the adapter; the merged model trains in full
@@ -194,6 +239,9 @@ def prepare_for_training(model: nn.Module, opts, resumed: bool = False, reward: 
             p.requires_grad_("lora_" in name or "modules_to_save" in name)
     elif r:
         model = add_lora(model, r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules, reward=reward)
+    if peft_model(model) is not None and frozen_base_dtype(opts) != torch.float32:
+        _cast_frozen(model, frozen_base_dtype(opts))
+        _head_inputs_in_weight_dtype(model)
     if getattr(opts, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model
