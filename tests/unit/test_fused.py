@@ -64,3 +64,24 @@ def test_fuse_activations_leaves_other_activations_alone():
     assert [type(m) for m in model.modules()][1:] == [torch.nn.GELU, TanhGELU, torch.nn.Sequential, TanhGELU]
     x = torch.linspace(-6, 6, 101)
     torch.testing.assert_close(model[1](x), NewGELUActivation()(x), rtol=0, atol=1e-6)
+
+
+def test_optimizer_is_fused_adamw_and_steps_like_the_per_tensor_loop():
+    from prefloop.recipes.common import CommonConfig, make_optimizer
+
+    torch.manual_seed(0)
+    cfg = CommonConfig(lr=1e-2, weight_decay=0.1, adam_eps=1e-6)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer(a.parameters(), cfg)
+    loop = torch.optim.AdamW(b.parameters(), lr=1e-2, eps=1e-6, weight_decay=0.1, betas=(0.9, 0.95), foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(5, 8)
+    for _ in range(3):
+        for m, opt in ((a, fused), (b, loop)):
+            m(x).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(a.weight, torch.nn.Linear(8, 4).weight)
