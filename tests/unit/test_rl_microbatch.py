@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from prefloop.models import ResponseForward, gpt2_config
 from prefloop.models.fused import fuse_activations
 from prefloop.recipes.rl_common import RowLengths
-from prefloop.rl import RolloutBatch, masked_mean, ppo_policy_loss
+from prefloop.rl import PairLogprobs, RolloutBatch, masked_mean, ppo_policy_loss
 from prefloop.rl.batches import length_groups
 
 
@@ -127,3 +127,21 @@ def test_crop_keeps_every_real_token_and_only_drops_padding():
         assert torch.equal(getattr(sub, name), getattr(batch.select(rows), name)[:, :6])
     assert torch.equal(masked_mean(sub.advantages, sub.response_mask),
                        masked_mean(batch.select(rows).advantages, batch.select(rows).response_mask))
+
+
+def test_dpo_reference_pass_by_length_returns_each_pairs_logprobs_in_the_given_order():
+    from prefloop.data.encode_more import PromptedPair
+    from prefloop.recipes.dpo import SequenceLogprobs, pair_logprobs
+
+    torch.manual_seed(0)
+    fwd = SequenceLogprobs(AutoModelForCausalLM.from_config(gpt2_config(64, "micro"))).eval()
+    g = torch.Generator().manual_seed(2)
+    pairs = []
+    for n in (30, 5, 22, 7, 28, 4, 12):  # lengths out of order, so the pass reorders them
+        prompt = torch.randint(1, 64, (3,), generator=g).tolist()
+        pairs.append(PromptedPair(prompt + torch.randint(1, 64, (n,), generator=g).tolist(),
+                                  prompt + torch.randint(1, 64, (n // 2 + 1,), generator=g).tolist(), 3))
+    batched = pair_logprobs(fwd, pairs, 0, "cpu", batch_size=3)
+    alone = PairLogprobs.cat([pair_logprobs(fwd, [p], 0, "cpu", 1) for p in pairs])
+    for name in ("chosen", "rejected", "chosen_tokens", "rejected_tokens"):
+        torch.testing.assert_close(getattr(batched, name), getattr(alone, name), rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt
 from prefloop.errors import ConfigError
-from prefloop.rl.batches import length_groups
+from prefloop.rl.batches import GROUP_OVERHEAD_TOKENS, GROUP_OVERHEAD_TOKENS_GPU, length_groups
 from prefloop.rollout import sample
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
@@ -66,13 +66,14 @@ class RowLengths:
 
     def __init__(self, query_mask: torch.Tensor, response_mask: torch.Tensor):
         self.width = query_mask.shape[1]
+        self.overhead = GROUP_OVERHEAD_TOKENS if query_mask.device.type == "cpu" else GROUP_OVERHEAD_TOKENS_GPU
         self.query, self.response = torch.stack([query_mask.sum(1), response_mask.sum(1)]).cpu().tolist()
 
     def groups(self, ctx, rows, micro_batch_size: int | None) -> list[list[int]]:
         """`rows` as micro-batches of rows of similar length (fewer padding positions), at most
         `micro_batch_size` rows each; with several processes, as many micro-batches on each."""
         rows = list(rows)
-        cut = length_groups([self.query[i] + self.response[i] for i in rows], micro_batch_size,
+        cut = length_groups([self.query[i] + self.response[i] for i in rows], micro_batch_size, self.overhead,
                             equal_count=ctx.world > 1)
         return [[rows[k] for k in g] for g in cut]
 

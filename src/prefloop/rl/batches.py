@@ -155,9 +155,12 @@ class SFTBatch(_TensorBatch):
         self._check_batch_dim()
 
 
-# A micro-batch's fixed cost (kernel launches, Python around the forward and backward), in padded token
-# positions: on 2 CPU cores a tiny GPT-2 spends about as long on 64 positions as on one more forward/backward.
+# A micro-batch's fixed cost (Python around the forward and backward, kernel launches, smaller matmuls), in
+# padded token positions. On 2 CPU cores a tiny GPT-2 spends about as long on 64 positions as on one more
+# forward/backward. A GPU runs many more positions in the time of one launch sequence: 1024 there is an
+# estimate, not a measurement.
 GROUP_OVERHEAD_TOKENS = 64
+GROUP_OVERHEAD_TOKENS_GPU = 1024
 
 
 def length_groups(lengths: Sequence[int], max_rows: int | None = None, overhead: int = GROUP_OVERHEAD_TOKENS,
