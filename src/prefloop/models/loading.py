@@ -151,6 +151,7 @@ def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
     from prefloop.errors import LogitsMismatchError
 
     from .checks import check_logits
+    from .fused import fuse_activations
 
     adapted = _adapter_model(load_causal_lm, name, tokenizer=tokenizer, dtype=dtype,
                              attn_implementation=attn_implementation)
@@ -159,6 +160,7 @@ def load_causal_lm(name: str, tokenizer=None, dtype: torch.dtype | None = None,
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "causal language model",
                              **_dtype_kwargs(dtype, attn_implementation))
     _sync_special_tokens(model, tokenizer)
+    fuse_activations(model)  # before the check, so that it checks the modules that will run
     try:
         check_logits(model, str(name))
     except LogitsMismatchError as e:
@@ -184,6 +186,7 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     from prefloop.errors import LogitsMismatchError
 
     from .checks import check_scores
+    from .fused import fuse_activations
 
     adapted = _adapter_model(load_reward_model, name, tokenizer=tokenizer, dtype=dtype, new_head=new_head,
                              attn_implementation=attn_implementation)
@@ -199,6 +202,7 @@ def load_reward_model(name: str, tokenizer=None, dtype: torch.dtype | None = Non
     _sync_special_tokens(model, tokenizer)
     if new_head:
         init_score_head(model)
+    fuse_activations(model)
     try:
         check_scores(model, str(name))
     except LogitsMismatchError as e:

@@ -88,7 +88,16 @@ def make_optimizer(params, cfg: CommonConfig) -> torch.optim.Optimizer:
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
     else:
         groups = [{"params": [p for p in params if p.requires_grad]}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                             fused=_can_fuse([p for g in groups for p in g["params"]]) or None)
+
+
+def _can_fuse(params: list) -> bool:
+    """Fused AdamW (one kernel over all tensors) where torch has it: plain floating tensors on the CPU or a CUDA
+    GPU. It is the same update; the per-tensor loop that is torch's CPU default took about 5x longer (a tenth of
+    a tiny GPT-2's SFT step)."""
+    return bool(params) and all(type(p) is torch.nn.Parameter and p.dtype.is_floating_point
+                                and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def make_scheduler(opt, cfg: CommonConfig, total_steps: int):

@@ -100,15 +100,17 @@ def collate(pairs: list[PromptedPair], pad_id: int) -> tuple[torch.Tensor, torch
 def pair_logprobs(fwd: nn.Module, pairs: list[PromptedPair], pad_id: int, device, batch_size: int,
                   autocast=nullcontext) -> PairLogprobs:
     """Summed response log-probs and response token counts of `pairs` under `fwd` (a SequenceLogprobs), on
-    the CPU. `autocast`: the training forward's precision context, so that policy and reference agree at
-    step 0."""
+    the CPU, in the order of `pairs`. The forwards take the pairs by length (`batch_size` at a time), so each
+    batch pads little. `autocast`: the training forward's precision context, so that policy and reference
+    agree at step 0."""
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i].chosen), len(pairs[i].rejected)))
     out = []
     for i in range(0, len(pairs), batch_size):
-        ids, mask, resp = collate(pairs[i:i + batch_size], pad_id)
+        ids, mask, resp = collate([pairs[j] for j in order[i:i + batch_size]], pad_id)
         with autocast():
             s, n = fwd(ids.to(device), mask.to(device), resp.to(device))
         out.append(PairLogprobs.from_rows(s.float().cpu(), n.float().cpu()))
-    return PairLogprobs.cat(out)
+    return PairLogprobs.cat(out).select(sorted(range(len(order)), key=order.__getitem__))
 
 
 def dpo_loss(cfg: DPOConfig, policy: PairLogprobs, ref: PairLogprobs):

@@ -26,7 +26,7 @@ from prefloop.data import file_sha256
 from prefloop.errors import ConfigError, require
 from prefloop.models import ResponseForward, load_causal_lm, load_tokenizer
 from prefloop.models.lora import WithoutAdapter
-from prefloop.rl import kl_k1, kl_k3, masked_mean, masked_sum
+from prefloop.rl import RolloutBatch, kl_k1, kl_k3, masked_mean, masked_sum
 from prefloop.rl.group import (
     group_advantages,
     kl_penalised_scores,
@@ -40,9 +40,7 @@ from .common import (
     CommonConfig,
     GoldFn,
     Timer,
-    chunks,
     decode_responses,
-    micro_batches,
     sampling_config,
 )
 from .context import RunContext
@@ -51,6 +49,7 @@ from .options import PolicyOptions, RewardOptions, RLSamplingOptions
 from .rewards import load_reward_source
 from .rl_common import (
     SHOW,
+    RowLengths,
     add_stats,
     final_metrics,
     generator_states,
@@ -237,14 +236,21 @@ def prompt_batch(cfg: GroupPGConfig, rank: int, world: int, n_prompts: int, upda
 @torch.no_grad()
 def score_rollout(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, ref_fwd, out):
     """Old log-probs (None on-policy) and reference log-probs (None without KL), (B, R) and 0 after the
-    response, a micro-batch at a time (docs/ppo.md item 5)."""
-    ids, mask = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
-    r_ids, T = out.response_ids, cfg.temperature
-    parts = list(chunks(ids.shape[0], cfg.micro_batch_size or cfg.batch_size))
+    response, a micro-batch of rows of similar length at a time, cropped to the columns its rows use
+    (docs/ppo.md item 5)."""
+    whole = _as_batch(out)
+    lengths, (B, R) = RowLengths(out.query_mask, out.response_mask), out.response_ids.shape
+    groups = lengths.groups(ctx, range(B), cfg.micro_batch_size or cfg.batch_size)
 
     def logprobs(fwd):
-        return torch.cat([fwd(ids[s], mask[s], r_ids[s], T)[0] for s in parts]) \
-            * out.response_mask.float()
+        full = torch.zeros((B, R), device=out.response_ids.device)
+        for rows in groups:
+            sub = whole.select(rows).crop(*lengths.columns(rows))
+            ids, mask = torch.cat([sub.query_ids, sub.response_ids], 1), \
+                torch.cat([sub.query_mask, sub.response_mask], 1)
+            full[torch.tensor(rows, device=full.device), :sub.response_ids.shape[1]] = \
+                fwd(ids, mask, sub.response_ids, cfg.temperature)[0].float()
+        return full * out.response_mask.float()
 
     old_logp = ref_logp = None
     if not on_policy(cfg):
@@ -256,39 +262,48 @@ def score_rollout(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, ref_fwd, out)
     return old_logp, ref_logp
 
 
+def _as_batch(out, old_logp=None, ref_logp=None) -> RolloutBatch:
+    """A sampled rollout as a RolloutBatch (for `select` and `crop`); `logprobs` are the old log-probs of a
+    separate forward when there are some, else the sampler's own."""
+    return RolloutBatch(query_ids=out.query_ids, query_mask=out.query_mask, response_ids=out.response_ids,
+                        response_mask=out.response_mask, logprobs=out.logprobs if old_logp is None else old_logp,
+                        ref_logprobs=ref_logp)
+
+
 def optimise(cfg: GroupPGConfig, ctx: RunContext, policy_fwd, opt, sched, out, old_logp, ref_logp, advantages,
              generator) -> dict:
     """The clipped surrogate (plus a k3 KL term unless KL is in the reward) over epochs of shuffled
-    minibatches, one optimizer step each; micro-batches accumulate gradients. Returns the mean statistics of
-    the micro-batches and the mean gradient norm of the steps."""
+    minibatches, one optimizer step each; micro-batches (rows of similar length, cropped to the columns they
+    use) accumulate gradients. Returns the statistics of the minibatches (micro-batches weighted as their
+    losses), averaged over the steps, and the mean gradient norm."""
     policy_fwd.train()
-    ids, attn = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
+    whole, lengths = _as_batch(out, old_logp, ref_logp), RowLengths(out.query_mask, out.response_mask)
     loss_fn = pg_loss_token_mean if cfg.loss_aggregation == "token" else pg_loss_sequence_mean
     kl_loss_coef = 0.0 if cfg.kl_in_reward else cfg.kl_coef
     sums: dict[str, float] = {}
-    count, norms = 0, []
-    for mb in minibatches(ids.shape[0], cfg.batch_size // ctx.world, cfg.epochs_per_rollout, generator):
-        mb_tokens = float(out.response_mask[mb].sum())
-        for mi in ctx.accumulate(micro_batches(mb, cfg.micro_batch_size), policy_fwd):
-            mask = out.response_mask[mi].float()
+    norms: list[float] = []
+    for mb in minibatches(out.response_ids.shape[0], cfg.batch_size // ctx.world, cfg.epochs_per_rollout, generator):
+        mb_tokens = lengths.tokens(mb)
+        for mi in ctx.accumulate(lengths.groups(ctx, mb, cfg.micro_batch_size), policy_fwd):
+            sub = whole.select(mi).crop(*lengths.columns(mi))
+            ids = torch.cat([sub.query_ids, sub.response_ids], 1)
+            attn = torch.cat([sub.query_mask, sub.response_mask], 1)
+            mask = sub.response_mask.float()
             with ctx.acc.autocast():
-                new_logp, entropy, _ = policy_fwd(ids[mi], attn[mi], out.response_ids[mi], cfg.temperature,
-                                                  entropy=True)
-                loss, stats = loss_fn(new_logp, None if old_logp is None else old_logp[mi], advantages[mi], mask,
-                                      cfg.clip_eps, None if ref_logp is None else ref_logp[mi], kl_loss_coef)
+                new_logp, entropy, _ = policy_fwd(ids, attn, sub.response_ids, cfg.temperature, entropy=True)
+                loss, stats = loss_fn(new_logp, None if old_logp is None else sub.logprobs, advantages[mi], mask,
+                                      cfg.clip_eps, sub.ref_logprobs, kl_loss_coef)
                 # Each micro-batch's share of the minibatch mean: tokens (token mean) or rows.
-                share = float(mask.sum()) / max(mb_tokens, 1.0) if cfg.loss_aggregation == "token" \
+                share = lengths.tokens(mi) / max(mb_tokens, 1) if cfg.loss_aggregation == "token" \
                     else len(mi) / len(mb)
                 ctx.acc.backward(loss * share)
             with torch.no_grad():
                 stats["policy/entropy"] = float(masked_mean(entropy, mask))
                 if on_policy(cfg):  # the sampler's log-probs against the training forward's
-                    stats["rollout/logprob_gap"] = float(masked_mean((new_logp.detach() - out.logprobs[mi]).abs(),
-                                                                     mask))
-            add_stats(sums, stats)
-            count += 1
+                    stats["rollout/logprob_gap"] = float(masked_mean((new_logp.detach() - sub.logprobs).abs(), mask))
+            add_stats(sums, stats, share)
         norms.append(ctx.step(opt, sched))
-    return {**{k: v / max(count, 1) for k, v in sums.items()}, "grad_norm": sum(norms) / max(len(norms), 1)}
+    return {**{k: v / max(len(norms), 1) for k, v in sums.items()}, "grad_norm": sum(norms) / max(len(norms), 1)}
 
 
 def kl_metrics(cfg: GroupPGConfig, ctx: RunContext, n: int, out, old_logp, ref_logp, rewards) -> dict:

@@ -42,7 +42,7 @@ from prefloop.rl import (
 )
 from prefloop.runtime.accel import frozen_dtype
 
-from .common import CommonConfig, GoldFn, Timer, chunks, micro_batches, sampling_config
+from .common import CommonConfig, GoldFn, Timer, sampling_config
 from .context import RunContext
 from .memory import (
     LoraOptions,
@@ -55,6 +55,7 @@ from .memory import (
 from .options import PolicyOptions, RewardModelOptions, RLSamplingOptions, required
 from .rl_common import (
     SHOW,
+    RowLengths,
     add_stats,
     final_metrics,
     generator_states,
@@ -270,55 +271,64 @@ def calibrate_reward(ctx: RunContext, policy_fwd, rm, prompt_ids: list[list[int]
 @torch.no_grad()
 def score_rollout(cfg: PPOConfig, ctx: RunContext, policy_fwd, critic_fwd, ref_fwd, rm, out):
     """Old log-probs, reference log-probs and values (B, R), 0 after the response, and raw scores (B,) of a
-    sampled batch, a micro-batch at a time (docs/ppo.md items 5, 8)."""
+    sampled batch, a micro-batch of rows of similar length at a time, cropped to the columns its rows use
+    (docs/ppo.md items 5, 8)."""
     pf, cf = ctx.acc.unwrap_model(policy_fwd), None if critic_fwd is None else ctx.acc.unwrap_model(critic_fwd)
     pf.eval()
-    ids, mask = torch.cat([out.query_ids, out.response_ids], 1), torch.cat([out.query_mask, out.response_mask], 1)
-    r_ids, R, T = out.response_ids, out.response_ids.shape[1], cfg.temperature
-    logp, ref_logp, values, scores = [], [], [], []
-    for s in chunks(ids.shape[0], cfg.micro_batch_size or cfg.batch_size):
-        lp, _, v = pf(ids[s], mask[s], r_ids[s], T)
-        logp.append(lp)
-        ref_logp.append(ref_fwd(ids[s], mask[s], r_ids[s], T)[0])
-        values.append(cf(ids[s], mask[s], R) if cf is not None else v)
-        scores.append(rm(ids[s], mask[s]))
+    whole = RolloutBatch(query_ids=out.query_ids, query_mask=out.query_mask, response_ids=out.response_ids,
+                         response_mask=out.response_mask)
+    lengths, (B, R), T = RowLengths(out.query_mask, out.response_mask), out.response_ids.shape, cfg.temperature
+    logp, ref_logp, values = (out.response_mask.new_zeros((B, R), dtype=torch.float32) for _ in range(3))
+    scores = torch.zeros(B, device=out.response_ids.device)
+    for rows in lengths.groups(ctx, range(B), cfg.micro_batch_size or cfg.batch_size):
+        sub = whole.select(rows).crop(*lengths.columns(rows))
+        ids, mask = torch.cat([sub.query_ids, sub.response_ids], 1), torch.cat([sub.query_mask, sub.response_mask], 1)
+        r_ids, r = sub.response_ids, sub.response_ids.shape[1]
+        at = torch.tensor(rows, device=scores.device)
+        lp, _, v = pf(ids, mask, r_ids, T)
+        logp[at, :r] = lp.float()
+        ref_logp[at, :r] = ref_fwd(ids, mask, r_ids, T)[0].float()
+        values[at, :r] = (cf(ids, mask, r) if cf is not None else v).float()
+        scores[at] = rm(ids, mask).float()
     m = out.response_mask.float()
-    return torch.cat(logp) * m, torch.cat(ref_logp) * m, torch.cat(values) * m, torch.cat(scores)
+    return logp * m, ref_logp * m, values * m, scores
 
 
 def optimise(cfg: PPOConfig, ctx: RunContext, policy_fwd, critic_fwd, opt, sched, b: RolloutBatch,
              generator) -> dict:
-    """PPO epochs over shuffled minibatches of the rollout, one optimizer step each; micro-batches accumulate
-    gradients. Returns the mean statistics of the micro-batches and the mean gradient norm of the steps."""
+    """PPO epochs over shuffled minibatches of the rollout, one optimizer step each; micro-batches (rows of
+    similar length, cropped to the columns they use) accumulate gradients. Returns the statistics of the
+    minibatches (micro-batches weighted as their losses), averaged over the steps, and the mean gradient norm."""
     models = [policy_fwd] + ([critic_fwd] if critic_fwd is not None else [])
     for m in models:
         m.train()
-    R = b.response_ids.shape[1]
+    lengths = RowLengths(b.query_mask, b.response_mask)
     sums: dict[str, float] = {}
-    count, norms = 0, []
+    norms: list[float] = []
     for mb in minibatches(b.response_ids.shape[0], cfg.batch_size // ctx.world, cfg.ppo_epochs, generator):
-        mb_tokens = float(b.response_mask[mb].sum())
-        for mi in ctx.accumulate(micro_batches(mb, cfg.micro_batch_size), *models):
-            sub = b.select(torch.tensor(mi))
+        mb_tokens = lengths.tokens(mb)
+        for mi in ctx.accumulate(lengths.groups(ctx, mb, cfg.micro_batch_size), *models):
+            sub = b.select(mi).crop(*lengths.columns(mi))
             ids = torch.cat([sub.query_ids, sub.response_ids], 1)
             attn = torch.cat([sub.query_mask, sub.response_mask], 1)
             mask = sub.response_mask.float()
             with ctx.acc.autocast():
                 new_logp, entropy, head_values = policy_fwd(ids, attn, sub.response_ids, cfg.temperature,
                                                             entropy=True)
-                values = critic_fwd(ids, attn, R) if critic_fwd is not None else head_values
+                values = critic_fwd(ids, attn, sub.response_ids.shape[1]) if critic_fwd is not None \
+                    else head_values
                 pg_loss, pg_stats = ppo_policy_loss(new_logp, sub.logprobs, sub.advantages, mask, cfg.clip_eps)
                 vf_loss, vf_stats = clipped_value_loss(values, sub.values, sub.returns, mask, cfg.clip_eps_value)
                 # Token-weighted share of the minibatch, so micro-batches add up to its mean.
-                weight = float(mask.sum()) / max(mb_tokens, 1.0)
+                weight = lengths.tokens(mi) / max(mb_tokens, 1)
                 ctx.acc.backward((pg_loss + cfg.vf_coef * vf_loss) * weight)
             with torch.no_grad():
                 ent = masked_mean(entropy, mask)
             add_stats(sums, {**pg_stats, **vf_stats, "policy/entropy": float(ent),
-                             "value/explained_variance": explained_variance(values.detach(), sub.returns, mask)})
-            count += 1
+                             "value/explained_variance": explained_variance(values.detach(), sub.returns, mask)},
+                      weight)
         norms.append(ctx.step(opt, sched))
-    return {**{k: v / max(count, 1) for k, v in sums.items()}, "grad_norm": sum(norms) / max(len(norms), 1)}
+    return {**{k: v / max(len(norms), 1) for k, v in sums.items()}, "grad_norm": sum(norms) / max(len(norms), 1)}
 
 
 def kl_metrics(ctx: RunContext, n: int, out, logp, ref_logp, kl, kl_coef: float) -> dict:

@@ -10,6 +10,7 @@ import torch
 
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt
 from prefloop.errors import ConfigError
+from prefloop.rl.batches import GROUP_OVERHEAD_TOKENS, GROUP_OVERHEAD_TOKENS_GPU, length_groups
 from prefloop.rollout import sample
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
@@ -60,10 +61,39 @@ def minibatches(n_local: int, size: int, epochs: int, generator: torch.Generator
             yield perm[start:start + size].tolist()
 
 
-def add_stats(sums: dict[str, float], stats: dict) -> None:
-    """Add one micro-batch's statistics; a nan (an empty micro-batch's ratio, say) counts as 0."""
+class RowLengths:
+    """Prompt and response tokens of every row of a rollout (left-padded prompts, right-padded responses), read
+    to the host once per update, so that grouping and cropping micro-batches needs no device transfer."""
+
+    def __init__(self, query_mask: torch.Tensor, response_mask: torch.Tensor):
+        self.width = query_mask.shape[1]
+        self.overhead = GROUP_OVERHEAD_TOKENS if query_mask.device.type == "cpu" else GROUP_OVERHEAD_TOKENS_GPU
+        self.query, self.response = torch.stack([query_mask.sum(1), response_mask.sum(1)]).cpu().tolist()
+
+    def groups(self, ctx, rows, micro_batch_size: int | None) -> list[list[int]]:
+        """`rows` as micro-batches of rows of similar length (fewer padding positions), at most
+        `micro_batch_size` rows each; with several processes, as many micro-batches on each."""
+        rows = list(rows)
+        cut = length_groups([self.query[i] + self.response[i] for i in rows], micro_batch_size, self.overhead,
+                            equal_count=ctx.world > 1)
+        return [[rows[k] for k in g] for g in cut]
+
+    def columns(self, rows: list[int]) -> tuple[int, int]:
+        """(first prompt column, response columns) that these rows use: `RolloutBatch.crop`'s arguments. One
+        prompt column stays even for empty prompts, so the first response token keeps a state to predict it."""
+        return self.width - min(self.width, max(1, max(self.query[i] for i in rows))), \
+            max(self.response[i] for i in rows)
+
+    def tokens(self, rows) -> int:
+        return sum(self.response[i] for i in rows)
+
+
+def add_stats(sums: dict[str, float], stats: dict, weight: float = 1.0) -> None:
+    """Add one micro-batch's statistics times its share of the minibatch (the weight of its loss), so that
+    the sums over a minibatch are its means however it was cut; a nan (an empty micro-batch's ratio, say)
+    counts as 0."""
     for k, v in stats.items():
-        sums[k] = sums.get(k, 0.0) + (v if v == v else 0.0)
+        sums[k] = sums.get(k, 0.0) + (v * weight if v == v else 0.0)
 
 
 def generator_states(ctx, *generators: torch.Generator) -> list:

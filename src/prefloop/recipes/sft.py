@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from prefloop.data import (
     collate_sft,
     encode_example,
@@ -59,17 +61,17 @@ def run_sft(cfg: SFTConfig) -> dict:
         # Normalise by the target tokens of the whole global batch, so micro-batches and processes
         # add up to the exact mean token loss (DDP averages gradients over processes, hence * world).
         denom = sum(n_targets[i] for i in batch_idx) / ctx.world
-        local_sum = 0.0
+        local_sum = torch.zeros((), device=ctx.device)  # summed on the device, read once per step
         for mb in ctx.accumulate(micro_batches(shard(batch_idx, ctx.rank, ctx.world), cfg.micro_batch_size), model):
             b = collate_sft([examples[i] for i in mb], tok.pad_token_id)
             with ctx.acc.autocast():
                 loss_sum = model(b.input_ids.to(ctx.device), b.attention_mask.to(ctx.device), b.labels.to(ctx.device))
                 ctx.acc.backward(loss_sum / denom)
-            local_sum += loss_sum.item()
+            local_sum = local_sum + loss_sum.detach().float()
         grad_norm = ctx.step(opt, sched)
         step += 1
 
-        loss = ctx.all_sum(local_sum) / (denom * ctx.world)
+        loss = ctx.all_sum(float(local_sum)) / (denom * ctx.world)
         ctx.log(step, {"loss/sft": loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}, show=("loss/sft",))
         ctx.maybe_checkpoint(step, steps, {"model": _lm(ctx, model)}, tok, opt, sched)
 

@@ -72,6 +72,16 @@ class RolloutBatch(_TensorBatch):
                 raise ValueError(f"RolloutBatch: {name} has shape {tuple(t.shape)}, "
                                  f"response_ids {tuple(shape)}")
 
+    def crop(self, query_start: int, response_len: int) -> RolloutBatch:
+        """A copy without the columns no row uses: prompt columns before `query_start` (all left padding) and
+        response columns from `response_len` on (all right padding). Position ids count real tokens and a
+        causal mask keeps right padding unseen, so every real token computes what it computed before."""
+        q, r = slice(query_start, None), slice(0, response_len)
+        cols = {"query_ids": q, "query_mask": q, "response_ids": r, "response_mask": r, "logprobs": r,
+                "ref_logprobs": r, "values": r, "rewards": r, "advantages": r, "returns": r}
+        cropped = {k: None if t is None else t[:, cols[k]] if k in cols else t for k, t in self._tensors().items()}
+        return dataclasses.replace(self, **cropped)
+
 
 @dataclass
 class PreferenceBatch(_TensorBatch):
@@ -143,3 +153,42 @@ class SFTBatch(_TensorBatch):
 
     def __post_init__(self) -> None:
         self._check_batch_dim()
+
+
+# A micro-batch's fixed cost (Python around the forward and backward, kernel launches, smaller matmuls), in
+# padded token positions. On 2 CPU cores a tiny GPT-2 spends about as long on 64 positions as on one more
+# forward/backward. A GPU runs many more positions in the time of one launch sequence: 1024 there is an
+# estimate, not a measurement.
+GROUP_OVERHEAD_TOKENS = 64
+GROUP_OVERHEAD_TOKENS_GPU = 1024
+
+
+def length_groups(lengths: Sequence[int], max_rows: int | None = None, overhead: int = GROUP_OVERHEAD_TOKENS,
+                  equal_count: bool = False) -> list[list[int]]:
+    """Indices 0..n-1 of rows of `lengths` tokens, cut into micro-batches of rows of similar length.
+
+    A (b, T) forward computes b * T positions, T its longest row, so rows sorted by length and cut into
+    consecutive groups compute fewer padding positions. The cut minimises the sum over groups of
+    rows * longest row + `overhead` (exactly, by dynamic programming over the sorted order), with at most
+    `max_rows` rows a group (None: no limit). `equal_count`: plain chunks of `max_rows` of the sorted order
+    instead, ceil(n / max_rows) of them whatever the lengths, for processes that must run as many forwards as
+    each other (sharded training). Each group lists its rows by increasing length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    cap = n if not max_rows or max_rows >= n else max_rows
+    if equal_count or n == 0:
+        return [order[i:i + cap] for i in range(0, n, cap)] if n else []
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cut of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(max(0, j - cap), j):
+            cost = best[i] + (j - i) * longest + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
