@@ -36,6 +36,9 @@ ARMS: dict[str, dict] = {
     "loop-kl-reset": dict(kl_strategy="reset"),
     "loop-best": dict(pairs="anchor", kl_strategy="ramp"),
     "loop-all": dict(pairs="anchor", select="uncertainty", kl_strategy="ramp"),
+    # a first round with most of the labels and updates (--front of each), then small corrective rounds
+    "loop-front": dict(front=0.6),
+    "loop-front-anchor": dict(front=0.6, pairs="anchor"),
 }
 KEY_ARMS = ("one-round", "loop", "loop-best", "loop-all")  # run first: a benchmark cut short still compares them
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -48,8 +51,14 @@ def loop_config(prep: Path, out: Path, arm: str, seed: int, a: argparse.Namespac
     if over.get("select", "random") != "random":
         over["pool_factor"] = a.select_pool  # candidates to choose from: more prompts than labels
     rounds = over.pop("rounds", a.rounds)
+    front = over.pop("front", 0.0)
+    steps = dict(rl_steps=a.updates // rounds)
+    if front and rounds > 1:  # round 1: front x labels and updates; the rest evenly over the later rounds
+        first = int(round(front * a.updates))
+        steps = dict(first_round_share=front, first_round_rl_steps=first,
+                     rl_steps=(a.updates - first) // (rounds - 1))
     base = dict(world=prep / "world", policy=str(prep / "sft" / "model"), out=out, rounds=rounds,
-                comparisons=a.labels, pool_factor=1.5, rl_steps=a.updates // rounds, rollout_batch_size=a.rollout,
+                comparisons=a.labels, pool_factor=1.5, **steps, rollout_batch_size=a.rollout,
                 batch_size=min(32, a.rollout), rl_lr=1e-4, kl_coef=0.1, kl_target=a.kl_target, kl_horizon=640,
                 max_new_tokens=a.max_new_tokens, temperature=0.7, max_length=128, rm_epochs=2, rm_lr=2e-4,
                 rm_batch=32, eval_prompts=a.eval_prompts, eval_k=a.eval_k, seed=seed)

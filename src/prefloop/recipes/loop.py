@@ -59,7 +59,11 @@ class LoopConfig(ConfigFileOption):
     rounds: int = 3
     """Number of rounds."""
     comparisons: int = 1800
-    """Labelling budget: pairs sent to annotators over all rounds together, an equal share per round."""
+    """Labelling budget: pairs sent to annotators over all rounds together, an equal share per round unless
+    --first-round-share says otherwise."""
+    first_round_share: float = 0.0
+    """Share of the labelling budget spent in round 1, in [0, 1): the rest is split evenly over the later
+    rounds, which then correct the first round's policy with fewer labels (0: an equal share per round)."""
     pool_factor: float = 1.0
     """Candidate prompts per label: each round samples pool_factor x its share of fresh prompts and sends the
     `--select` best of their pairs (1: every prompt whose replies differ is labelled, as plain iterated RLHF)."""
@@ -103,7 +107,10 @@ class LoopConfig(ConfigFileOption):
     dpo_epochs: float = 1.0
     """--method dpo: passes over all comparisons so far, each round (> 0)."""
     rl_steps: int = 20
-    """RL updates per round."""
+    """RL updates per round (per round after the first when --first-round-rl-steps is given)."""
+    first_round_rl_steps: int | None = None
+    """RL updates of round 1 (None: --rl-steps like every round), e.g. most of the updates in a first round
+    with most of the labels, and small corrective rounds after it."""
     rollout_batch_size: int = 64
     """Completions sampled per RL update (ppo, grpo, rloo)."""
     batch_size: int = 32
@@ -205,23 +212,43 @@ def _fingerprint(cfg: LoopConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in free}
 
 
-def labels_per_round(cfg: LoopConfig) -> int:
-    return cfg.comparisons // cfg.rounds
+def split_budget(total: int, rounds: int, first_share: float = 0.0) -> list[int]:
+    """Labels per round: round 1 gets round(first_share x total), the later rounds the rest in equal parts
+    (0: equal parts for all). The parts sum to `total` (the budget is spent exactly); earlier rounds get the
+    remainder of an uneven split."""
+    if not 0.0 <= first_share < 1.0:
+        raise ConfigError(f"--first-round-share {first_share}: must be in [0, 1)")
+    if first_share == 0.0 or rounds == 1:
+        first, rest, n = 0, total, rounds
+    else:
+        first = int(round(first_share * total))
+        rest, n = total - first, rounds - 1
+    parts = [rest // n + (1 if i < rest % n else 0) for i in range(n)]
+    return parts if n == rounds else [first, *parts]
+
+
+def labels_per_round(cfg: LoopConfig, rnd: int = 1) -> int:
+    return split_budget(cfg.comparisons, cfg.rounds, cfg.first_round_share)[rnd - 1]
+
+
+def rl_steps_of(cfg: LoopConfig, rnd: int) -> int:
+    return cfg.first_round_rl_steps if rnd == 1 and cfg.first_round_rl_steps is not None else cfg.rl_steps
 
 
 def round_prompts(train_prompts: list[str], cfg: LoopConfig) -> list[list[str]]:
     """Disjoint, seeded slices of the world's train prompts: round r draws its candidate pairs from slice r
     only (its labelling share times --pool-factor prompts)."""
-    share = labels_per_round(cfg)
-    if share < 2:
-        raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts per round")
-    per_round = max(share, int(round(cfg.pool_factor * share)))
+    shares = split_budget(cfg.comparisons, cfg.rounds, cfg.first_round_share)
+    if min(shares) < 2:
+        raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts in a round ({shares})")
+    sizes = [max(s, int(round(cfg.pool_factor * s))) for s in shares]
     prompts = list(train_prompts)
     random.Random(f"loop-{cfg.seed}").shuffle(prompts)
-    if per_round * cfg.rounds > len(prompts):
+    if sum(sizes) > len(prompts):
         raise ConfigError(f"--comparisons {cfg.comparisons} x --pool-factor {cfg.pool_factor} exceeds the "
                           f"world's {len(prompts)} train prompts")
-    return [prompts[r * per_round:(r + 1) * per_round] for r in range(cfg.rounds)]
+    starts = [sum(sizes[:r]) for r in range(cfg.rounds)]
+    return [prompts[a:a + n] for a, n in zip(starts, sizes)]
 
 
 def world_feedback(world, items: list[dict], seed: int) -> list[dict]:
@@ -270,6 +297,8 @@ class Loop:
             raise ConfigError("--kl-strategy ramp needs --kl-target (the total KL to spread over the rounds)")
         if cfg.select in ("disagreement", "bald") and cfg.rm_ensemble < 2:
             raise ConfigError(f"--select {cfg.select} needs --rm-ensemble 2 or more (members to disagree)")
+        if cfg.first_round_rl_steps is not None and cfg.first_round_rl_steps < 1:
+            raise ConfigError(f"--first-round-rl-steps {cfg.first_round_rl_steps}: must be at least 1")
         if cfg.app_refill_below < 0 or cfg.app_refill_portion < 1:
             raise ConfigError("--app-refill-below must be at least 0 and --app-refill-portion at least 1")
         if cfg.app_refill_below > 0 and cfg.feedback != "app":
@@ -366,7 +395,7 @@ class Loop:
         items, margins = ls.draw_items(cands, cfg.pairs, scores, split)
         for it in items:
             it["meta"]["round"] = rnd
-        chosen = ls.select_items(items, margins, cfg.select, labels_per_round(cfg), cfg.seed + rnd)
+        chosen = ls.select_items(items, margins, cfg.select, labels_per_round(cfg, rnd), cfg.seed + rnd)
         write_jsonl(self.round_dir(rnd) / "candidates.jsonl", items)
         write_jsonl(self.round_dir(rnd) / "samples.jsonl", chosen)
         return {"prompts": len(prompts), "comparable": len(items), "items": len(chosen),
@@ -451,7 +480,7 @@ class Loop:
                                      epochs=cfg.dpo_epochs, lr=cfg.rl_lr, batch_size=cfg.batch_size, **common))
             return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
         rl = dict(policy=self.policy_after(rnd - 1), reference=str(cfg.policy), reward=self.reward_spec(rnd),
-                  prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=cfg.rl_steps,
+                  prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=rl_steps_of(cfg, rnd),
                   rollout_batch_size=cfg.rollout_batch_size, batch_size=cfg.batch_size, lr=cfg.rl_lr,
                   kl_coef=cfg.kl_coef, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, **common)
         if cfg.method in ("grpo", "rloo"):
