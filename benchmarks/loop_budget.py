@@ -3,6 +3,7 @@
     python benchmarks/loop_budget.py prepare --out runs/loop-budget            # world, pretrain, SFT (demo preset)
     python benchmarks/loop_budget.py run --out runs/loop-budget --seeds 0,1,2 --workers 4 [--arms one-round,loop]
     python benchmarks/loop_budget.py table --out runs/loop-budget              # -> OUT/loop_budget.md
+    python benchmarks/loop_budget.py screening --out runs/loop-budget --seeds 0,1,2 --spammers 4
 
 `prepare` builds the demo's world, base model and SFT policy (the same recipes and settings as `prefloop demo`).
 `run` trains every arm from that SFT policy with every seed, each a `prefloop loop` run in OUT/arms/<arm>/<seed>
@@ -11,7 +12,10 @@ spends the same labelling budget (--labels comparisons, exactly: candidate promp
 is filled) and the same number of PPO updates (--updates, split evenly over the rounds). `table` writes, per
 arm, the final gold reward (mean over seeds), its difference to the one-round arm paired by seed with a 95%
 t-interval over seeds, the labels used, the annotators' and the reward model's agreement with gold per
-round, and the final KL to SFT.
+round, and the final KL to SFT. `screening` measures annotator screening on one labelling round: --spammers of
+the world's annotators answer at random, every annotator judges --gold-checks known pairs, and the reward model
+fit on the labels that screening keeps is compared with one fit on every label (gold accuracy on the same
+held-out pairs; OUT/loop_screening.md).
 """
 
 from __future__ import annotations
@@ -219,9 +223,39 @@ def pairs(a: argparse.Namespace) -> None:
     print(text)
 
 
+def screening(a: argparse.Namespace) -> None:
+    """One round (a single RL update: only the reward models matter here) per seed, with annotator screening."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from prefloop.recipes.loop import Loop
+
+    prep, lines = Path(a.out) / "prep", []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        d = Path(a.out) / "screening" / str(seed)
+        cfg = loop_config(prep, d, "one-round", seed, a)
+        cfg.rl_steps, cfg.eval_prompts, cfg.eval_k = 1, 20, 1
+        cfg.gold_checks, cfg.min_annotator_agreement = a.gold_checks, a.min_agreement
+        loop = Loop(cfg)
+        for ann in loop.world.annotators[:a.spammers]:
+            ann.noise = 1.0  # answers at random
+        loop.run()
+        fb, rw = loop.state.results["1"]["feedback"], loop.state.results["1"]["reward"]
+        spam = {x.id for x in loop.world.annotators[:a.spammers]}
+        low = {k for k, v in fb["annotator_check_agreement"].items() if v < a.min_agreement}
+        lines.append(f"| {seed} | {fb['comparisons']} | {fb['dropped_labels']} | {len(low & spam)}/{len(spam)} "
+                     f"| {len(low - spam)} | {_fmt(fb['dropped_gold_agreement'])} "
+                     f"| {_fmt(rw.get('gold_accuracy_unscreened'))} | {_fmt(rw.get('gold_accuracy'))} |")
+    text = ("| seed | labels | dropped | spammers dropped | others dropped | dropped labels agree with gold "
+            "| RM gold accuracy, every label | RM gold accuracy, screened |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+    (Path(a.out) / "loop_screening.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "run", "table", "pairs"))
+    ap.add_argument("command", choices=("prepare", "run", "table", "pairs", "screening"))
     ap.add_argument("--out", default="runs/loop-budget")
     ap.add_argument("--preset", default="default", choices=("default", "tiny"))
     ap.add_argument("--arms", default="", help="comma list of arms (default: all)")
@@ -239,8 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--pair-prompts", type=int, default=600, help="pairs: train prompts to draw pairs for")
     ap.add_argument("--pair-seed", type=int, default=0)
+    ap.add_argument("--spammers", type=int, default=4, help="screening: annotators who answer at random")
+    ap.add_argument("--gold-checks", type=int, default=20, help="screening: known pairs per annotator")
+    ap.add_argument("--min-agreement", type=float, default=0.75, help="screening: drop annotators below this")
     a = ap.parse_args(argv)
-    {"prepare": prepare, "run": run, "table": table, "pairs": pairs}[a.command](a)
+    {"prepare": prepare, "run": run, "table": table, "pairs": pairs, "screening": screening}[a.command](a)
 
 
 if __name__ == "__main__":
