@@ -144,8 +144,8 @@ class LoopConfig(ConfigFileOption):
     comparisons_dropped.jsonl): agreement with the gold checks (--feedback world, or the app's gold items) or,
     in the app, with the peers who judged the same items (--overlap 2 or more); 0 keeps every label."""
     screening_ablation: bool = True
-    """When --min-annotator-agreement dropped labels, also fit a reward model on every label (round-N/
-    reward-unscreened) and report its gold accuracy beside the screened one's: what the screening changed."""
+    """When --min-annotator-agreement dropped labels, also fit a reward model on every label
+    (round-N/reward-unscreened) and report its gold accuracy beside the screened one's: what screening changed."""
     # Sampling here is only candidate generation and RL rollouts, so just these two of SamplingOptions apply.
     max_new_tokens: int = 40
     """Most tokens sampled per response (>= 1), for the candidate pairs, RL and the evaluation."""
