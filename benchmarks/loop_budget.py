@@ -43,6 +43,8 @@ ARMS: dict[str, dict] = {
     # a first round with most of the labels and updates (--front of each), then small corrective rounds
     "loop-front": dict(front=0.6),
     "loop-front-anchor": dict(front=0.6, pairs="anchor"),
+    "loop-front-fill": dict(front=0.6, candidates=4),  # the first two different of 4 replies: fewer identical
+    "loop-front-uncertainty": dict(front=0.6, candidates=4, select="uncertainty"),
 }
 KEY_ARMS = ("one-round", "loop", "loop-best", "loop-all")  # run first: a benchmark cut short still compares them
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
