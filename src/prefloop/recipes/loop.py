@@ -456,8 +456,8 @@ class Loop:
         """All rounds' comparisons up to `rnd` in one file (the reward model is refit on everything so far)."""
         from prefloop.data import iter_jsonl
 
-        rows = [d for r in range(1, rnd + 1) for _, d in iter_jsonl(self.round_dir(r) / f"comparisons_{kind}.jsonl")
-                if (self.round_dir(r) / f"comparisons_{kind}.jsonl").exists()]
+        files = [self.round_dir(r) / f"comparisons_{kind}.jsonl" for r in range(1, rnd + 1)]
+        rows = [d for f in files if f.exists() for _, d in iter_jsonl(f)]  # rounds without screening drop none
         path = self.round_dir(rnd) / f"all_comparisons_{kind}.jsonl"
         write_jsonl(path, rows)
         return path
