@@ -3,6 +3,7 @@
     python benchmarks/loop_budget.py prepare --out runs/loop-budget            # world, pretrain, SFT (demo preset)
     python benchmarks/loop_budget.py run --out runs/loop-budget --seeds 0,1,2 --workers 4 [--arms one-round,loop]
     python benchmarks/loop_budget.py table --out runs/loop-budget              # -> OUT/loop_budget.md
+    python benchmarks/loop_budget.py screening --out runs/loop-budget --seeds 0,1,2 --spammers 4
 
 `prepare` builds the demo's world, base model and SFT policy (the same recipes and settings as `prefloop demo`).
 `run` trains every arm from that SFT policy with every seed, each a `prefloop loop` run in OUT/arms/<arm>/<seed>
@@ -11,7 +12,10 @@ spends the same labelling budget (--labels comparisons, exactly: candidate promp
 is filled) and the same number of PPO updates (--updates, split evenly over the rounds). `table` writes, per
 arm, the final gold reward (mean over seeds), its difference to the one-round arm paired by seed with a 95%
 t-interval over seeds, the labels used, the annotators' and the reward model's agreement with gold per
-round, and the final KL to SFT.
+round, and the final KL to SFT. `screening` measures annotator screening on one labelling round: --spammers of
+the world's annotators answer at random, every annotator judges --gold-checks known pairs, and the reward model
+fit on the labels that screening keeps is compared with one fit on every label (gold accuracy on the same
+held-out pairs; OUT/loop_screening.md).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ ARMS: dict[str, dict] = {
     "loop-kl-reset": dict(kl_strategy="reset"),
     "loop-best": dict(pairs="anchor", kl_strategy="ramp"),
     "loop-all": dict(pairs="anchor", select="uncertainty", kl_strategy="ramp"),
+    # a first round with most of the labels and updates (--front of each), then small corrective rounds
+    "loop-front": dict(front=0.6),
+    "loop-front-anchor": dict(front=0.6, pairs="anchor"),
+    "loop-front-fill": dict(front=0.6, candidates=4),  # the first two different of 4 replies: fewer identical
+    "loop-front-uncertainty": dict(front=0.6, candidates=4, select="uncertainty"),
 }
 KEY_ARMS = ("one-round", "loop", "loop-best", "loop-all")  # run first: a benchmark cut short still compares them
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -48,8 +57,14 @@ def loop_config(prep: Path, out: Path, arm: str, seed: int, a: argparse.Namespac
     if over.get("select", "random") != "random":
         over["pool_factor"] = a.select_pool  # candidates to choose from: more prompts than labels
     rounds = over.pop("rounds", a.rounds)
+    front = over.pop("front", 0.0)
+    steps = dict(rl_steps=a.updates // rounds)
+    if front and rounds > 1:  # round 1: front x labels and updates; the rest evenly over the later rounds
+        first = int(round(front * a.updates))
+        steps = dict(first_round_share=front, first_round_rl_steps=first,
+                     rl_steps=(a.updates - first) // (rounds - 1))
     base = dict(world=prep / "world", policy=str(prep / "sft" / "model"), out=out, rounds=rounds,
-                comparisons=a.labels, pool_factor=1.5, rl_steps=a.updates // rounds, rollout_batch_size=a.rollout,
+                comparisons=a.labels, pool_factor=1.5, **steps, rollout_batch_size=a.rollout,
                 batch_size=min(32, a.rollout), rl_lr=1e-4, kl_coef=0.1, kl_target=a.kl_target, kl_horizon=640,
                 max_new_tokens=a.max_new_tokens, temperature=0.7, max_length=128, rm_epochs=2, rm_lr=2e-4,
                 rm_batch=32, eval_prompts=a.eval_prompts, eval_k=a.eval_k, seed=seed)
@@ -210,9 +225,39 @@ def pairs(a: argparse.Namespace) -> None:
     print(text)
 
 
+def screening(a: argparse.Namespace) -> None:
+    """One round (a single RL update: only the reward models matter here) per seed, with annotator screening."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from prefloop.recipes.loop import Loop
+
+    prep, lines = Path(a.out) / "prep", []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        d = Path(a.out) / "screening" / str(seed)
+        cfg = loop_config(prep, d, "one-round", seed, a)
+        cfg.rl_steps, cfg.eval_prompts, cfg.eval_k = 1, 20, 1
+        cfg.gold_checks, cfg.min_annotator_agreement = a.gold_checks, a.min_agreement
+        loop = Loop(cfg)
+        for ann in loop.world.annotators[:a.spammers]:
+            ann.noise = 1.0  # answers at random
+        loop.run()
+        fb, rw = loop.state.results["1"]["feedback"], loop.state.results["1"]["reward"]
+        spam = {x.id for x in loop.world.annotators[:a.spammers]}
+        low = {k for k, v in fb["annotator_check_agreement"].items() if v < a.min_agreement}
+        lines.append(f"| {seed} | {fb['comparisons']} | {fb['dropped_labels']} | {len(low & spam)}/{len(spam)} "
+                     f"| {len(low - spam)} | {_fmt(fb['dropped_gold_agreement'])} "
+                     f"| {_fmt(rw.get('gold_accuracy_unscreened'))} | {_fmt(rw.get('gold_accuracy'))} |")
+    text = ("| seed | labels | dropped | spammers dropped | others dropped | dropped labels agree with gold "
+            "| RM gold accuracy, every label | RM gold accuracy, screened |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+    (Path(a.out) / "loop_screening.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "run", "table", "pairs"))
+    ap.add_argument("command", choices=("prepare", "run", "table", "pairs", "screening"))
     ap.add_argument("--out", default="runs/loop-budget")
     ap.add_argument("--preset", default="default", choices=("default", "tiny"))
     ap.add_argument("--arms", default="", help="comma list of arms (default: all)")
@@ -230,8 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--pair-prompts", type=int, default=600, help="pairs: train prompts to draw pairs for")
     ap.add_argument("--pair-seed", type=int, default=0)
+    ap.add_argument("--spammers", type=int, default=4, help="screening: annotators who answer at random")
+    ap.add_argument("--gold-checks", type=int, default=20, help="screening: known pairs per annotator")
+    ap.add_argument("--min-agreement", type=float, default=0.75, help="screening: drop annotators below this")
     a = ap.parse_args(argv)
-    {"prepare": prepare, "run": run, "table": table, "pairs": pairs}[a.command](a)
+    {"prepare": prepare, "run": run, "table": table, "pairs": pairs, "screening": screening}[a.command](a)
 
 
 if __name__ == "__main__":

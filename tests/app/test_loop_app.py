@@ -61,6 +61,52 @@ def test_loop_collects_a_round_through_the_app(server, world_and_policy, tmp_pat
         assert c.get(f"/api/projects/{pid}/stats").json()["progress"]["judgments"] == 2 * distinct
 
 
+def test_annotators_are_screened_on_the_apps_gold_items(server, world_and_policy, tmp_path):
+    from prefloop.recipes.loop import Loop, LoopConfig
+    from prefloop.recipes.loop_app import project_name
+
+    world, policy = world_and_policy
+    cfg = LoopConfig(world=world, policy=str(policy), out=tmp_path / "screen", rounds=1, comparisons=24,
+                     rl_steps=1, rollout_batch_size=8, batch_size=8, max_new_tokens=8, max_length=64, rm_epochs=1,
+                     rm_batch=8, eval_prompts=4, eval_k=2, heldout_fraction=0.25, feedback="app",
+                     app_url=server.url, app_token=server.tokens["admin"], overlap=2, simulate=True,
+                     candidates=3, gold_checks=30, app_gold_rate=0.5, min_annotator_agreement=0.75)
+    loop = Loop(cfg)
+    flippers = {f"sim-{a.id}" for a in loop.world.annotators[::2]}
+    for ann in loop.world.annotators[::2]:
+        ann.noise = 1.0  # coin flips: the app's gold items should find them out
+    loop.run()
+    with server.client("admin") as c:
+        pid = next(p["id"] for p in c.get("/api/projects").json() if p["name"] == project_name(cfg, 1))
+        stats = c.get(f"/api/projects/{pid}/stats").json()
+    assert stats["progress"]["gold_items"] == 30
+    fb = loop.state.results["1"]["feedback"]
+    agreement = fb["annotator_check_agreement"]
+    dropped = [json.loads(x) for x in (cfg.out / "round-1" / "comparisons_dropped.jsonl").read_text().splitlines()]
+    kept = [json.loads(x) for f in ("comparisons_train.jsonl", "comparisons_heldout.jsonl")
+            for x in (cfg.out / "round-1" / f).read_text().splitlines()]
+    # Each label carries its annotator's agreement as the app measured it; those below 0.75 went, the rest stayed.
+    assert all(r["meta"]["annotator_agreement"] == agreement[r["annotator"]] for r in dropped + kept)
+    assert dropped and all(agreement[r["annotator"]] < 0.75 for r in dropped)
+    assert all(agreement[r["annotator"]] >= 0.75 for r in kept)
+    assert len(dropped) == fb["dropped_labels"] and len(dropped) + len(kept) == fb["comparisons"]
+    # The coin-flippers agree with gold less often than the others, on average.
+    flip = [v for a, v in agreement.items() if a in flippers]
+    rest = [v for a, v in agreement.items() if a not in flippers]
+    assert flip and rest and sum(flip) / len(flip) < sum(rest) / len(rest)
+    assert "gold_accuracy_unscreened" in loop.state.results["1"]["reward"]
+
+
+def test_app_agreement_prefers_enough_gold_items_then_peers():
+    from prefloop.recipes.loop_app import annotator_agreement
+
+    rows = [{"annotator": "a", "gold_agreement": 0.9, "gold_judged": 5, "peer_agreement": 0.4},
+            {"annotator": "b", "gold_agreement": 0.2, "gold_judged": 4, "peer_agreement": 0.7},
+            {"annotator": "c", "gold_agreement": None, "gold_judged": 0, "peer_agreement": None}]
+    assert annotator_agreement(rows) == {"a": (0.9, "gold"), "b": (0.7, "peers")}
+    assert annotator_agreement(rows, min_gold=4)["b"] == (0.2, "gold")
+
+
 def test_the_loop_refills_the_queue_in_portions_while_annotators_work(server, world_and_policy, tmp_path,
                                                                      monkeypatch):
     from prefloop.recipes import loop_app

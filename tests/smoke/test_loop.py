@@ -138,6 +138,8 @@ def test_anchor_pairs_set_the_current_policy_against_the_initial_one(tmp_path, w
     cfg = loop_config(tmp_path, world_and_policy, rounds=2, comparisons=16, pairs="anchor", candidates=2,
                       kl_strategy="ramp", kl_target=2.0, kl_horizon=16, gold_checks=20, min_annotator_agreement=0.9)
     loop = Loop(cfg)
+    for ann in loop.world.annotators[::2]:
+        ann.noise = 1.0  # every other annotator flips a coin: screening has labels to drop
     loop.run()
     # Gold checks: every annotator judged 20 known pairs; labels of those below 0.9 are kept out of training.
     fb = loop.state.results["1"]["feedback"]
@@ -148,6 +150,15 @@ def test_anchor_pairs_set_the_current_policy_against_the_initial_one(tmp_path, w
         _rows(cfg.out / "round-1" / "comparisons_heldout.jsonl")
     assert len(dropped) == fb["dropped_labels"] and {r["annotator"] for r in dropped} <= low
     assert not low & {r["annotator"] for r in trained} and len(trained) + len(dropped) == fb["comparisons"]
+    # What screening changed: a reward model fit on every label (the dropped ones too), measured on the same
+    # held-out pairs, reported beside the screened one.
+    rw = loop.state.results["2"]["reward"]
+    dropped_so_far = sum(loop.state.results[r]["feedback"]["dropped_labels"] for r in ("1", "2"))
+    assert dropped_so_far > 0 and rw["dropped_comparisons"] == dropped_so_far
+    every = _rows(cfg.out / "round-2" / "all_comparisons_unscreened.jsonl")
+    assert len(every) == rw["train_comparisons"] + dropped_so_far
+    assert "gold_accuracy_unscreened" in rw and (cfg.out / "round-2" / "reward-unscreened" / "model").is_dir()
+    assert "rm_gold_accuracy_unscreened" in (cfg.out / "loop.md").read_text()
     items = _rows(cfg.out / "round-2" / "samples.jsonl")
     assert items and all(it["meta"]["policies"] == ["round-1", "initial"] for it in items)
     ppo1 = json.loads((cfg.out / "round-1" / "rl" / "prefloop.json").read_text())["config"]

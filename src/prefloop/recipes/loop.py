@@ -59,7 +59,11 @@ class LoopConfig(ConfigFileOption):
     rounds: int = 3
     """Number of rounds."""
     comparisons: int = 1800
-    """Labelling budget: pairs sent to annotators over all rounds together, an equal share per round."""
+    """Labelling budget: pairs sent to annotators over all rounds together, an equal share per round unless
+    --first-round-share says otherwise."""
+    first_round_share: float = 0.0
+    """Share of the labelling budget spent in round 1, in [0, 1): the rest is split evenly over the later
+    rounds, which then correct the first round's policy with fewer labels (0: an equal share per round)."""
     pool_factor: float = 1.0
     """Candidate prompts per label: each round samples pool_factor x its share of fresh prompts and sends the
     `--select` best of their pairs (1: every prompt whose replies differ is labelled, as plain iterated RLHF)."""
@@ -103,7 +107,10 @@ class LoopConfig(ConfigFileOption):
     dpo_epochs: float = 1.0
     """--method dpo: passes over all comparisons so far, each round (> 0)."""
     rl_steps: int = 20
-    """RL updates per round."""
+    """RL updates per round (per round after the first when --first-round-rl-steps is given)."""
+    first_round_rl_steps: int | None = None
+    """RL updates of round 1 (None: --rl-steps like every round), e.g. most of the updates in a first round
+    with most of the labels, and small corrective rounds after it."""
     rollout_batch_size: int = 64
     """Completions sampled per RL update (ppo, grpo, rloo)."""
     batch_size: int = 32
@@ -127,11 +134,18 @@ class LoopConfig(ConfigFileOption):
     instead of --kl-coef: the policy they continue from has already spent KL, and a controller that starts
     again at --kl-coef lets the KL to the initial policy overshoot its target."""
     gold_checks: int = 0
-    """--feedback world: pairs with a known answer that every annotator judges each round (spent on top of
-    the budget), measuring each annotator's agreement with gold as an annotation tool's gold items do."""
+    """Pairs with a known answer per round (spent on top of the budget), measuring each annotator's agreement
+    with gold as an annotation tool's gold items do: with --feedback world every annotator judges all of them;
+    with --feedback app they are the round project's gold items, mixed into assignments at --app-gold-rate."""
+    app_gold_rate: float = 0.1
+    """--feedback app with --gold-checks: the share of assignments that are gold items, in [0, 1)."""
     min_annotator_agreement: float = 0.0
-    """Labels of annotators whose gold-check agreement is below this are dropped from the reward model's data
-    (written to comparisons_dropped.jsonl); 0 keeps every label."""
+    """Labels of annotators whose agreement is below this are dropped from the reward model's data (written to
+    comparisons_dropped.jsonl): agreement with the gold checks (--feedback world, or the app's gold items) or,
+    in the app, with the peers who judged the same items (--overlap 2 or more); 0 keeps every label."""
+    screening_ablation: bool = True
+    """When --min-annotator-agreement dropped labels, also fit a reward model on every label
+    (round-N/reward-unscreened) and report its gold accuracy beside the screened one's: what screening changed."""
     # Sampling here is only candidate generation and RL rollouts, so just these two of SamplingOptions apply.
     max_new_tokens: int = 40
     """Most tokens sampled per response (>= 1), for the candidate pairs, RL and the evaluation."""
@@ -205,23 +219,43 @@ def _fingerprint(cfg: LoopConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k not in free}
 
 
-def labels_per_round(cfg: LoopConfig) -> int:
-    return cfg.comparisons // cfg.rounds
+def split_budget(total: int, rounds: int, first_share: float = 0.0) -> list[int]:
+    """Labels per round: round 1 gets round(first_share x total), the later rounds the rest in equal parts
+    (0: equal parts for all). The parts sum to `total` (the budget is spent exactly); earlier rounds get the
+    remainder of an uneven split."""
+    if not 0.0 <= first_share < 1.0:
+        raise ConfigError(f"--first-round-share {first_share}: must be in [0, 1)")
+    if first_share == 0.0 or rounds == 1:
+        first, rest, n = 0, total, rounds
+    else:
+        first = int(round(first_share * total))
+        rest, n = total - first, rounds - 1
+    parts = [rest // n + (1 if i < rest % n else 0) for i in range(n)]
+    return parts if n == rounds else [first, *parts]
+
+
+def labels_per_round(cfg: LoopConfig, rnd: int = 1) -> int:
+    return split_budget(cfg.comparisons, cfg.rounds, cfg.first_round_share)[rnd - 1]
+
+
+def rl_steps_of(cfg: LoopConfig, rnd: int) -> int:
+    return cfg.first_round_rl_steps if rnd == 1 and cfg.first_round_rl_steps is not None else cfg.rl_steps
 
 
 def round_prompts(train_prompts: list[str], cfg: LoopConfig) -> list[list[str]]:
     """Disjoint, seeded slices of the world's train prompts: round r draws its candidate pairs from slice r
     only (its labelling share times --pool-factor prompts)."""
-    share = labels_per_round(cfg)
-    if share < 2:
-        raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts per round")
-    per_round = max(share, int(round(cfg.pool_factor * share)))
+    shares = split_budget(cfg.comparisons, cfg.rounds, cfg.first_round_share)
+    if min(shares) < 2:
+        raise ConfigError(f"--comparisons {cfg.comparisons} gives fewer than 2 prompts in a round ({shares})")
+    sizes = [max(s, int(round(cfg.pool_factor * s))) for s in shares]
     prompts = list(train_prompts)
     random.Random(f"loop-{cfg.seed}").shuffle(prompts)
-    if per_round * cfg.rounds > len(prompts):
+    if sum(sizes) > len(prompts):
         raise ConfigError(f"--comparisons {cfg.comparisons} x --pool-factor {cfg.pool_factor} exceeds the "
                           f"world's {len(prompts)} train prompts")
-    return [prompts[r * per_round:(r + 1) * per_round] for r in range(cfg.rounds)]
+    starts = [sum(sizes[:r]) for r in range(cfg.rounds)]
+    return [prompts[a:a + n] for a, n in zip(starts, sizes)]
 
 
 def world_feedback(world, items: list[dict], seed: int) -> list[dict]:
@@ -264,12 +298,14 @@ class Loop:
             raise ConfigError(f"--candidates {cfg.candidates}: a pair needs at least 2 replies per prompt")
         if cfg.candidates < 1 or cfg.rm_ensemble < 1 or cfg.pool_factor < 1:
             raise ConfigError("--candidates and --rm-ensemble must be at least 1, --pool-factor at least 1.0")
-        if cfg.gold_checks > 0 and cfg.feedback == "app":
-            raise ConfigError("--gold-checks works with --feedback world; in the app, gold items measure people")
+        if not 0.0 <= cfg.app_gold_rate < 1.0:
+            raise ConfigError(f"--app-gold-rate {cfg.app_gold_rate}: must be in [0, 1)")
         if cfg.kl_strategy == "ramp" and cfg.kl_target is None:
             raise ConfigError("--kl-strategy ramp needs --kl-target (the total KL to spread over the rounds)")
         if cfg.select in ("disagreement", "bald") and cfg.rm_ensemble < 2:
             raise ConfigError(f"--select {cfg.select} needs --rm-ensemble 2 or more (members to disagree)")
+        if cfg.first_round_rl_steps is not None and cfg.first_round_rl_steps < 1:
+            raise ConfigError(f"--first-round-rl-steps {cfg.first_round_rl_steps}: must be at least 1")
         if cfg.app_refill_below < 0 or cfg.app_refill_portion < 1:
             raise ConfigError("--app-refill-below must be at least 0 and --app-refill-portion at least 1")
         if cfg.app_refill_below > 0 and cfg.feedback != "app":
@@ -366,7 +402,7 @@ class Loop:
         items, margins = ls.draw_items(cands, cfg.pairs, scores, split)
         for it in items:
             it["meta"]["round"] = rnd
-        chosen = ls.select_items(items, margins, cfg.select, labels_per_round(cfg), cfg.seed + rnd)
+        chosen = ls.select_items(items, margins, cfg.select, labels_per_round(cfg, rnd), cfg.seed + rnd)
         write_jsonl(self.round_dir(rnd) / "candidates.jsonl", items)
         write_jsonl(self.round_dir(rnd) / "samples.jsonl", chosen)
         return {"prompts": len(prompts), "comparable": len(items), "items": len(chosen),
@@ -391,20 +427,28 @@ class Loop:
                 **screen}
 
     def screen_annotators(self, records: list[dict], rnd: int) -> dict:
-        """Drop the labels of annotators below --min-annotator-agreement on this round's gold checks; reports
-        how many labels went and how often the dropped ones agreed with gold (what dropping changed)."""
+        """Drop the labels of annotators below --min-annotator-agreement (on this round's gold checks, or on
+        what the feedback app measured); reports how many labels went and how often the dropped ones agreed
+        with gold (what dropping changed)."""
         from prefloop.world.annotators import drop_unreliable, gold_check_agreement
 
         cfg = self.cfg
-        if cfg.gold_checks <= 0:
+        if cfg.feedback == "app":
+            agreement = {r["annotator"]: r["meta"]["annotator_agreement"] for r in records
+                         if r.get("meta", {}).get("annotator_agreement") is not None}
+            if cfg.min_annotator_agreement <= 0 or not agreement:
+                return {"kept": records, "annotator_check_agreement": agreement or None}
+        elif cfg.gold_checks <= 0:
             return {"kept": records}
-        checks = self.world.gold_checks(cfg.gold_checks, seed=cfg.seed + 31 * rnd)
-        agreement = gold_check_agreement(self.world.annotators, checks, seed=cfg.seed + rnd)
+        else:
+            checks = self.world.gold_checks(cfg.gold_checks, seed=cfg.seed + 31 * rnd)
+            agreement = gold_check_agreement(self.world.annotators, checks, seed=cfg.seed + rnd)
         kept, dropped = drop_unreliable(records, agreement, cfg.min_annotator_agreement)
         write_jsonl(self.round_dir(rnd) / "comparisons_dropped.jsonl", dropped)
         gold = [float(r["meta"]["gold_chosen"] > r["meta"]["gold_rejected"]) for r in dropped
                 if r["meta"].get("gold_chosen") != r["meta"].get("gold_rejected")]
-        return {"kept": kept, "check_labels": len(checks) * len(self.world.annotators),
+        checked = cfg.gold_checks * len(self.world.annotators) if cfg.feedback == "world" else cfg.gold_checks
+        return {"kept": kept, "check_labels": checked,
                 "dropped_labels": len(dropped), "dropped_gold_agreement": sum(gold) / len(gold) if gold else None,
                 "annotator_check_agreement": agreement}
 
@@ -412,7 +456,8 @@ class Loop:
         """All rounds' comparisons up to `rnd` in one file (the reward model is refit on everything so far)."""
         from prefloop.data import iter_jsonl
 
-        rows = [d for r in range(1, rnd + 1) for _, d in iter_jsonl(self.round_dir(r) / f"comparisons_{kind}.jsonl")]
+        files = [self.round_dir(r) / f"comparisons_{kind}.jsonl" for r in range(1, rnd + 1)]
+        rows = [d for f in files if f.exists() for _, d in iter_jsonl(f)]  # rounds without screening drop none
         path = self.round_dir(rnd) / f"all_comparisons_{kind}.jsonl"
         write_jsonl(path, rows)
         return path
@@ -430,7 +475,20 @@ class Loop:
                                 max_length=cfg.max_length, seed=cfg.seed + rnd, precision=cfg.precision,
                                 ensemble_size=cfg.rm_ensemble))
         stats = evaluate_reward_model(self.reward_eval_dir(rnd), held)
-        return {**stats, "train_comparisons": sum(1 for _ in open(train))}
+        dropped = self._all_comparisons(rnd, "dropped")
+        n_dropped = sum(1 for _ in open(dropped))
+        if cfg.screening_ablation and n_dropped:
+            # The same fit on every label, screened-out ones too, measured on the same held-out pairs.
+            every = d / "all_comparisons_unscreened.jsonl"
+            every.write_text(train.read_text() + dropped.read_text())
+            shutil.rmtree(d / "reward-unscreened", ignore_errors=True)
+            run_reward(RewardConfig(model=cfg.reward_init or cfg.policy, data=every, out=d / "reward-unscreened",
+                                    epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=cfg.rm_batch,
+                                    max_length=cfg.max_length, seed=cfg.seed + rnd, precision=cfg.precision))
+            other = evaluate_reward_model(d / "reward-unscreened" / "model", held)
+            stats["gold_accuracy_unscreened"] = other.get("gold_accuracy")
+            stats["heldout_accuracy_unscreened"] = other.get("heldout_accuracy")
+        return {**stats, "train_comparisons": sum(1 for _ in open(train)), "dropped_comparisons": n_dropped}
 
     def stage_rl(self, rnd: int) -> dict:
         cfg, d = self.cfg, self.round_dir(rnd)
@@ -451,7 +509,7 @@ class Loop:
                                      epochs=cfg.dpo_epochs, lr=cfg.rl_lr, batch_size=cfg.batch_size, **common))
             return {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
         rl = dict(policy=self.policy_after(rnd - 1), reference=str(cfg.policy), reward=self.reward_spec(rnd),
-                  prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=cfg.rl_steps,
+                  prompts=Path(cfg.world) / "prompts_train.jsonl", max_steps=rl_steps_of(cfg, rnd),
                   rollout_batch_size=cfg.rollout_batch_size, batch_size=cfg.batch_size, lr=cfg.rl_lr,
                   kl_coef=cfg.kl_coef, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, **common)
         if cfg.method in ("grpo", "rloo"):
@@ -489,6 +547,8 @@ class Loop:
                            "comparable_pairs": r.get("sample", {}).get("comparable"),
                            "comparisons_so_far": r.get("reward", {}).get("train_comparisons"),
                            "rm_gold_accuracy": r.get("reward", {}).get("gold_accuracy"),
+                           "rm_gold_accuracy_unscreened": r.get("reward", {}).get("gold_accuracy_unscreened"),
+                           "dropped_labels": r.get("feedback", {}).get("dropped_labels"),
                            "rm_heldout_accuracy": r.get("reward", {}).get("heldout_accuracy"),
                            "annotator_gold_agreement": r.get("feedback", {}).get("annotator_gold_agreement"),
                            **{k: ev.get(k) for k in ("gold_reward_mean", "gold_win_rate_vs_sft", "kl_to_ref",
@@ -501,6 +561,10 @@ def loop_report(summary: dict) -> str:
     cols = ["round", "labels", "comparisons_so_far", "annotator_gold_agreement", "rm_gold_accuracy",
             "gold_reward_mean", "gold_win_rate_vs_sft",
             "kl_to_ref", "reward_model_mean", "distinct_2", "self_bleu"]
+    # Annotator screening's columns, where it dropped labels: how many, and the reward model fit without it.
+    extra = [c for c in ("dropped_labels", "rm_gold_accuracy_unscreened")
+             if any(r.get(c) is not None for r in summary["rounds"])]
+    cols[5:5] = extra
 
     def fmt(v):
         return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))

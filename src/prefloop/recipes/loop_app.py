@@ -8,6 +8,12 @@ round's feedback. With `--simulate`, the world's simulated annotators act as the
 account in its pool and an API token, and they take turns fetching and judging assignments through the same
 API that people's pages use (blind, in the randomised display order the app chose for them).
 
+With `--gold-checks N` the round's project also holds N gold items (pairs with a known answer, the world's gold
+judge deciding) that the app mixes into assignments at the rate `--app-gold-rate`; after the export each label
+carries its annotator's agreement as the app's dashboard computes it (with gold items where the annotator
+judged enough of them, else with the peers who judged the same items), which `--min-annotator-agreement`
+screens on.
+
 With `--app-refill-below N` the pairs go in a portion at a time (`--app-refill-portion`), most useful first,
 whenever fewer than N items are left to hand out, so people never find the queue empty while the round's
 budget is still being imported; the round still ends when every imported pair has its judgments.
@@ -25,6 +31,7 @@ from prefloop.runtime import console
 
 IMPORT_CHUNK = 500
 POLL_SECONDS = 30.0
+MIN_GOLD_JUDGED = 5  # fewer gold items than this measure an annotator too coarsely: use peer agreement
 
 
 def project_name(cfg, rnd: int) -> str:
@@ -50,12 +57,37 @@ def app_rows(items: list[dict], rnd: int) -> list[dict]:
     return sorted(rows, key=lambda r: -float(r["meta"].get("selection", {}).get("usefulness", 0.0)))
 
 
+def gold_rows(world, n: int, rnd: int, seed: int) -> list[dict]:
+    """n gold items of the round: the world's gold-check pairs, the better reply at a seeded random side."""
+    rng = random.Random(f"app-gold-{seed}")
+    rows = []
+    for i, (prompt, better, worse) in enumerate(world.gold_checks(n, seed=seed)):
+        flip = rng.random() < 0.5
+        rows.append({"id": f"r{rnd}-gold-{i}", "prompt": prompt, "responses": [worse, better] if flip else
+                     [better, worse], "gold": {"preferred": 1 if flip else 0}, "meta": {"round": rnd}})
+    return rows
+
+
+def annotator_agreement(rows: list[dict], min_gold: int = MIN_GOLD_JUDGED) -> dict[str, tuple[float, str]]:
+    """{annotator: (agreement, "gold" | "peers")} from the rows of the app's project statistics: agreement
+    with gold items where the annotator judged at least `min_gold` of them, else with the peers' answers to the
+    same items; annotators with neither are left out (their labels are kept)."""
+    out = {}
+    for r in rows:
+        if r.get("gold_agreement") is not None and r.get("gold_judged", 0) >= min_gold:
+            out[r["annotator"]] = (float(r["gold_agreement"]), "gold")
+        elif r.get("peer_agreement") is not None:
+            out[r["annotator"]] = (float(r["peer_agreement"]), "peers")
+    return out
+
+
 def import_rows(admin, pid: int, rows: list[dict]) -> None:
     for s in range(0, len(rows), IMPORT_CHUNK):
         admin.import_items(pid, rows[s:s + IMPORT_CHUNK])
 
 
-def ensure_project(admin, cfg, rnd: int, rows: list[dict], first: int | None = None) -> tuple[int, int]:
+def ensure_project(admin, cfg, rnd: int, rows: list[dict], first: int | None = None,
+                   gold: list[dict] | None = None) -> tuple[int, int]:
     """(project id, how many of `rows` it holds): creates the round's project and imports the first `first`
     rows (all by default) when it does not exist yet. Rows go in in order and in whole requests, so a resumed
     round's project holds a prefix of them, as many as its items."""
@@ -65,8 +97,11 @@ def ensure_project(admin, cfg, rnd: int, rows: list[dict], first: int | None = N
             return int(p["id"]), _progress(admin, int(p["id"]))["items"]
     guidelines = ("Two assistant replies to the same request. Choose the better one: correct, helpful, "
                   "harmless, polite and concise. Refuse-worthy requests should be refused; others answered.")
-    p = admin._request("POST", "/api/projects", json={"name": name, "task_type": "pairwise",
-                                                      "guidelines": guidelines, "overlap": cfg.overlap}).json()
+    gold_rate = cfg.app_gold_rate if cfg.gold_checks > 0 else 0.0
+    p = admin._request("POST", "/api/projects", json={"name": name, "task_type": "pairwise", "guidelines": guidelines,
+                                                      "overlap": cfg.overlap, "gold_rate": gold_rate}).json()
+    if gold:
+        import_rows(admin, int(p["id"]), gold)  # before the pairs: a resumed round finds its prefix of them
     head = rows if first is None else rows[:first]
     import_rows(admin, int(p["id"]), head)
     return int(p["id"]), len(head)
@@ -169,7 +204,8 @@ def app_feedback(cfg, token: str, world, items: list[dict], rnd: int, seed: int,
     refilling = cfg.app_refill_below > 0
     team = None
     try:
-        pid, done = ensure_project(admin, cfg, rnd, rows, cfg.app_refill_portion if refilling else None)
+        gold = gold_rows(world, cfg.gold_checks, rnd, cfg.seed + 31 * rnd) if cfg.gold_checks > 0 else None
+        pid, done = ensure_project(admin, cfg, rnd, rows, cfg.app_refill_portion if refilling else None, gold)
         if cfg.simulate:
             team = SimulatedTeam(cfg, token, world, pid, seed)
         if refilling:
@@ -178,6 +214,7 @@ def app_feedback(cfg, token: str, world, items: list[dict], rnd: int, seed: int,
             console.print(f"simulated annotators submitted {team.work()} judgments to project {pid}")
         wait_until_complete(admin, pid, poll)
         text = admin.export(pid, kind="comparisons", ties="drop")
+        agreement = annotator_agreement(admin._request("GET", f"/api/projects/{pid}/stats").json()["annotators"])
     finally:
         if team is not None:
             team.close()
@@ -189,4 +226,6 @@ def app_feedback(cfg, token: str, world, items: list[dict], rnd: int, seed: int,
         r["meta"] = meta
         meta["gold_chosen"] = world.gold.score(r["prompt"], r["chosen"])
         meta["gold_rejected"] = world.gold.score(r["prompt"], r["rejected"])
+        if r.get("annotator") in agreement:  # what --min-annotator-agreement screens on
+            meta["annotator_agreement"], meta["agreement_with"] = agreement[r["annotator"]]
     return records
