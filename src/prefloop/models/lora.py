@@ -190,7 +190,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 def frozen_base_dtype(opts) -> torch.dtype:
     """The dtype of a LoRA model's frozen base: bf16 when the computation is bf16 (as for the frozen models
     of `runtime.accel.frozen_dtype`), float32 otherwise (fp16 weights could overflow; fp32 changes nothing)."""
-    from prefloop.runtime.accel import frozen_dtype
+    from .precision import frozen_dtype
 
     precision = getattr(opts, "precision", "fp32")
     return frozen_dtype(precision) if precision in ("auto", "bf16") else torch.float32

@@ -16,6 +16,35 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prefloop.errors import PrecisionError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: Precision) -> str:
+    """The computation's precision as accelerate names it: "bf16", "fp16" or "no" (fp32).
+
+    Weights stay fp32 in every mode (master copies); bf16 and fp16 are autocast. `auto` means bf16 on a CUDA
+    GPU that supports it, fp32 elsewhere (CPU autocast is slower than fp32 here). fp16, for GPUs without
+    bf16, also scales the loss (accelerate's GradScaler) so that small gradients do not underflow.
+    """
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise PrecisionError("--precision fp16 needs a CUDA GPU (use fp32 or bf16 on a CPU)")
+    return "no" if precision == "fp32" else precision
+
+
+def frozen_dtype(precision: Precision) -> torch.dtype:
+    """The dtype of models that are never trained (reference policy, reward model during RL): bf16 when
+    the computation is bf16 anyway (half the memory of fp32 masters), float32 otherwise (fp16 weights can
+    overflow where fp16 autocast, which keeps fp32 weights, does not)."""
+    return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+
+
 SaveDtype = Literal["auto", "fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
