@@ -1,9 +1,12 @@
 """Batched sampling with a KV cache: the rollout phase of RL (docs/ppo.md items 1-6).
 
-One prefill over the left-padded prompts, then one token per step for the whole batch. Rows that have
-ended keep running (the batch stays rectangular) but emit pad. The log-prob of every sampled token is
-recorded at the moment it is drawn, so PPO needs no extra forward for the "old" log-probs of the
-sampling policy (it still recomputes them for training; the gap is logged, docs/ppo.md item 19).
+One prefill over the left-padded prompts, then one token per step. Two paths give the same samples for the
+same seed (the random draws are indexed by prompt and step, `uniforms`): continuous batching (`continuous.py`,
+the default where the model's cache allows it), where rows that end leave the batch and waiting prompts take
+their slots, and the rectangular path here, where rows that have ended keep running and emit pad until the
+longest one ends. The log-prob of every sampled token is recorded at the moment it is drawn, so PPO needs no
+extra forward for the "old" log-probs of the sampling policy (it still recomputes them for training; the gap
+is logged, docs/ppo.md item 19). docs/ROLLOUT.md describes the engine interface around this.
 """
 
 from __future__ import annotations
@@ -136,6 +139,13 @@ class _PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def install(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Take over buffers (B, H, C, D) whose first `length` columns are filled (continuous batching
+        rebuilds the cache when rows leave and join)."""
+        self._keys, self._values, self.length, self.max_len = keys, values, length, keys.shape[-2]
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
 
 def _make_cache(model: nn.Module, max_len: int) -> Cache:
     """A preallocated cache where every layer is plain full attention, else the model's DynamicCache
@@ -166,32 +176,33 @@ def _truncate(weights: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return weights
 
 
-def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One categorical draw per row by inverting the CDF: (B, V) unnormalised probabilities -> (B,) ids.
+def _invert_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One categorical draw per row by inverting the CDF: (B, V) cumulative weights, (B,) uniforms -> (B,) ids.
 
     Same distribution as `torch.multinomial(weights, 1)`, at a fraction of the cost: multinomial draws V
-    exponentials per row (measured at ~35% of a decode step for the tiny model, V = 8192); this draws one
-    uniform per row and does one cumsum. Token i gets the mass cdf[i] - cdf[i-1] exactly as computed, so
+    exponentials per row (measured at ~35% of a decode step for the tiny model, V = 8192); this takes one
+    uniform per row and one cumsum. Token i gets the mass cdf[i] - cdf[i-1] exactly as computed, so
     fp32 rounding moves a token's probability by at most half an ulp of its cdf (relative to the total:
     <= 6e-8), the order of multinomial's own fp32 exponentials. Zero-weight tokens are never drawn.
     """
-    cdf = weights.cumsum(dim=-1)
-    # The uniforms come from the generator's own device (a CPU generator cannot draw on a GPU), then move:
-    # one tiny (B, 1) copy per step, and the same stream of draws whatever device the model is on.
-    gen_device = generator.device if generator is not None else weights.device
-    u = torch.rand(weights.shape[0], 1, generator=generator, device=gen_device, dtype=cdf.dtype).to(weights.device)
     # First index whose cdf exceeds u * total; the clamp only guards u * total rounding up to total.
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    return token.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
+    token = torch.searchsorted(cdf, u.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:], right=True)
+    return token.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
+def _draw(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) unnormalised probabilities, (B,) uniforms in [0, 1) -> (B,) token ids (`_invert_cdf`)."""
+    return _invert_cdf(weights.cumsum(dim=-1), u)
 
 
 def _next_token(
-    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
+    logits: torch.Tensor, cfg: SamplingConfig, u: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step: (B, V) logits -> token (B,) and its log-prob (B,) under softmax(logits / T).
+    """One step: (B, V) logits and (B,) uniforms -> token (B,) and its log-prob (B,) under softmax(logits / T).
 
     The log-prob is that of the full tempered distribution (the policy's own, which PPO's ratio needs),
     not of the top-k/top-p distribution actually sampled from; with the RL defaults the two coincide.
+    `u` may be None only when greedy.
     """
     scaled = logits.float()
     if cfg.temperature != 1.0:
@@ -200,13 +211,15 @@ def _next_token(
     # log p = z - max - log(sum exp(z - max)), one pass over the vocabulary instead of log_softmax + exp.
     zmax = scaled.amax(dim=-1, keepdim=True)
     weights = (scaled - zmax).exp_()
-    log_total = weights.sum(dim=-1, keepdim=True).log_()
-    if cfg.greedy:
-        token = scaled.argmax(dim=-1)
-    elif cfg.top_k > 0 or cfg.top_p < 1.0:
-        token = _draw(_truncate(weights, cfg.top_k, cfg.top_p), generator)
+    if cfg.greedy or cfg.top_k > 0 or cfg.top_p < 1.0:
+        log_total = weights.sum(dim=-1, keepdim=True).log_()
+        token = scaled.argmax(dim=-1) if cfg.greedy else _draw(_truncate(weights, cfg.top_k, cfg.top_p), u)
     else:
-        token = _draw(weights, generator)
+        # Plain sampling: the cdf's last entry is the normaliser, which saves a pass over the vocabulary
+        # (it differs from sum() by rounding only: ~1e-7 in the log-prob for V = 8192).
+        cdf = weights.cumsum(dim=-1)
+        log_total = cdf[:, -1:].log()
+        token = _invert_cdf(cdf, u)
     logprob = scaled.gather(-1, token.unsqueeze(-1)) - zmax - log_total
     return token, logprob.squeeze(-1)
 
@@ -217,6 +230,20 @@ def _check_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
 
 
+def uniforms(cfg: SamplingConfig, batch: int, generator: torch.Generator | None, device) -> torch.Tensor | None:
+    """The random draws of a rollout, (B, R): row i's token at step t inverts its CDF at u[i, t].
+
+    Indexing the draws by (prompt, step) makes a sample independent of how the rows are batched: in chunks,
+    in continuous-batching slots (`continuous.py`) or all at once, the same seed gives the same tokens. They
+    come from the generator's own device (a CPU generator cannot draw on a GPU) in one call, then move once.
+    None when greedy (no draws).
+    """
+    if cfg.greedy:
+        return None
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(batch, cfg.max_new_tokens, generator=generator, device=gen_device).to(device)
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -225,20 +252,37 @@ def sample(
     cfg: SamplingConfig,
     generator: torch.Generator | None = None,
     micro_batch_size: int | None = None,
+    continuous: bool = True,
 ) -> SampleOutput:
     """Sample one response per prompt. `query_ids`, `query_mask`: (B, P), left padded.
 
-    `micro_batch_size` samples the rows in consecutive chunks of that size (the KV cache then holds one
-    chunk), joined as if sampled together. Each chunk draws from `generator` in turn, so a chunked batch
-    gets other (equally distributed) samples than an unchunked one with the same seed; its first chunk's
-    samples are those of sampling that chunk alone, and greedy decoding gives identical results.
+    `micro_batch_size` bounds the rows decoded together (the KV cache holds that many). With `continuous`
+    (and a model whose layers all use full attention) they are slots: a row that ends leaves the batch and
+    the next waiting prompt takes its place (`continuous.py`); otherwise the rows go in consecutive chunks,
+    each decoded until its longest row ends. Either way the samples depend only on `generator`'s seed, not on
+    `micro_batch_size` or the path (the draws are indexed by prompt and step, see `uniforms`), up to the
+    float rounding of different batch shapes.
     """
+    _check_config(cfg)
     B = query_ids.shape[0]
-    if not micro_batch_size or micro_batch_size >= B:
-        return _sample_batch(model, query_ids, query_mask, cfg, generator)
-    parts = [_sample_batch(model, query_ids[i:i + micro_batch_size], query_mask[i:i + micro_batch_size], cfg,
-                           generator) for i in range(0, B, micro_batch_size)]
-    return _join(parts, cfg.pad_token_id)
+    if B and not bool(query_mask[:, -1].all()):
+        raise ValueError("prompts must be left padded: query_mask[:, -1] must be 1 in every row")
+    u = uniforms(cfg, B, generator, query_ids.device)
+    size = micro_batch_size if micro_batch_size and micro_batch_size < B else max(B, 1)
+    if continuous and B and supports_slots(model):
+        from .continuous import sample_slots  # the module imports this one
+
+        return sample_slots(model, query_ids, query_mask, cfg, u, slots=size)
+    parts = [_sample_batch(model, query_ids[i:i + size], query_mask[i:i + size], cfg,
+                           None if u is None else u[i:i + size]) for i in range(0, B, size)]
+    return parts[0] if len(parts) == 1 else _join(parts, cfg.pad_token_id)
+
+
+def supports_slots(model: nn.Module) -> bool:
+    """Whether the model's cache can be the slot cache of continuous batching: every layer plain full
+    attention (sliding-window and other layer kinds keep their own cache and the rectangular path)."""
+    layers = _make_cache(model, 1).layers
+    return bool(layers) and all(isinstance(layer, _PreallocatedLayer) for layer in layers)
 
 
 def _join(parts: list[SampleOutput], pad_token_id: int) -> SampleOutput:
@@ -261,21 +305,17 @@ def _sample_batch(
     query_ids: torch.Tensor,
     query_mask: torch.Tensor,
     cfg: SamplingConfig,
-    generator: torch.Generator | None,
+    u: torch.Tensor | None,
 ) -> SampleOutput:
-    """`sample` on one batch: all rows share one KV cache.
+    """`sample` on one batch, rectangular: all rows share one KV cache and decode until the last one ends.
 
     Prefill the prompts with position ids from the mask (docs/ppo.md item 2), then decode one token per step
     from the KV cache, each new token at position previous + 1. The model's train/eval mode is the
-    caller's (eval for rollouts: dropout off, docs/ppo.md item 12). `generator` (on the model's device) makes
-    the draws reproducible.
+    caller's (eval for rollouts: dropout off, docs/ppo.md item 12). `u`: (B, R) uniforms (`uniforms`).
     """
-    _check_config(cfg)
     B, P = query_ids.shape
     R = cfg.max_new_tokens
     device = query_ids.device
-    if B and not bool(query_mask[:, -1].all()):
-        raise ValueError("prompts must be left padded: query_mask[:, -1] must be 1 in every row")
     end_id = cfg.end_token_id
     check_every = _check_every(device)
 
@@ -303,7 +343,7 @@ def _sample_batch(
     )
     steps = R
     for t in range(R):
-        token, lp = _next_token(out.logits[:, -1], cfg, generator)
+        token, lp = _next_token(out.logits[:, -1], cfg, None if u is None else u[:, t])
         if end_id is not None:
             token = token.masked_fill(done, cfg.pad_token_id)
             lp = lp.masked_fill(done, 0.0)
