@@ -26,8 +26,9 @@ from torch import nn
 
 from prefloop.models.heads import position_ids
 
+from . import sampler
 from .forward import accepts_logits_to_keep, cache_kwarg
-from .sampler import SampleOutput, SamplingConfig, _check_every, _finish, _make_cache, _next_token
+from .sampler import SampleOutput, SamplingConfig, _finish, _make_cache, _next_token
 
 __all__ = ["REBUILD_FRACTION", "sample_slots"]
 
@@ -76,7 +77,7 @@ class _Slots:
         self.cache = _make_cache(model, 1)
         self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self.cache_name = cache_kwarg(model)
-        self.check_every = _check_every(query_ids.device)
+        self.check_every = sampler._check_every(query_ids.device)
         self.out = _Outputs(torch.full((B + 1, R + 1), cfg.pad_token_id, dtype=torch.long, device=query_ids.device),
                             torch.zeros(B + 1, R + 1, dtype=torch.float32, device=query_ids.device))
 
@@ -168,7 +169,7 @@ def _merge(a: _Live, a_kv: list, b: _Live, b_kv: list) -> tuple[_Live, list]:
 def _install(cache, live: _Live, kv: list, extra: int) -> None:
     """Give the cache buffers with room for `extra` more columns, and extend the mask over them (each future
     column holds the row's own next token). Every row ends within max_new_tokens steps of joining, and the
-    all-ended check comes at most `_check_every` steps later: `extra` is their sum."""
+    all-ended check comes at most `sampler._check_every` steps later: `extra` is their sum."""
     L = live.length
     for layer, (k, v) in zip(cache.layers, kv):
         keys = k.new_empty(k.shape[0], k.shape[1], L + extra, k.shape[3])

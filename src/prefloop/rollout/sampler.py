@@ -129,6 +129,8 @@ class _PreallocatedLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.max_len:  # a slice past the end would silently take nothing
+            raise RuntimeError(f"KV cache overflow: {end} columns in a cache of {self.max_len}")
         self._keys[:, :, start:end] = key_states
         self._values[:, :, start:end] = value_states
         self.length = end
