@@ -78,6 +78,9 @@ class _Slots:
         self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self.cache_name = cache_kwarg(model)
         self.check_every = sampler._check_every(query_ids.device)
+        # Cache columns a row may need after it joins: every row ends within max_new_tokens steps of joining,
+        # and the look for ended rows comes at most check_every steps later.
+        self.extra = cfg.max_new_tokens + self.check_every
         self.out = _Outputs(torch.full((B + 1, R + 1), cfg.pad_token_id, dtype=torch.long, device=query_ids.device),
                             torch.zeros(B + 1, R + 1, dtype=torch.float32, device=query_ids.device))
 
@@ -109,7 +112,8 @@ class _Slots:
         sl = slice(self.waiting, self.waiting + count)
         P = max(self.lengths[sl])
         ids, mask = self.query_ids[sl, -P:], self.query_mask[sl, -P:]
-        cache = _make_cache(self.model, P)
+        # Room for the decode steps too: when these rows are the whole batch, the cache is used as it is.
+        cache = _make_cache(self.model, P + self.extra)
         pos = position_ids(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          **{self.cache_name: cache}, **self.keep)
@@ -119,7 +123,7 @@ class _Slots:
                      torch.zeros(n, dtype=torch.bool, device=ids.device), mask, P)
         self._sampled(live, out.logits[:, -1])
         self.waiting += count
-        return live, [(layer.keys, layer.values) for layer in cache.layers]
+        return live, [(layer._keys, layer._values) for layer in cache.layers]
 
     def rebuild(self, live: _Live | None) -> _Live | None:
         """Drop the rows that ended, fill the free slots with waiting prompts; None when nothing is left."""
@@ -137,7 +141,7 @@ class _Slots:
                 live, kv = _merge(live, kv, joined, joined_kv)
         if live is None or live.idx.shape[0] == 0:
             return None
-        _install(self.cache, live, kv, self.cfg.max_new_tokens + self.check_every)
+        _install(self.cache, live, kv, self.extra)
         return live
 
 
@@ -158,8 +162,8 @@ def _merge(a: _Live, a_kv: list, b: _Live, b_kv: list) -> tuple[_Live, list]:
         pad = [0, 0] * (x.dim() - 1 - dim) + [W - length, 0]
         return torch.nn.functional.pad(x, pad)  # zeros: finite keys, masked out
 
-    kv = [(torch.cat([left_pad(ka[:, :, :a.length], a.length, 2), left_pad(kb, b.length, 2)]),
-           torch.cat([left_pad(va[:, :, :a.length], a.length, 2), left_pad(vb, b.length, 2)]))
+    kv = [(torch.cat([left_pad(ka[:, :, :a.length], a.length, 2), left_pad(kb[:, :, :b.length], b.length, 2)]),
+           torch.cat([left_pad(va[:, :, :a.length], a.length, 2), left_pad(vb[:, :, :b.length], b.length, 2)]))
           for (ka, va), (kb, vb) in zip(a_kv, b_kv)]
     live = _Live(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in ("idx", "step", "pos", "token", "done")),
                  torch.cat([left_pad(a.mask[:, :a.length], a.length, 1), left_pad(b.mask, b.length, 1)]), W)
@@ -167,15 +171,17 @@ def _merge(a: _Live, a_kv: list, b: _Live, b_kv: list) -> tuple[_Live, list]:
 
 
 def _install(cache, live: _Live, kv: list, extra: int) -> None:
-    """Give the cache buffers with room for `extra` more columns, and extend the mask over them (each future
-    column holds the row's own next token). Every row ends within max_new_tokens steps of joining, and the
-    all-ended check comes at most `sampler._check_every` steps later: `extra` is their sum."""
+    """Give the cache buffers with room for `extra` more columns (`_Slots.extra`), and extend the mask over
+    them (each future column holds the row's own next token). `kv`: (keys, values) per layer, (n, H, >= L, D),
+    the first L columns filled; buffers that already have the room are used as they are."""
     L = live.length
     for layer, (k, v) in zip(cache.layers, kv):
-        keys = k.new_empty(k.shape[0], k.shape[1], L + extra, k.shape[3])
-        values = v.new_empty(v.shape[0], v.shape[1], L + extra, v.shape[3])
-        keys[:, :, :L], values[:, :, :L] = k[:, :, :L], v[:, :, :L]
-        layer.install(keys, values, L)
+        if k.shape[2] < L + extra:
+            keys = k.new_empty(k.shape[0], k.shape[1], L + extra, k.shape[3])
+            values = v.new_empty(v.shape[0], v.shape[1], L + extra, v.shape[3])
+            keys[:, :, :L], values[:, :, :L] = k[:, :, :L], v[:, :, :L]
+            k, v = keys, values
+        layer.install(k, v, L)
     live.mask = torch.cat([live.mask[:, :L], live.mask.new_ones(live.mask.shape[0], extra)], dim=1)
 
 
