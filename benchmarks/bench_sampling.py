@@ -129,6 +129,7 @@ def bench(batch: int, prompt_len: int, new: int, reps: int, vocab: int, stop: bo
 
 
 def table(rows: list[dict]) -> None:
+    print(flush=True)
     print("| setting | batch | contender | new tokens/s (wall) | vs generate | new tokens per CPU-second "
           "| vs generate | mean response length |")
     print("|---|---|---|---|---|---|---|---|")
@@ -138,7 +139,7 @@ def table(rows: list[dict]) -> None:
             mean_len = statistics.mean(r["tokens"][k]) / r["batch"]
             c = r["tpc"][k]
             print(f"| {'eos' if r['stop'] else 'fixed'} | {r['batch']} | {k} | {v:.0f} | {v / hf:.2f}x "
-                  f"| {c:.0f} | {c / hf_cpu:.2f}x | {mean_len:.1f} |")
+                  f"| {c:.0f} | {c / hf_cpu:.2f}x | {mean_len:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -154,7 +155,11 @@ def main() -> None:
     reps, new = (2, 16) if args.quick else (args.reps, args.new)
     prompt_len, vocab = 64, 8192
 
-    rows = [bench(b, prompt_len, new, reps, vocab, stop) for stop in (False, True) for b in batches]
+    rows = []
+    for stop in (False, True):
+        for b in batches:
+            rows.append(bench(b, prompt_len, new, reps, vocab, stop))
+            table(rows[-1:])  # as it comes: a long run on a busy machine still leaves its first rows
 
     lo, hi = min(r["load"][0] for r in rows), max(r["load"][1] for r in rows)
     print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
