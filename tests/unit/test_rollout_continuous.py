@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prefloop.rollout import continuous, response_logprobs, sample, sampler
+from prefloop.rollout import continuous, decoding, response_logprobs, sample, sampler
 
 from .test_rollout_forward import VOCAB, tiny_model
 from .test_rollout_sampler import EOS, PAD, cfg, left_padded
@@ -100,7 +100,7 @@ def test_accelerator_check_interval_changes_no_sample(model, monkeypatch, stop_a
     ids, mask = left_padded(LENGTHS[:6], seed=2)
     config = cfg(max_new_tokens=11, stop_at_eos=stop_at_eos)
     every_step = [draw(model, ids, mask, config, slots=s) for s in (1, 3)]
-    monkeypatch.setattr(sampler, "_check_every", lambda device: 8)
+    monkeypatch.setattr(decoding, "_check_every", lambda device: 8)
     for s, expected in zip((1, 3), every_step):
         assert_same(draw(model, ids, mask, config, slots=s), expected)
 

@@ -7,8 +7,8 @@ import torch
 import transformers
 from torch import nn
 
-from prefloop.rollout import SampleOutput, SamplingConfig, response_logprobs, sample, sampler
-from prefloop.rollout.sampler import _draw, _make_cache, _next_token, _PreallocatedLayer, _truncate
+from prefloop.rollout import SampleOutput, SamplingConfig, decoding, response_logprobs, sample
+from prefloop.rollout.decoding import _draw, _make_cache, _next_token, _PreallocatedLayer, _truncate
 
 from .test_rollout_forward import VOCAB, tiny_model
 
@@ -105,7 +105,7 @@ def test_eos_ends_the_row_and_masks_what_follows(model):
 
 @pytest.mark.parametrize("check_every", [1, 8])
 def test_stops_early_and_trims_when_every_row_has_ended(model, monkeypatch, check_every):
-    monkeypatch.setattr(sampler, "_check_every", lambda device: check_every)  # 8 is the accelerator's
+    monkeypatch.setattr(decoding, "_check_every", lambda device: check_every)  # 8 is the accelerator's
     ids, mask = left_padded([4, 6])
     forced = ForceTokens(model, [(0, 1, EOS), (1, 2, EOS)])
     out = run(forced, ids, mask, cfg(max_new_tokens=40))

@@ -26,9 +26,9 @@ from torch import nn
 
 from prefloop.models.heads import position_ids
 
-from . import sampler
+from . import decoding
+from .decoding import SampleOutput, SamplingConfig, _finish, _make_cache, _next_token
 from .forward import accepts_logits_to_keep, cache_kwarg
-from .sampler import SampleOutput, SamplingConfig, _finish, _make_cache, _next_token
 
 __all__ = ["REBUILD_FRACTION", "sample_slots"]
 
@@ -77,7 +77,7 @@ class _Slots:
         self.cache = _make_cache(model, 1)
         self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self.cache_name = cache_kwarg(model)
-        self.check_every = sampler._check_every(query_ids.device)
+        self.check_every = decoding._check_every(query_ids.device)
         # Cache columns a row may need after it joins: every row ends within max_new_tokens steps of joining,
         # and the look for ended rows comes at most check_every steps later.
         self.extra = cfg.max_new_tokens + self.check_every
