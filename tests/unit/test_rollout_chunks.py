@@ -44,8 +44,9 @@ def test_greedy_chunks_equal_one_batch():
 
 
 def test_each_chunk_is_a_sample_of_its_rows_alone():
-    """The chunks draw from the generator in turn: chunk k gets the samples of sampling its rows alone with
-    the generator as chunk k - 1 left it. Responses of different lengths are right-padded to the longest."""
+    """The draws are indexed by (prompt, step) and drawn row after row, so chunk k gets the samples of sampling
+    its rows alone with the generator as the rows before it left it. Responses of different lengths are
+    right-padded to the longest."""
     model = EndsSingleRows(tiny_model("llama"))
     ids, mask = left_padded([3, 7, 5, 1, 6], seed=4)
     config = cfg(max_new_tokens=10, temperature=1.5)
@@ -74,3 +75,15 @@ def test_a_chunk_as_large_as_the_batch_changes_nothing():
     whole = _sample(model, ids, mask, cfg(), seed=3)
     same = _sample(model, ids, mask, cfg(), seed=3, micro=4)
     assert torch.equal(same.response_ids, whole.response_ids) and torch.equal(same.logprobs, whole.logprobs)
+
+
+def test_sampled_chunks_equal_one_batch():
+    """Not only greedy: the draws do not depend on the chunking (rectangular path, whose chunks are real)."""
+    model = tiny_model("gpt2")
+    ids, mask = left_padded([3, 7, 5, 1, 6])
+    config = cfg(temperature=1.5)
+    whole = sample(model, ids, mask, config, generator=torch.Generator().manual_seed(2), continuous=False)
+    chunked = sample(model, ids, mask, config, generator=torch.Generator().manual_seed(2), micro_batch_size=2,
+                     continuous=False)
+    assert torch.equal(chunked.response_ids, whole.response_ids)
+    torch.testing.assert_close(chunked.logprobs, whole.logprobs, atol=1e-5, rtol=0)

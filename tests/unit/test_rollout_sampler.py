@@ -7,8 +7,8 @@ import torch
 import transformers
 from torch import nn
 
-from prefloop.rollout import SampleOutput, SamplingConfig, response_logprobs, sample, sampler
-from prefloop.rollout.sampler import _draw, _make_cache, _next_token, _PreallocatedLayer, _truncate
+from prefloop.rollout import SampleOutput, SamplingConfig, decoding, response_logprobs, sample
+from prefloop.rollout.decoding import _draw, _make_cache, _next_token, _PreallocatedLayer, _truncate
 
 from .test_rollout_forward import VOCAB, tiny_model
 
@@ -37,14 +37,16 @@ def run(model, ids, mask, config, seed=0) -> SampleOutput:
 
 
 class ForceTokens(nn.Module):
-    """Wraps a model and forces `token` at decode step `step` in row `row` (entries (row, step, token))."""
+    """Wraps a model and forces `token` at decode step `step` in row `row` (entries (row, step, token));
+    rows in `never_end` never sample EOS."""
 
-    def __init__(self, inner: nn.Module, forced: list[tuple[int, int, int]]):
+    def __init__(self, inner: nn.Module, forced: list[tuple[int, int, int]], never_end: tuple[int, ...] = ()):
         super().__init__()
-        self.inner, self.forced, self.calls = inner, forced, 0
+        self.inner, self.forced, self.never_end, self.calls = inner, forced, list(never_end), 0
 
     def forward(self, **kwargs):
         out = self.inner(**kwargs)
+        out.logits[self.never_end, -1, EOS] = -1e4
         for row, step, token in self.forced:
             if step == self.calls:
                 out.logits[row, -1] = -1e4
@@ -88,7 +90,7 @@ def test_greedy_equals_hf_generate(model):
 
 def test_eos_ends_the_row_and_masks_what_follows(model):
     ids, mask = left_padded([4, 6, 2])
-    forced = ForceTokens(model, [(0, 3, EOS), (2, 0, EOS)])  # row 1 never ends
+    forced = ForceTokens(model, [(0, 3, EOS), (2, 0, EOS)], never_end=(1,))
     out = run(forced, ids, mask, cfg(max_new_tokens=10))
     assert out.response_ids.shape == (3, 10)
     assert out.response_mask.tolist()[0] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
@@ -103,7 +105,7 @@ def test_eos_ends_the_row_and_masks_what_follows(model):
 
 @pytest.mark.parametrize("check_every", [1, 8])
 def test_stops_early_and_trims_when_every_row_has_ended(model, monkeypatch, check_every):
-    monkeypatch.setattr(sampler, "_check_every", lambda device: check_every)  # 8 is the accelerator's
+    monkeypatch.setattr(decoding, "_check_every", lambda device: check_every)  # 8 is the accelerator's
     ids, mask = left_padded([4, 6])
     forced = ForceTokens(model, [(0, 1, EOS), (1, 2, EOS)])
     out = run(forced, ids, mask, cfg(max_new_tokens=40))
@@ -180,7 +182,8 @@ def test_truncate_keeps_top_k_and_smallest_nucleus():
 
 def test_draw_follows_the_weights_and_never_draws_zero_weight():
     w = torch.tensor([[0.0, 5.0, 0.0, 2.0, 3.0, 0.0]]).expand(40_000, 6)
-    counts = torch.bincount(_draw(w, torch.Generator().manual_seed(0)), minlength=6).double() / 40_000
+    counts = torch.bincount(_draw(w, torch.rand(40_000, generator=torch.Generator().manual_seed(0))),
+                            minlength=6).double() / 40_000
     assert counts[[0, 2, 5]].sum() == 0
     expected = torch.tensor([0.5, 0.2, 0.3], dtype=torch.double)
     torch.testing.assert_close(counts[[1, 3, 4]], expected, atol=0.01, rtol=0)

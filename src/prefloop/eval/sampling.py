@@ -9,7 +9,7 @@ import torch
 from prefloop.data import encode_prompt, left_pad
 from prefloop.models import sequence_scores
 from prefloop.rl import kl_k3
-from prefloop.rollout import SamplingConfig, response_logprobs, sample
+from prefloop.rollout import LocalEngine, SamplingConfig, response_logprobs
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 from prefloop.runtime.seeding import process_seed
 
@@ -75,7 +75,7 @@ def _sample_policy(policy, tok, prompt_texts: list[str], k: int, scfg: SamplingC
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         q, qm = left_pad([enc[i] for i, _ in chunk], tok.pad_token_id)
-        out = sample(policy, q.to(device), qm.to(device), scfg, generator=gen)
+        out = LocalEngine(policy).generate(q.to(device), qm.to(device), scfg, gen)
         mask = out.response_mask.float()
         if reference is not None:
             ref_lp = response_logprobs(reference, out.query_ids, out.query_mask, out.response_ids,

@@ -44,8 +44,9 @@ class LoraOptions(MemoryOptions):
 @dataclass(kw_only=True)
 class RolloutOptions:
     rollout_micro_batch_size: int | None = None
-    """Prompts sampled together on each process; the rollout batch is sampled in chunks of this size, so
-    the KV cache holds one chunk at a time. Default: the whole rollout batch at once."""
+    """Rows decoded together on each process (continuous batching: a row that ends gives its place to the
+    next prompt), so the KV cache holds this many rows. The samples do not depend on it. Default: the whole
+    rollout batch at once."""
 
 
 def check_memory_options(cfg) -> None:

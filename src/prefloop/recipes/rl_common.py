@@ -11,7 +11,7 @@ import torch
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt
 from prefloop.errors import ConfigError
 from prefloop.rl.batches import GROUP_OVERHEAD_TOKENS, GROUP_OVERHEAD_TOKENS_GPU, length_groups
-from prefloop.rollout import sample
+from prefloop.rollout import LocalEngine
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
 from .common import GoldFn, decode_responses
@@ -48,8 +48,8 @@ def rollout(ctx, policy_fwd, prompt_ids: list[list[int]], tok, sampling, generat
     policy.eval()
     q_ids, q_mask = left_pad(prompt_ids, tok.pad_token_id)
     with ctx.gathered(policy_fwd):  # the sampler calls the model's parts itself: whole weights under FSDP2
-        return sample(policy, q_ids.to(ctx.device), q_mask.to(ctx.device), sampling, generator=generator,
-                      micro_batch_size=micro_batch_size)
+        return LocalEngine(policy, micro_batch_size).generate(q_ids.to(ctx.device), q_mask.to(ctx.device),
+                                                              sampling, generator)
 
 
 def minibatches(n_local: int, size: int, epochs: int, generator: torch.Generator) -> Iterator[list[int]]:

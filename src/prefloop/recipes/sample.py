@@ -14,7 +14,7 @@ import torch
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt, write_jsonl
 from prefloop.errors import ConfigError, require
 from prefloop.models import load_causal_lm, load_tokenizer
-from prefloop.rollout import SamplingConfig, sample
+from prefloop.rollout import LocalEngine, SamplingConfig
 from prefloop.runtime import StepProgress, make_accelerator, seed_everything
 from prefloop.runtime.accel import Precision
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
@@ -78,7 +78,7 @@ def _sample_and_score(model, tok, prompt_texts: list[str], k: int, scfg: Samplin
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         q, qm = left_pad([enc[i] for i, _ in chunk], tok.pad_token_id)
-        out = sample(model, q.to(device), qm.to(device), scfg, generator=generator)
+        out = LocalEngine(model).generate(q.to(device), qm.to(device), scfg, generator)
         texts = []
         for r, (i, j) in enumerate(chunk):
             toks = out.response_ids[r][out.response_mask[r].bool()].tolist()
