@@ -58,13 +58,14 @@ def test_ppo_advantages_are_whitened_gae(tmp_path, policy_dir, reward_dir, toy_d
 def test_ppo_reshuffles_every_epoch(tmp_path, policy_dir, reward_dir, toy_data, monkeypatch):
     """docs/ppo.md item 16: each PPO epoch covers the rollout once, in a fresh random order of minibatches."""
     minibatches = []
-    real = ppo.micro_batches
+    real = ppo.minibatches
 
-    def recording(indices, micro):
-        minibatches.append(list(indices))
-        return real(indices, micro)
+    def recording(*args):
+        for mb in real(*args):
+            minibatches.append(list(mb))
+            yield mb
 
-    monkeypatch.setattr(ppo, "micro_batches", recording)
+    monkeypatch.setattr(ppo, "minibatches", recording)
     cfg = ppo_config(tmp_path, policy_dir, reward_dir, toy_data, max_steps=1, ppo_epochs=3, rollout_batch_size=16,
                      batch_size=4, normalize_reward=False)
     ppo.run_ppo(cfg)
