@@ -89,6 +89,20 @@ def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
+def broadcast_from_main(modules: list[nn.Module]) -> None:
+    """Every parameter and buffer of `modules` set to the main process's values, in place. Collective.
+
+    DDP does this when it wraps a model; FSDP2 does not: `fully_shard` keeps each process's own rows of each
+    parameter. Weights loaded from a file are the same everywhere, but weights initialised at random after
+    the per-process seeding differ (a new LoRA adapter's A matrices): sharded as they are, the model would
+    be rank 0's rows of them next to rank 1's, a model no single process built."""
+    import torch.distributed as dist
+
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 class Joint(nn.Module):
     """Several trained modules as one (PPO's policy and critic): accelerate's FSDP2 shards one model per
     `prepare`. Its forward runs one named part, so every call passes the sharded root's hooks."""
