@@ -373,3 +373,25 @@ def test_lora_grpo_under_fsdp2_matches_data_parallel(lora_runs):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
     assert rows[1]["kl/k1"] != 0.0  # the adapter moved the policy away from its reference
     close(adapter(ddp / "grpo" / "model"), adapter(d / "grpo" / "model"))
+
+
+@pytest.mark.slow  # three sharded launches (~60 s)
+def test_lora_sharded_resume_after_kill(tmp_path, policy_dir, toy_data):
+    """Sharded LoRA sft killed right after the checkpoint of step 2, resumed under FSDP2: the adapter of an
+    uninterrupted sharded run (the checkpoint holds the adapter and its optimizer state, sharded again)."""
+    pytest.importorskip("peft")
+    args = resume_args("sft", policy_dir, None, toy_data) + ["--lora-r", "4"]
+
+    def run(out: Path, env: dict | None = None, *more: str) -> subprocess.CompletedProcess:
+        return launch_sharded("-m", "prefloop.cli", *[str(out) if a == "OUT" else a for a in args], *more, env=env)
+
+    full = run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert processes(full) == [2] and "sharded (FSDP2)" in said(full)
+    killed = run(tmp_path / "k", {**ENV, "PREFLOOP_KILL_AFTER_STEP": "2"})
+    assert killed.returncode != 0 and not (tmp_path / "k" / "model").exists()
+    assert len(adapter(tmp_path / "k" / "checkpoint" / "model")) > 0
+    resumed = run(tmp_path / "k", None, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 2" in said(resumed)
+    close(adapter(tmp_path / "full" / "model"), adapter(tmp_path / "k" / "model"))
