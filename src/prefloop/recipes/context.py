@@ -152,7 +152,7 @@ class RunContext:
         optimizer's state is loaded here when sharding makes its parameters only now."""
         modules = [o for o in objects if isinstance(o, torch.nn.Module)]
         if sharding.is_sharded(self.acc):  # start from the main process's weights, as DDP does
-            sharding.broadcast_from_main(modules)
+            sharding.broadcast_from_main(self.acc, modules)
         if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
             out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
         else:

@@ -89,7 +89,7 @@ def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
-def broadcast_from_main(modules: list[nn.Module]) -> None:
+def broadcast_from_main(acc, modules: list[nn.Module]) -> None:
     """Every parameter and buffer of `modules` set to the main process's values, in place. Collective.
 
     DDP does this when it wraps a model; FSDP2 does not: `fully_shard` keeps each process's own rows of each
@@ -100,7 +100,12 @@ def broadcast_from_main(modules: list[nn.Module]) -> None:
 
     for module in modules:
         for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
+            if t.device == acc.device:
+                dist.broadcast(t.data, src=0)
+            else:  # not moved yet (prepare moves it): NCCL sends only GPU tensors, so one tensor at a time there
+                on_device = t.data.to(acc.device)
+                dist.broadcast(on_device, src=0)
+                t.data.copy_(on_device)
 
 
 class Joint(nn.Module):
