@@ -4,7 +4,8 @@ of which each process holds a part; the losses are those of one process on the s
 dpo) or of a data-parallel run on the same two random streams (ppo, grpo, rloo: sampling each process's own
 rollout); the saved model is a full Hugging Face directory that plain transformers loads and that computes what
 the unsharded model computes; a run killed after a checkpoint resumes to the weights of an uninterrupted run.
-Launches prefloop does not run correctly sharded (FSDP1, DeepSpeed, LoRA under FSDP2) stop with one line."""
+LoRA trains sharded to one process's adapter. Launches prefloop does not run correctly sharded (FSDP1,
+DeepSpeed) stop with one line."""
 
 from __future__ import annotations
 
@@ -89,20 +90,17 @@ def sft_args(policy_dir, toy_data, out, *more: str) -> list[str]:
 
 def test_sft_under_fsdp2_matches_one_process_and_saves_a_full_model(tmp_path, policy_dir, toy_data):
     """sft sharded over 2 processes: each holds half of every weight; the losses and the saved weights are one
-    process's; plain transformers loads OUT/model and computes the one-process model's logits. LoRA under
-    FSDP2, and a batch that does not split evenly over the processes, are refused (exit code 2) before a model
-    loads."""
+    process's; plain transformers loads OUT/model and computes the one-process model's logits. A batch that
+    does not split evenly over the processes is refused (exit code 2) before a model loads."""
     odd = sft_args(policy_dir, toy_data, tmp_path / "odd")
     odd[odd.index("--batch-size") + 1] = "7"
-    res = run_jobs(tmp_path, [sft_args(policy_dir, toy_data, tmp_path / "two"),
-                              sft_args(policy_dir, toy_data, tmp_path / "lora", "--lora-r", "4"), odd])
+    res = run_jobs(tmp_path, [sft_args(policy_dir, toy_data, tmp_path / "two"), odd])
     assert res.returncode != 0, res.stderr[-3000:]  # the launcher reports the refused job as a failure
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["pid"] != ranks[1]["pid"]
-    assert ranks[0]["codes"] == [0, 2, 2]
-    assert "--lora-r is not supported with FSDP2" in said(res)
+    assert ranks[0]["codes"] == [0, 2]
     assert "--batch-size 7 must be a multiple of the number of processes (2) under FSDP2" in said(res)
-    assert not (tmp_path / "lora").exists() and not (tmp_path / "odd").exists()
+    assert not (tmp_path / "odd").exists()
     assert processes(res) == [2] and "sharded (FSDP2)" in said(res)
     assert_sharded(tmp_path, ["sft"])
     run_sft(SFTConfig(model=str(policy_dir), data=toy_data["demos"], max_steps=3, batch_size=8, max_length=64,
@@ -284,3 +282,116 @@ def test_sharded_resume_after_kill(tmp_path, policy_dir, reward_dir, toy_data, r
         close(weights(tmp_path / "full" / "critic"), weights(tmp_path / "k" / "critic"))
     steps = [r["step"] for r in read_metrics(tmp_path / "k" / "metrics.jsonl") if "lr" in r]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3
+
+
+# -- LoRA under FSDP2 ------------------------------------------------------------------------------------------
+
+def adapter(d: Path) -> dict:
+    return load_file(str(d / "adapter_model.safetensors"))
+
+
+def peft_logits(path: Path, base: Path, ids: torch.Tensor) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path).eval()(ids).logits
+
+
+def test_gathered_weights_save_the_whole_adapter(tmp_path, policy_dir):
+    """One process, fast: a LoRA model saved from a given state dict keyed as the model names its tensors (what a
+    sharded model's gathered weights are) writes every adapter matrix, and peft loads it to the same outputs."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.models.lora import add_lora
+
+    lm = add_lora(AutoModelForCausalLM.from_pretrained(policy_dir), 4, 8.0, 0.0, None).eval()
+    with torch.no_grad():  # B starts at zero: give the adapter an effect on the outputs
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    lm.save_pretrained(tmp_path / "a", state_dict={k: v.clone() for k, v in lm.state_dict().items()})
+    assert len(adapter(tmp_path / "a")) == sum("lora_" in n for n, _ in lm.named_parameters()) > 0
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_logits(tmp_path / "a", policy_dir, ids), lm(ids).logits)
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory, policy_dir, reward_dir, toy_data):
+    """One sharded launch: sft with an adapter, sft with --merge-lora, grpo with an adapter; grpo with an adapter
+    data-parallel on the same two random streams; both sft runs on one process."""
+    pytest.importorskip("peft")
+    d, ddp, one = (tmp_path_factory.mktemp(n) for n in ("lora-fsdp2", "lora-ddp", "lora-one"))
+
+    def grpo(out: Path) -> list[str]:
+        return [*next(j for j in rl_jobs(policy_dir, reward_dir, toy_data, out) if j[0] == "grpo"), "--lora-r", "4"]
+
+    res = run_jobs(d, [sft_args(policy_dir, toy_data, d / "sft", "--lora-r", "4"),
+                       sft_args(policy_dir, toy_data, d / "merged", "--lora-r", "4", "--merge-lora"), grpo(d)])
+    ddp_res = run_jobs(ddp, [grpo(ddp)], sharded=False)
+    common = dict(model=str(policy_dir), data=toy_data["demos"], max_steps=3, batch_size=8, max_length=64, lr=3e-3,
+                  lora_r=4)
+    run_sft(SFTConfig(**common, out=one / "sft"))
+    run_sft(SFTConfig(**common, merge_lora=True, out=one / "merged"))
+    return d, res, ddp, ddp_res, one
+
+
+@pytest.mark.slow  # two launches (~50 s)
+def test_lora_sft_under_fsdp2_matches_one_process(lora_runs, policy_dir):
+    """Sharded LoRA sft: each process held half of every weight, adapter included; the losses and the adapter
+    are one process's; peft loads the adapter, and with --merge-lora plain transformers loads a model that
+    computes the one-process merged model's logits (not the base model's)."""
+    d, res, _, _, one = lora_runs
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert processes(res) == [2] * 3 and said(res).count("sharded (FSDP2)") == 3
+    assert_sharded(d, ["sft", "sft", "grpo"])
+    for name in ("sft", "merged"):
+        assert losses(d / name, "loss/sft") == pytest.approx(losses(one / name, "loss/sft"), rel=1e-5), name
+    two, ref = adapter(d / "sft" / "model"), adapter(one / "sft" / "model")
+    assert len(two) > 0 and any(v.abs().max() > 0 for k, v in two.items() if "lora_B" in k)
+    close(ref, two)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    torch.testing.assert_close(peft_logits(d / "sft" / "model", policy_dir, ids),
+                               peft_logits(one / "sft" / "model", policy_dir, ids), atol=1e-4, rtol=1e-4)
+    merged = lm_logits(d / "merged" / "model", ids)
+    torch.testing.assert_close(merged, lm_logits(one / "merged" / "model", ids), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(merged, lm_logits(policy_dir, ids), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_lora_grpo_under_fsdp2_matches_data_parallel(lora_runs):
+    """Sharded LoRA grpo (its reference: the same sharded weights with the adapter off) samples and trains as
+    data-parallel LoRA grpo on the same two random streams: the same rollout statistics, KL and adapter."""
+    d, res, ddp, ddp_res, _ = lora_runs
+    assert res.returncode == 0 and ddp_res.returncode == 0, (res.stderr + ddp_res.stderr)[-4000:]
+    rows, ref = read_metrics(d / "grpo" / "metrics.jsonl"), read_metrics(ddp / "grpo" / "metrics.jsonl")
+    assert len(rows) == len(ref) == 2
+    for a, b in zip(rows, ref):
+        for k in RL_KEYS:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    assert rows[1]["kl/k1"] != 0.0  # the adapter moved the policy away from its reference
+    close(adapter(ddp / "grpo" / "model"), adapter(d / "grpo" / "model"))
+
+
+@pytest.mark.slow  # three sharded launches (~60 s)
+def test_lora_sharded_resume_after_kill(tmp_path, policy_dir, toy_data):
+    """Sharded LoRA sft killed right after the checkpoint of step 2, resumed under FSDP2: the adapter of an
+    uninterrupted sharded run (the checkpoint holds the adapter and its optimizer state, sharded again)."""
+    pytest.importorskip("peft")
+    args = resume_args("sft", policy_dir, None, toy_data) + ["--lora-r", "4"]
+
+    def run(out: Path, env: dict | None = None, *more: str) -> subprocess.CompletedProcess:
+        return launch_sharded("-m", "prefloop.cli", *[str(out) if a == "OUT" else a for a in args], *more, env=env)
+
+    full = run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert processes(full) == [2] and "sharded (FSDP2)" in said(full)
+    killed = run(tmp_path / "k", {**ENV, "PREFLOOP_KILL_AFTER_STEP": "2"})
+    assert killed.returncode != 0 and not (tmp_path / "k" / "model").exists()
+    assert len(adapter(tmp_path / "k" / "checkpoint" / "model")) > 0
+    resumed = run(tmp_path / "k", None, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 2" in said(resumed)
+    close(adapter(tmp_path / "full" / "model"), adapter(tmp_path / "k" / "model"))

@@ -18,6 +18,7 @@ Nothing here imports peft until a LoRA option is used (peft is the optional extr
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -72,8 +73,18 @@ def _attach(peft, base: nn.Module, source: str | None = None) -> nn.Module:
     # would make `base.modules()` recurse). Saving the model saves its adapter, wherever it is saved.
     object.__setattr__(base, _PEFT, peft)
     object.__setattr__(base, _SOURCE, source)
-    object.__setattr__(base, "save_pretrained", peft.save_pretrained)
+    object.__setattr__(base, "save_pretrained", functools.partial(_save_adapter, peft, base))
     return base
+
+
+def _save_adapter(peft, base: nn.Module, path, state_dict: dict | None = None, **kwargs) -> None:
+    """peft's `save_pretrained`. A `state_dict` given (a sharded model's gathered weights) is keyed as `base`
+    names its tensors; peft picks the adapter out of its own keys (`base_model.model.` + those), and would
+    find nothing in `base`'s: an empty adapter."""
+    if state_dict is not None:
+        prefix = next(name for name, m in peft.named_modules() if m is base) + "."
+        state_dict = {prefix + k: v for k, v in state_dict.items()}
+    peft.save_pretrained(path, state_dict=state_dict, **kwargs)
 
 
 def _detach(base: nn.Module) -> str | None:

@@ -92,10 +92,6 @@ class RunContext:
             self.acc = make_accelerator(cfg.precision)
         except PrecisionError as e:
             raise ConfigError(str(e)) from None
-        if sharding.is_sharded(self.acc) and getattr(cfg, "lora_r", 0):
-            # Measured: under FSDP2 the adapter's gradients differ from one process's (grad norm 0.40 vs 0.44).
-            raise ConfigError("--lora-r is not supported with FSDP2 yet: LoRA keeps the trained weights small, "
-                              "so run it data-parallel (accelerate launch --multi_gpu, without the FSDP config)")
         if sharding.is_sharded(self.acc) and cfg.batch_size % self.acc.num_processes:
             # Every forward of a sharded model gathers with all processes: each must run as many micro-batches.
             raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
@@ -155,6 +151,8 @@ class RunContext:
         """`accelerator.prepare` (DDP or FSDP2 wrapping of the trained model and its optimizer); a resumed
         optimizer's state is loaded here when sharding makes its parameters only now."""
         modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+        if sharding.is_sharded(self.acc):  # start from the main process's weights, as DDP does
+            sharding.broadcast_from_main(self.acc, modules)
         if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
             out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
         else:

@@ -89,6 +89,25 @@ def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
+def broadcast_from_main(acc, modules: list[nn.Module]) -> None:
+    """Every parameter and buffer of `modules` set to the main process's values, in place. Collective.
+
+    DDP does this when it wraps a model; FSDP2 does not: `fully_shard` keeps each process's own rows of each
+    parameter. Weights loaded from a file are the same everywhere, but weights initialised at random after
+    the per-process seeding differ (a new LoRA adapter's A matrices): sharded as they are, the model would
+    be rank 0's rows of them next to rank 1's, a model no single process built."""
+    import torch.distributed as dist
+
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.device == acc.device:
+                dist.broadcast(t.data, src=0)
+            else:  # not moved yet (prepare moves it): NCCL sends only GPU tensors, so one tensor at a time there
+                on_device = t.data.to(acc.device)
+                dist.broadcast(on_device, src=0)
+                t.data.copy_(on_device)
+
+
 class Joint(nn.Module):
     """Several trained modules as one (PPO's policy and critic): accelerate's FSDP2 shards one model per
     `prepare`. Its forward runs one named part, so every call passes the sharded root's hooks."""
