@@ -79,13 +79,16 @@ def enable_on_cpu(acc, mixed: str) -> None:
     from accelerate.utils import DistributedType
 
     state = acc.state
-    if not requested() or acc.num_processes < 2:
+    if not requested():
         return
     if state.distributed_type == DistributedType.DEEPSPEED:
         # On GPUs accelerate made the plugin itself, with zero3_init_flag as the config says: models load whole.
         state.deepspeed_plugin.zero3_init_flag = False
         _forget_zero3_init()
         return
+    if acc.num_processes < 2:
+        # Without a GPU, one process would silently train unpartitioned.
+        raise ConfigError("DeepSpeed without a GPU needs 2 or more processes (accelerate launch --num_processes N)")
     plugin = _plugin()
     state.distributed_type = DistributedType.DEEPSPEED
     plugin.set_mixed_precision(mixed)
