@@ -65,8 +65,9 @@ def test_sft_under_zero3_matches_one_process_and_saves_a_full_model(tmp_path, po
                               ["ppo", "--policy", str(policy_dir), "--reward", str(policy_dir), "--prompts",
                                str(toy_data["prompts"]), "--out", str(tmp_path / "ppo")],
                               sft_args(policy_dir, toy_data, tmp_path / "ckpt", "--save-every", "1")])
+    assert (tmp_path / "rank0.json").exists(), res.stderr[-3000:]  # every job ran (a crash writes none)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["pid"] != ranks[1]["pid"], res.stderr[-3000:]
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["pid"] != ranks[1]["pid"]
     assert ranks[0]["codes"] == [0, 2, 2]
     assert "ppo is not supported under DeepSpeed: only sft, reward, dpo are" in said(res)
     assert "--save-every and --resume are not supported under DeepSpeed" in said(res)
@@ -128,3 +129,22 @@ def test_deepspeed_launches_refused_where_they_cannot_run(tmp_path, monkeypatch,
         with pytest.raises(ConfigError, match="DeepSpeed without a GPU needs 2 or more processes"):
             run_sft(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_partitioned_embedding_is_not_resized_from_its_empty_shape(policy_dir):
+    """A ZeRO-3 partitioned weight is empty, its real shape in `ds_shape`: the pad-token check reads that shape
+    and leaves a vocabulary larger than the tokenizer's as it is (read as 0 rows, it was once shrunk to the
+    tokenizer's size)."""
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.models import load_tokenizer
+    from prefloop.models.loading import _sync_special_tokens
+
+    model, tok = AutoModelForCausalLM.from_pretrained(policy_dir), load_tokenizer(str(policy_dir))
+    emb = model.get_input_embeddings()
+    emb.weight = torch.nn.Parameter(torch.empty(0))
+    emb.weight.ds_shape = torch.Size([len(tok) + 64, emb.embedding_dim])
+    resized = []
+    model.resize_token_embeddings = lambda n, *a, **k: resized.append(n)
+    _sync_special_tokens(model, tok)
+    assert resized == [] and model.config.pad_token_id == tok.pad_token_id
