@@ -24,7 +24,8 @@ from prefloop.recipes.reward import RewardConfig, run_reward
 from prefloop.recipes.sft import SFTConfig, run_sft
 
 from .test_distributed import ENV, free_port, losses, processes
-from .test_sharded import close, lm_logits, pair_args, said, sft_args, weights
+from .test_sharded import RL_KEYS, close, lm_logits, pair_args, rl_jobs, said, sft_args, weights
+from .test_sharded import run_jobs as run_ddp
 
 ROOT = Path(__file__).parents[2]
 JOBS = Path(__file__).with_name("deepspeed_jobs.py")
@@ -60,18 +61,17 @@ def assert_partitioned(d: Path, recipes: list[str], stage: int) -> None:
 def test_sft_under_zero3_matches_one_process_and_saves_a_full_model(tmp_path, policy_dir, toy_data):
     """sft partitioned over 2 processes (ZeRO-3, 2 micro-batches per process and step): the losses and saved
     weights are one process's, the vocabulary keeps its size, and plain transformers loads OUT/model and computes
-    the one-process model's logits. ppo and --save-every are refused (exit code 2) before anything is written."""
+    the one-process model's logits. pretrain and --save-every are refused (exit code 2) before anything is written."""
     res = run_jobs(tmp_path, [sft_args(policy_dir, toy_data, tmp_path / "two", "--micro-batch-size", "2"),
-                              ["ppo", "--policy", str(policy_dir), "--reward", str(policy_dir), "--prompts",
-                               str(toy_data["prompts"]), "--out", str(tmp_path / "ppo")],
+                              ["pretrain", "--data", str(toy_data["corpus"]), "--out", str(tmp_path / "pre")],
                               sft_args(policy_dir, toy_data, tmp_path / "ckpt", "--save-every", "1")])
     assert (tmp_path / "rank0.json").exists(), res.stderr[-3000:]  # every job ran (a crash writes none)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["pid"] != ranks[1]["pid"]
     assert ranks[0]["codes"] == [0, 2, 2]
-    assert "ppo is not supported under DeepSpeed: only sft, reward, dpo are" in said(res)
+    assert "pretrain is not supported under DeepSpeed: only sft, reward, dpo, ppo, grpo, rloo are" in said(res)
     assert "--save-every and --resume are not supported under DeepSpeed" in said(res)
-    assert not (tmp_path / "ppo").exists() and not (tmp_path / "ckpt").exists()
+    assert not (tmp_path / "pre").exists() and not (tmp_path / "ckpt").exists()
     assert processes(res) == [2] and "DeepSpeed ZeRO-3" in said(res)
     assert_partitioned(tmp_path, ["sft"], stage=3)
     run_sft(SFTConfig(model=str(policy_dir), data=toy_data["demos"], max_steps=3, batch_size=8, max_length=64,
@@ -115,6 +115,34 @@ def test_reward_and_dpo_under_zero3_and_sft_under_zero2_match_one_process(tmp_pa
         held = [k for k in one if k.startswith("eval")]
         assert held and [two[k] for k in held] == pytest.approx([one[k] for k in held], rel=1e-4), name
 
+
+@needs_deepspeed
+@pytest.mark.slow  # two launches of 4 and 5 trainers (~2 minutes)
+def test_rl_trainers_under_zero3_match_data_parallel(tmp_path, policy_dir, reward_dir, toy_data):
+    """ppo (critic or value head), grpo and rloo under ZeRO-3 sample from gathered weights the rollouts that
+    data-parallel processes sample on the same random streams, and train to the same policy and critic;
+    rejection sampling runs too."""
+    d, ddp = tmp_path / "z3", tmp_path / "ddp"
+    d.mkdir(), ddp.mkdir()
+    rs = ["rejection-sampling", "--policy", str(policy_dir), "--prompts", str(toy_data["prompts"]), "--reward",
+          str(reward_dir), "--rounds", "1", "--prompts-per-round", "4", "--num-samples", "2", "--max-steps", "1",
+          "--batch-size", "4", "--max-new-tokens", "6", "--max-length", "64", "--out", str(d / "rs")]
+    res = run_jobs(d, [*rl_jobs(policy_dir, reward_dir, toy_data, d), rs])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert processes(res)[:4] == [2] * 4 and said(res).count("DeepSpeed ZeRO-3") >= 5
+    # PPO with a critic prepares one module holding both (accelerate's DeepSpeed takes one model per prepare).
+    assert_partitioned(d, ["ppo", "ppo", "grpo", "rloo", "sft"], stage=3)
+    ddp_res = run_ddp(ddp, rl_jobs(policy_dir, reward_dir, toy_data, ddp), sharded=False)
+    assert ddp_res.returncode == 0, ddp_res.stderr[-4000:]
+    for recipe in ("ppo", "ppo-head", "grpo", "rloo"):
+        rows, ref = losses(d / recipe, "grad_norm"), losses(ddp / recipe, "grad_norm")
+        assert len(rows) == len(ref) == 2
+        for k in RL_KEYS:
+            assert losses(d / recipe, k) == pytest.approx(losses(ddp / recipe, k), rel=1e-4, abs=1e-6), (recipe, k)
+        close(weights(ddp / recipe / "model"), weights(d / recipe / "model"))
+    close(weights(ddp / "ppo" / "critic"), weights(d / "ppo" / "critic"))
+    close(weights(ddp / "ppo" / "checkpoints" / "step-1"), weights(d / "ppo" / "checkpoints" / "step-1"))
+    close(torch.load(ddp / "ppo-head" / "value_head.pt"), torch.load(d / "ppo-head" / "value_head.pt"))
 
 def test_deepspeed_launches_refused_where_they_cannot_run(tmp_path, monkeypatch, policy_dir, toy_data):
     """A DeepSpeed launch without the deepspeed package, or (without a GPU) with one process, stops in one line

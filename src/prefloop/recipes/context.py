@@ -164,7 +164,8 @@ class RunContext:
         """`accelerator.prepare` (DDP or FSDP2 wrapping of the trained model and its optimizer); a resumed
         optimizer's state is loaded here when sharding makes its parameters only now."""
         modules = [o for o in objects if isinstance(o, torch.nn.Module)]
-        if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
+        one_model = sharding.is_sharded(self.acc) or deepspeed.is_deepspeed(self.acc)  # one model per prepare
+        if one_model and len(modules) > 1:  # PPO's policy and critic: one sharded module
             out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
         else:
             out = self.acc.prepare(*objects)

@@ -13,12 +13,13 @@ the ZeRO stage in the environment. Then:
   every parameter; ZeRO-2: of the gradients and optimizer state). `zero3_init_flag` is turned off: with it,
   transformers builds models with parameters of shape 0 (the real shape in `ds_shape`), which code that reads
   shapes (the pad-token resize, a frozen reference model called outside DeepSpeed) takes for real.
-- **Whole weights.** `gathered` all-gathers a ZeRO-3 model's parameters for a block (evaluation on the unwrapped
-  model); `full_state_dict` reads them inside such a block, so the main process writes a plain Hugging Face
-  directory in fp32 whatever the stage.
-- **Refused** in one line: the trainers that need more than one prepared model or sampling from partitioned weights
-  (ppo, grpo, rloo, rejection sampling, the loop), LoRA, and checkpoints (`--save-every`, `--resume`), whose
-  optimizer state DeepSpeed partitions its own way.
+- **Whole weights.** `gathered` all-gathers a ZeRO-3 model's parameters for a block (the rollout's sampler and
+  held-out evaluations, which call the model's parts directly); `full_state_dict` reads them inside such a block,
+  so the main process writes a plain Hugging Face directory whatever the stage. PPO's policy and critic are one
+  prepared module (`sharding.Joint`: accelerate's DeepSpeed prepares one model); frozen models (reference, reward
+  model) stay whole on every process.
+- **Refused** in one line: pretraining, LoRA, and checkpoints (`--save-every`, `--resume`), whose optimizer state
+  DeepSpeed partitions its own way.
 
 accelerate runs DeepSpeed only where there is a GPU; on a machine without one `enable_on_cpu` switches its DeepSpeed
 code path on over the gloo process group (DeepSpeed's CPU accelerator), which is how the CPU tests run it.
@@ -34,7 +35,7 @@ from torch import nn
 
 from prefloop.errors import ConfigError
 
-SUPPORTED = ("sft", "reward", "dpo")
+SUPPORTED = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
 
 
 def requested() -> bool:
@@ -111,8 +112,8 @@ def check_recipe(acc, recipe: str, cfg) -> None:
     if not is_deepspeed(acc):
         return
     if recipe not in SUPPORTED:
-        raise ConfigError(f"{recipe} is not supported under DeepSpeed: only {', '.join(SUPPORTED)} are; shard "
-                          "the RL trainers with FSDP2 (accelerate launch --config_file examples/accelerate/fsdp2.yaml)")
+        raise ConfigError(f"{recipe} is not supported under DeepSpeed: only {', '.join(SUPPORTED)} are; run it with "
+                          "FSDP2 (accelerate launch --config_file examples/accelerate/fsdp2.yaml) or data-parallel")
     if getattr(cfg, "lora_r", 0):
         raise ConfigError("--lora-r is not supported under DeepSpeed: run LoRA data-parallel (without --config_file)")
     if cfg.save_every or cfg.resume:
