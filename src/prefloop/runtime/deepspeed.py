@@ -14,7 +14,9 @@ the ZeRO stage in the environment. Then:
   transformers builds models with parameters of shape 0 (the real shape in `ds_shape`), which code that reads
   shapes (the pad-token resize, a frozen reference model called outside DeepSpeed) takes for real.
 - **Whole weights.** `gathered` all-gathers a ZeRO-3 model's parameters for a block (the rollout's sampler and
-  held-out evaluations, which call the model's parts directly); `full_state_dict` reads them inside such a block,
+  held-out evaluations). Unlike FSDP2's, ZeRO-3's hooks sit on every submodule, so calling the model's parts
+  directly is correct without it; the block gathers once per rollout instead of module by module at each decoding
+  step (not measured). `full_state_dict` reads the gathered parameters,
   so the main process writes a plain Hugging Face directory whatever the stage. PPO's policy and critic are one
   prepared module (`sharding.Joint`: accelerate's DeepSpeed prepares one model); frozen models (reference, reward
   model) stay whole on every process.
