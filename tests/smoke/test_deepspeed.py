@@ -51,10 +51,10 @@ def assert_partitioned(d: Path, recipes: list[str], stage: int) -> None:
     for a, b in zip(*ranks):
         assert a["stage"] == b["stage"] == stage and a["total"] == b["total"] > 0
         if stage == 3:
-            assert a["partitioned"] == a["params"] > 0
+            assert a["partitioned"] == a["released"] == a["params"] > 0  # no parameter whole outside a gather
             assert a["local"] + b["local"] >= a["total"] and 0 < a["local"] < a["total"], (a, b)
         else:
-            assert a["partitioned"] == 0 and a["local"] == a["total"], a
+            assert a["partitioned"] == a["released"] == 0 and a["local"] == a["total"], a
 
 
 @needs_deepspeed
