@@ -113,7 +113,9 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 def _sync_special_tokens(model, tokenizer) -> None:
     if tokenizer is None:
         return
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    weight = model.get_input_embeddings().weight
+    # A ZeRO-3 partitioned weight has shape 0 and its real shape in ds_shape: resizing on shape 0 would shrink it.
+    if len(tokenizer) > getattr(weight, "ds_shape", weight.shape)[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:

@@ -26,6 +26,7 @@ from prefloop.runtime import (
     MetricsLogger,
     StepProgress,
     console,
+    deepspeed,
     make_accelerator,
     run_meta,
     save_hf,
@@ -81,6 +82,13 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
     return out
 
 
+def _full_state_dict(acc, model) -> dict | None:
+    """Gathered weights of a sharded (FSDP2) or partitioned (ZeRO-3) model; None when they are whole anyway."""
+    if deepspeed.is_deepspeed(acc):
+        return deepspeed.full_state_dict(acc, model)
+    return sharding.full_state_dict(acc, model)
+
+
 class RunContext:
     def __init__(self, recipe: str, cfg):
         self.recipe, self.cfg = recipe, cfg
@@ -96,6 +104,7 @@ class RunContext:
             # Every forward of a sharded model gathers with all processes: each must run as many micro-batches.
             raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
                               f"({self.acc.num_processes}) under FSDP2")
+        deepspeed.check_recipe(self.acc, recipe, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.out = output_dir(cfg, recipe)
@@ -153,7 +162,8 @@ class RunContext:
         modules = [o for o in objects if isinstance(o, torch.nn.Module)]
         if sharding.is_sharded(self.acc):  # start from the main process's weights, as DDP does
             sharding.broadcast_from_main(self.acc, modules)
-        if sharding.is_sharded(self.acc) and len(modules) > 1:  # PPO's policy and critic: one sharded module
+        one_model = sharding.is_sharded(self.acc) or deepspeed.is_deepspeed(self.acc)  # one model per prepare
+        if one_model and len(modules) > 1:  # PPO's policy and critic: one sharded module
             out = sharding.prepare_joint(self.acc, modules, *[o for o in objects if o not in modules])
         else:
             out = self.acc.prepare(*objects)
@@ -167,7 +177,7 @@ class RunContext:
         """`model.save_pretrained(path)` (a plain module: `torch.save` of its state dict to `path`) from the main
         process, with a sharded model's weights gathered first. Every process must call it."""
         model = self.acc.unwrap_model(model)
-        weights = sharding.full_state_dict(self.acc, model)
+        weights = _full_state_dict(self.acc, model)
         if self.is_main:
             if hasattr(model, "save_pretrained"):
                 model.save_pretrained(path, safe_serialization=True, **({} if weights is None else
@@ -185,6 +195,8 @@ class RunContext:
     def gathered(self, model):
         """Whole weights of the prepared `model` inside the block (sampling, evaluation on its submodules);
         see `prefloop.runtime.sharding.gathered`. Every process must enter it."""
+        if deepspeed.is_deepspeed(self.acc):
+            return deepspeed.gathered(self.acc, self.acc.unwrap_model(model))
         return sharding.gathered(self.acc, model)
 
     def start(self, total: int, state: dict | None = None) -> int:
@@ -199,6 +211,8 @@ class RunContext:
         self.progress = StepProgress(f"{self.recipe}", total=total, start=start, enabled=self.is_main)
         if self.is_main:
             sharded = ", sharded (FSDP2)" if sharding.is_sharded(self.acc) else ""
+            if deepspeed.is_deepspeed(self.acc):
+                sharded = f", DeepSpeed ZeRO-{deepspeed.stage(self.acc)}"
             console.print(f"[bold]{self.recipe}[/]: {total} steps on {self.world} process(es){sharded}, device "
                           f"{self.device}, seed {self.cfg.seed}" + (f", resuming at step {start}" if start else ""))
         return start
@@ -216,6 +230,7 @@ class RunContext:
                 if j < len(micro_batches) - 1:
                     for m in models:
                         stack.enter_context(self.acc.no_sync(m))
+                stack.enter_context(deepspeed.accumulating(self.acc, last=j == len(micro_batches) - 1))
                 yield mb
 
     def step(self, opt, sched) -> float:
@@ -267,7 +282,7 @@ class RunContext:
         self.progress.close()
         precision = precision_record(self.cfg, self.acc.mixed_precision)
         meta = run_meta(self.recipe, self.cfg, data_hashes, metrics, {**(extra or {}), "precision": precision})
-        weights = sharding.full_state_dict(self.acc, self.acc.unwrap_model(model))  # every process: collective
+        weights = _full_state_dict(self.acc, self.acc.unwrap_model(model))  # every process: collective
         if self.is_main:
             with cast_for_saving(self.acc.unwrap_model(model), precision["saved_dtype"]) as unwrapped:
                 if weights is not None:

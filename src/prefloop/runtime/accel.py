@@ -16,7 +16,8 @@ def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: 
 
     Launched plainly this is one process; under `accelerate launch --num_processes N` or `torchrun`
     it is one rank of a DDP group (gloo on CPU, NCCL on GPU); under `accelerate launch --config_file` with
-    FSDP2 it is one rank of a sharded group (`prefloop.runtime.sharding`).
+    FSDP2 it is one rank of a sharded group (`prefloop.runtime.sharding`); with DeepSpeed, of a ZeRO-2/3 group
+    (`prefloop.runtime.deepspeed`).
     """
     from accelerate import Accelerator
 
@@ -26,13 +27,16 @@ def make_accelerator(precision: Precision = "auto", cpu: bool = False, threads: 
         threads = max(1, (os.cpu_count() or 1) // world)
     if threads:
         torch.set_num_threads(threads)
+    from . import deepspeed
     from .sharding import check_supported, enable_on_cpu
 
     check_supported()
+    deepspeed.check_installed()
     mixed = resolve_precision(precision)
     _forget_other_precision(mixed)
     acc = Accelerator(mixed_precision=mixed, cpu=cpu or not torch.cuda.is_available())
     enable_on_cpu(acc)
+    deepspeed.enable_on_cpu(acc, mixed)
     return acc
 
 

@@ -50,15 +50,11 @@ def check_supported() -> None:
     """Refuse, in one line, the sharded launches prefloop does not run correctly, before any model loads.
 
     FSDP1 flattens parameters into per-process shards: the sampler and the saved model would see the flat
-    shards. DeepSpeed is not installed with prefloop and its ZeRO-3 partitions embeddings to shape 0, which the
-    pad-token resize would read as an empty vocabulary; prefloop does not run under it yet."""
+    shards. DeepSpeed has its own checks (`prefloop.runtime.deepspeed`)."""
     kind = requested()
     if kind == "fsdp1":
         raise ConfigError("FSDP1 (fsdp_version: 1) is not supported: use FSDP2, fsdp_version: 2 in the accelerate "
                           "config (examples/accelerate/fsdp2.yaml)")
-    if kind == "deepspeed":
-        raise ConfigError("DeepSpeed is not supported yet: shard with FSDP2 (accelerate launch --config_file "
-                          "examples/accelerate/fsdp2.yaml), or run data-parallel without --config_file")
 
 
 def enable_on_cpu(acc) -> None:
