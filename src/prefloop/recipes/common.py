@@ -12,9 +12,8 @@ from typing import Literal
 import torch
 
 from prefloop.errors import ConfigError
-from prefloop.models.precision import SaveDtype
+from prefloop.models.precision import Precision, SaveDtype
 from prefloop.rollout import SamplingConfig
-from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import EPOCH_SEED_STRIDE
 
 from .options import ConfigFileOption, check_out

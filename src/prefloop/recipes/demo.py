@@ -25,8 +25,8 @@ from prefloop.eval.report_run import write_report
 from prefloop.eval.sampling import mean, sample_policy
 from prefloop.eval.stages import evaluate_stages, preset_sampling, write_stage_samples
 from prefloop.models import load_causal_lm, load_tokenizer
+from prefloop.models.precision import Precision
 from prefloop.runtime import console, seed_everything, write_json
-from prefloop.runtime.accel import Precision
 from prefloop.world import WorldConfig, build_world, write_world
 
 from .options import ConfigFileOption

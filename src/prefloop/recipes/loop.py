@@ -36,8 +36,8 @@ from typing import Literal
 from prefloop.data import read_prompts, write_jsonl
 from prefloop.data.splits import split_by_prompt
 from prefloop.errors import ConfigError, require
+from prefloop.models.precision import Precision
 from prefloop.runtime import console, write_json
-from prefloop.runtime.accel import Precision
 from prefloop.runtime.seeding import PROMPT_ORDER_STRIDE
 
 from .options import ConfigFileOption, required

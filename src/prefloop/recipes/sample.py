@@ -14,9 +14,9 @@ import torch
 from prefloop.data import encode_prompt, left_pad, read_prompts, render_prompt, write_jsonl
 from prefloop.errors import ConfigError, require
 from prefloop.models import load_causal_lm, load_tokenizer
+from prefloop.models.precision import Precision
 from prefloop.rollout import LocalEngine, SamplingConfig
 from prefloop.runtime import StepProgress, make_accelerator, seed_everything
-from prefloop.runtime.accel import Precision
 from prefloop.runtime.distributed import gather_shares, my_share, rank_and_world
 
 from .options import ConfigFileOption, RewardOptions, SamplingOptions, required
