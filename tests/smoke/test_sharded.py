@@ -255,13 +255,9 @@ def resume_args(recipe: str, policy_dir, reward_dir, toy_data) -> list[str]:
     return args + (["--num-generations", "2"] if recipe != "ppo" else [])
 
 
-@pytest.mark.slow  # three sharded launches per trainer (~40 s)
-@pytest.mark.parametrize("recipe", ["sft", "reward", "dpo", "ppo", "grpo"])
-def test_sharded_resume_after_kill(tmp_path, policy_dir, reward_dir, toy_data, recipe):
-    """Killed right after the sharded checkpoint of step 2, resumed under FSDP2: the weights (and PPO's critic)
-    of an uninterrupted sharded run, and the steps after 2 logged once."""
-    args = resume_args(recipe, policy_dir, reward_dir, toy_data)
-
+def full_and_killed(tmp_path: Path, args: list[str]):
+    """The sharded run of `args` uninterrupted into tmp_path/full, and killed after the checkpoint of step 2 into
+    tmp_path/k; returns the call that resumes the killed one."""
     def run(out: Path, env: dict | None = None, *more: str) -> subprocess.CompletedProcess:
         return launch_sharded("-m", "prefloop.cli", *[str(out) if a == "OUT" else a for a in args], *more, env=env)
 
@@ -270,7 +266,17 @@ def test_sharded_resume_after_kill(tmp_path, policy_dir, reward_dir, toy_data, r
     assert processes(full) == [2] and "sharded (FSDP2)" in said(full)
     killed = run(tmp_path / "k", {**ENV, "PREFLOOP_KILL_AFTER_STEP": "2"})
     assert killed.returncode != 0 and not (tmp_path / "k" / "model").exists()
-    resumed = run(tmp_path / "k", None, "--resume")
+    return lambda: run(tmp_path / "k", None, "--resume")
+
+
+@pytest.mark.slow  # three sharded launches per trainer (~40 s)
+@pytest.mark.parametrize("recipe", ["sft", "reward", "dpo", "ppo", "grpo"])
+def test_sharded_resume_after_kill(tmp_path, policy_dir, reward_dir, toy_data, recipe):
+    """Killed right after the sharded checkpoint of step 2, resumed under FSDP2: the weights (and PPO's critic)
+    of an uninterrupted sharded run, and the steps after 2 logged once."""
+    args = resume_args(recipe, policy_dir, reward_dir, toy_data)
+    resume = full_and_killed(tmp_path, args)
+    resumed = resume()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 2" in said(resumed)
     close(weights(tmp_path / "full" / "model"), weights(tmp_path / "k" / "model"))
@@ -377,17 +383,9 @@ def test_lora_sharded_resume_after_kill(tmp_path, policy_dir, toy_data):
     uninterrupted sharded run (the checkpoint holds the adapter and its optimizer state, sharded again)."""
     pytest.importorskip("peft")
     args = resume_args("sft", policy_dir, None, toy_data) + ["--lora-r", "4"]
-
-    def run(out: Path, env: dict | None = None, *more: str) -> subprocess.CompletedProcess:
-        return launch_sharded("-m", "prefloop.cli", *[str(out) if a == "OUT" else a for a in args], *more, env=env)
-
-    full = run(tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    assert processes(full) == [2] and "sharded (FSDP2)" in said(full)
-    killed = run(tmp_path / "k", {**ENV, "PREFLOOP_KILL_AFTER_STEP": "2"})
-    assert killed.returncode != 0 and not (tmp_path / "k" / "model").exists()
+    resume = full_and_killed(tmp_path, args)
     assert len(adapter(tmp_path / "k" / "checkpoint" / "model")) > 0
-    resumed = run(tmp_path / "k", None, "--resume")
+    resumed = resume()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 2" in said(resumed)
     close(adapter(tmp_path / "full" / "model"), adapter(tmp_path / "k" / "model"))
